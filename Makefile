@@ -1,0 +1,44 @@
+# The two commands a newcomer needs are `make demo` and `make test`; everything else is a step of those.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: venv binaries test unit lint demo demo-down clean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make demo    - local cluster (+ operator and ALB emulator once they exist) you can watch"
+	@echo "make test    - the whole test suite against a real local control plane"
+	@echo "make lint    - ruff and mypy"
+	@echo "make binaries - build/reuse etcd, kube-*, kubectl, kwok, helm (cached outside the repo)"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+binaries:
+	scripts/build-binaries
+
+test: venv binaries
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/ruff format --check operator tests
+	$(VENV)/bin/mypy
+
+demo: venv binaries
+	scripts/demo
+
+demo-down: venv
+	scripts/local-cluster down
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from alb_membership.cli import main
+
+sys.exit(main())

@@ -1,0 +1,11 @@
+"""A real, local Kubernetes control plane for development and tests.
+
+etcd, kube-apiserver, kube-controller-manager and kube-scheduler are built from Go modules by
+``scripts/build-binaries``; kwok stands in for the kubelet so pods get IPs, become Ready, and stay
+Terminating for their grace period, all without containers.
+"""
+
+from localcluster.cluster import LocalCluster
+from localcluster.errors import ClusterError
+
+__all__ = ["ClusterError", "LocalCluster"]

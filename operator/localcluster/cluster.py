@@ -1,0 +1,362 @@
+"""Starts and stops one local control plane: etcd, kube-apiserver, controller-manager, scheduler and kwok.
+
+Every component listens on a free loopback port and keeps its files (PKI, data, logs, kubeconfig) in one
+state directory, so several clusters can run side by side and ``down`` needs nothing but that directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from localcluster.binaries import Binaries, locate_binaries
+from localcluster.certs import write_pki
+from localcluster.errors import ClusterError
+
+STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
+POD_CIDR = "10.244.0.0/16"
+SERVICE_CIDR = "10.96.0.0/16"
+KCM_CONTROLLERS = (
+    "endpointslice-controller",
+    "namespace-controller",
+    "garbage-collector-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "serviceaccount-controller",
+)
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Test clusters must not outlive a test run that is killed outright (SIGKILL leaves no teardown).
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass
+class Component:
+    name: str
+    pid: int
+    log: str
+
+
+@dataclass
+class LocalCluster:
+    state_dir: Path
+    nodes: int = 2
+    # Detached clusters (``local-cluster up``) outlive the command that started them; attached ones (tests)
+    # die with their parent process even when it is killed.
+    detached: bool = False
+    binaries: Binaries | None = None
+    apiserver_port: int = 0
+    etcd_port: int = 0
+    components: list[Component] = field(default_factory=list)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 120.0, progress: Callable[[str], None] = lambda _: None) -> None:
+        bins = self.binaries = self.binaries or locate_binaries()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        pki = self.state_dir / "pki"
+        write_pki(pki)
+        token = secrets.token_hex(24)
+        (pki / "tokens.csv").write_text(f'{token},admin,admin-uid,"system:masters"\n')
+        (pki / "tokens.csv").chmod(0o600)
+        self.etcd_port, self.apiserver_port = free_port(), free_port()
+        self._write_kubeconfig(token)
+        deadline = time.monotonic() + timeout
+        try:
+            progress(f"etcd on 127.0.0.1:{self.etcd_port}")
+            self._spawn(
+                "etcd",
+                [
+                    str(bins.etcd),
+                    f"--data-dir={self.state_dir / 'etcd'}",
+                    "--name=default",
+                    f"--listen-client-urls=http://127.0.0.1:{self.etcd_port}",
+                    f"--advertise-client-urls=http://127.0.0.1:{self.etcd_port}",
+                    f"--listen-peer-urls=http://127.0.0.1:{free_port()}",
+                    "--unsafe-no-fsync=true",
+                    "--log-level=warn",
+                ],
+            )
+            self._wait_http("etcd", f"http://127.0.0.1:{self.etcd_port}/health", deadline)
+
+            progress(f"kube-apiserver on {self.server}")
+            self._spawn(
+                "kube-apiserver",
+                [
+                    str(bins.kube_apiserver),
+                    f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={self.apiserver_port}",
+                    "--advertise-address=127.0.0.1",
+                    "--endpoint-reconciler-type=none",
+                    f"--tls-cert-file={pki / 'server.crt'}",
+                    f"--tls-private-key-file={pki / 'server.key'}",
+                    f"--cert-dir={self.state_dir / 'certs'}",
+                    f"--client-ca-file={pki / 'ca.crt'}",
+                    f"--token-auth-file={pki / 'tokens.csv'}",
+                    "--authorization-mode=Node,RBAC",
+                    f"--service-cluster-ip-range={SERVICE_CIDR}",
+                    "--allow-privileged=true",
+                    f"--service-account-issuer={self.server}",
+                    f"--service-account-key-file={pki / 'sa.key'}",
+                    f"--service-account-signing-key-file={pki / 'sa.key'}",
+                    # Without a kubelet no pod could mount the token this plugin injects; tests create
+                    # ServiceAccounts and request their tokens explicitly (TokenRequest still works).
+                    "--disable-admission-plugins=ServiceAccount",
+                ],
+            )
+            self._wait_http("kube-apiserver", f"{self.server}/readyz", deadline, cafile=pki / "ca.crt")
+
+            progress("kube-controller-manager, kube-scheduler, kwok")
+            kubeconfig = f"--kubeconfig={self.kubeconfig}"
+            self._spawn(
+                "kube-controller-manager",
+                [
+                    str(bins.kube_controller_manager),
+                    kubeconfig,
+                    "--leader-elect=false",
+                    "--secure-port=0",
+                    f"--controllers={','.join(KCM_CONTROLLERS)}",
+                    f"--service-cluster-ip-range={SERVICE_CIDR}",
+                ],
+            )
+            self._spawn(
+                "kube-scheduler",
+                [
+                    str(bins.kube_scheduler),
+                    kubeconfig,
+                    "--leader-elect=false",
+                    "--secure-port=0",
+                ],
+            )
+            self._spawn(
+                "kwok",
+                [
+                    str(bins.kwok),
+                    kubeconfig,
+                    f"--config={STAGES_FILE}",
+                    "--manage-all-nodes=true",
+                    f"--cidr={POD_CIDR}",
+                    "--node-ip=10.0.0.1",
+                    f"--server-address=127.0.0.1:{free_port()}",
+                ],
+            )
+            self._create_nodes()
+            self._wait_nodes_ready(deadline)
+        except BaseException:
+            self.stop()
+            raise
+        self._save()
+        progress(f"ready: {self.nodes} node(s), kubeconfig {self.kubeconfig}")
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stops every component, newest first: SIGTERM, then SIGKILL after ``grace`` seconds."""
+        for comp in reversed(self.components):
+            _terminate(comp.pid, grace)
+        self.components.clear()
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / "cluster.json").unlink()
+
+    def check_alive(self) -> None:
+        dead = [c.name for c in self.components if not is_alive(c.pid)]
+        if dead:
+            raise ClusterError(f"component(s) exited: {', '.join(dead)}; logs in {self.state_dir / 'logs'}")
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:
+        bins = self.binaries or locate_binaries()
+        return run_kubectl(bins.kubectl, self.kubeconfig, *args, check=check, input=input)
+
+    # -- persisted state, so that ``down`` works from another process -------------------------------------
+
+    def _save(self) -> None:
+        state = {
+            "apiserver_port": self.apiserver_port,
+            "etcd_port": self.etcd_port,
+            "components": [c.__dict__ for c in self.components],
+        }
+        (self.state_dir / "cluster.json").write_text(json.dumps(state, indent=2))
+
+    @classmethod
+    def load(cls, state_dir: Path) -> LocalCluster:
+        try:
+            state = json.loads((state_dir / "cluster.json").read_text())
+        except FileNotFoundError:
+            raise ClusterError(f"no local cluster recorded in {state_dir}") from None
+        return cls(
+            state_dir=state_dir,
+            apiserver_port=state["apiserver_port"],
+            etcd_port=state["etcd_port"],
+            components=[Component(**c) for c in state["components"]],
+        )
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        logs = self.state_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        log_path = logs / f"{name}.log"
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                # prctl must run in the child; clusters are only started from one thread.
+                preexec_fn=None if self.detached else _die_with_parent,  # noqa: PLW1509
+            )
+        self.components.append(Component(name=name, pid=proc.pid, log=str(log_path)))
+
+    def _fail(self, name: str, why: str) -> ClusterError:
+        log = self.state_dir / "logs" / f"{name}.log"
+        tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+        return ClusterError(f"{name} {why}; last log lines ({log}):\n" + "\n".join(tail))
+
+    def _wait_http(self, name: str, url: str, deadline: float, cafile: Path | None = None) -> None:
+        ctx = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+        pid = self.components[-1].pid
+        while True:
+            if not is_alive(pid):
+                raise self._fail(name, "exited during start-up")
+            try:
+                with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise self._fail(name, f"not ready at {url} in time")
+            time.sleep(0.2)
+
+    def _write_kubeconfig(self, token: str) -> None:
+        ca = (self.state_dir / "pki" / "ca.crt").read_text()
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "local",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority-data": base64.b64encode(ca.encode()).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": "admin", "user": {"token": token}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "admin"}}],
+            "current-context": "local",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.kubeconfig.chmod(0o600)
+
+    def _create_nodes(self) -> None:
+        for i in range(self.nodes):
+            node = {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": f"kwok-node-{i}",
+                    "labels": {"kubernetes.io/hostname": f"kwok-node-{i}", "type": "kwok"},
+                    "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
+                },
+                # A distinct pod CIDR per node, so pod IPs tell which node a pod runs on.
+                "spec": {"podCIDR": f"10.244.{i}.0/24", "podCIDRs": [f"10.244.{i}.0/24"]},
+            }
+            self.kubectl("apply", "-f", "-", input=json.dumps(node))
+
+    def _wait_nodes_ready(self, deadline: float) -> None:
+        while True:
+            self.check_alive()
+            out = self.kubectl(
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
+                check=False,
+            )
+            if out.split().count("True") >= self.nodes:
+                return
+            if time.monotonic() > deadline:
+                raise self._fail("kwok", "did not make the nodes Ready in time")
+            time.sleep(0.3)
+
+
+def run_kubectl(
+    kubectl: Path, kubeconfig: Path, *args: str, check: bool = True, input: str | None = None
+) -> str:
+    proc = subprocess.run(
+        [str(kubectl), f"--kubeconfig={kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child (``down`` from another process): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return not _is_zombie(pid)
+    return waited == 0
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _terminate(pid: int, grace: float) -> None:
+    # Each component leads its own session, so signalling the group also reaches anything it spawned.
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            if not is_alive(pid):
+                return
+            time.sleep(0.05)

@@ -1,0 +1,2 @@
+class ClusterError(RuntimeError):
+    """The local cluster could not be started or reached; the message says which component and why."""

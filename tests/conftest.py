@@ -1,0 +1,58 @@
+"""Session-wide fixtures: one real control plane per test run (or the cluster in $ALBM_TEST_KUBECONFIG)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import kubernetes
+import pytest
+
+from localcluster import LocalCluster
+from localcluster.binaries import locate_binaries
+from tests.support.cluster import Cluster
+
+
+def _progress(msg: str) -> None:
+    print(f"[local-cluster] {msg}", file=sys.stderr, flush=True)
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster | None]:
+    """The cluster this run started, or None when the tests were pointed at an existing one."""
+    if os.environ.get("ALBM_TEST_KUBECONFIG"):
+        yield None
+        return
+    cluster = LocalCluster(state_dir=tmp_path_factory.mktemp("cluster"), nodes=2)
+    cluster.start(progress=_progress)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(local_cluster: LocalCluster | None) -> Cluster:
+    kubeconfig = Path(os.environ.get("ALBM_TEST_KUBECONFIG") or local_cluster.kubeconfig)  # type: ignore[union-attr]
+    return Cluster(kubeconfig=kubeconfig, kubectl_bin=locate_binaries().kubectl)
+
+
+@pytest.fixture(scope="session")
+def api_client(cluster: Cluster) -> Iterator[kubernetes.client.ApiClient]:
+    client = cluster.api_client()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def namespace(api_client: kubernetes.client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (the namespace controller empties it)."""
+    slug = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = f"t-{slug}-{uuid.uuid4().hex[:6]}"
+    core = kubernetes.client.CoreV1Api(api_client)
+    core.create_namespace({"metadata": {"name": name, "labels": {"albm-test": "true"}}})
+    yield name
+    core.delete_namespace(name)
