@@ -14,6 +14,7 @@ import pytest
 from localcluster import LocalCluster
 from localcluster.binaries import locate_binaries
 from tests.support.cluster import Cluster
+from tests.support.emulator import EmulatorProcess, start_emulator
 
 
 def _progress(msg: str) -> None:
@@ -56,3 +57,28 @@ def namespace(api_client: kubernetes.client.ApiClient, request: pytest.FixtureRe
     core.create_namespace({"metadata": {"name": name, "labels": {"albm-test": "true"}}})
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def emulator_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
+    proc = start_emulator(tmp_path_factory.mktemp("emulator"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def emulator(emulator_process: EmulatorProcess) -> EmulatorProcess:
+    """The session's emulator, reset to an empty state for this test."""
+    emulator_process.admin("POST", "reset")
+    emulator_process.admin(
+        "PUT",
+        "behaviour",
+        {
+            "job_seconds": 0.3,
+            "max_servers_per_call": 40,
+            "rate_limits": {},
+            "retry_after_ms": None,
+            "job_failure_rate": 0.0,
+        },
+    )
+    return emulator_process

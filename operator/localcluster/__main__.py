@@ -15,9 +15,7 @@ from localcluster.errors import ClusterError
 
 
 def default_state_dir() -> Path:
-    return Path(
-        os.environ.get("ALBM_CLUSTER_DIR") or Path(tempfile.gettempdir()) / "alb-membership-local-cluster"
-    )
+    return Path(os.environ.get("ALBM_CLUSTER_DIR") or Path(tempfile.gettempdir()) / "alb-membership-local-cluster")
 
 
 def _running(state_dir: Path) -> LocalCluster | None:

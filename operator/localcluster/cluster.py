@@ -133,9 +133,11 @@ class LocalCluster:
                     f"--service-account-issuer={self.server}",
                     f"--service-account-key-file={pki / 'sa.key'}",
                     f"--service-account-signing-key-file={pki / 'sa.key'}",
-                    # Without a kubelet no pod could mount the token this plugin injects; tests create
-                    # ServiceAccounts and request their tokens explicitly (TokenRequest still works).
-                    "--disable-admission-plugins=ServiceAccount",
+                    # ServiceAccount: without a kubelet no pod could mount the token it injects; tests request
+                    # ServiceAccount tokens explicitly (TokenRequest still works). TaintNodesByCondition: it
+                    # taints new nodes not-ready until the node-lifecycle controller sees kubelet heartbeats;
+                    # kwok's nodes are Ready at once, and that controller would tie scheduling to kwok's leases.
+                    "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
                 ],
             )
             self._wait_http("kube-apiserver", f"{self.server}/readyz", deadline, cafile=pki / "ca.crt")
@@ -314,9 +316,7 @@ class LocalCluster:
             time.sleep(0.3)
 
 
-def run_kubectl(
-    kubectl: Path, kubeconfig: Path, *args: str, check: bool = True, input: str | None = None
-) -> str:
+def run_kubectl(kubectl: Path, kubeconfig: Path, *args: str, check: bool = True, input: str | None = None) -> str:
     proc = subprocess.run(
         [str(kubectl), f"--kubeconfig={kubeconfig}", *args],
         capture_output=True,

@@ -91,9 +91,7 @@ def wait_ready_pods(
 
 def test_crd_applied_and_custom_resource_read_back(cluster: Cluster, namespace: str) -> None:
     cluster.kubectl("apply", "-f", "-", input=json.dumps(WIDGET_CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=30s", "crd/widgets.test.albmembership.io"
-    )
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/widgets.test.albmembership.io")
     widget = {
         "apiVersion": "test.albmembership.io/v1",
         "kind": "Widget",
@@ -197,9 +195,7 @@ def test_rollout_restart_produces_terminating_pods(
     assert not new & old
 
 
-def test_rbac_refuses_a_service_account_without_rights(
-    api_client: kubernetes.client.ApiClient, namespace: str
-) -> None:
+def test_rbac_refuses_a_service_account_without_rights(api_client: kubernetes.client.ApiClient, namespace: str) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "nobody"}})
     token = core.create_namespaced_service_account_token(
@@ -237,9 +233,7 @@ def test_rbac_refuses_a_service_account_without_rights(
         wait_for(lambda: nobody_core.list_namespaced_secret(namespace) is not None, "the grant to apply")
 
 
-def test_a_cluster_stops_without_leaving_processes(
-    tmp_path: Path, local_cluster: LocalCluster | None
-) -> None:
+def test_a_cluster_stops_without_leaving_processes(tmp_path: Path, local_cluster: LocalCluster | None) -> None:
     if local_cluster is None:
         pytest.skip("tests run against an existing cluster; this one checks the local control plane itself")
     second = LocalCluster(state_dir=tmp_path / "second", nodes=1)

@@ -1,0 +1,79 @@
+"""Values the ALB client takes and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+SERVER_TYPES = ("Ecs", "Eni", "Eci", "Ip", "Fc")
+PORT_REQUIRED = frozenset({"Ecs", "Eni", "Eci", "Ip"})
+
+
+@dataclass(frozen=True, order=True)
+class Server:
+    """One backend of a server group, identified as the API identifies it."""
+
+    server_type: str
+    server_id: str
+    port: int | None = None
+    server_ip: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.server_type not in SERVER_TYPES:
+            raise ValueError(f"server type {self.server_type!r} is not one of {', '.join(SERVER_TYPES)}")
+        if not self.server_id:
+            raise ValueError("a server needs an id")
+        if self.port is None and self.server_type in PORT_REQUIRED:
+            raise ValueError(f"a {self.server_type} server needs a port")
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is not between 1 and 65535")
+
+    @classmethod
+    def parse(cls, spec: str) -> Server:
+        """``TYPE:ID:PORT[:IP]``, e.g. ``Ip:10.0.0.5:8080`` or ``Eni:eni-bp1abc:80:10.0.0.5``."""
+        parts = spec.split(":")
+        if len(parts) not in (3, 4) or not all(parts[:2]):
+            raise ValueError(f"server {spec!r} is not TYPE:ID:PORT[:IP]")
+        try:
+            port = int(parts[2]) if parts[2] else None
+        except ValueError:
+            raise ValueError(f"server {spec!r}: port {parts[2]!r} is not a number") from None
+        return cls(
+            server_type=parts[0],
+            server_id=parts[1],
+            port=port,
+            server_ip=parts[3] if len(parts) == 4 else None,
+        )
+
+    @property
+    def key(self) -> str:
+        return f"{self.server_type}:{self.server_id}:{self.port or ''}:{self.server_ip or ''}"
+
+    def to_api(self) -> dict[str, str]:
+        out = {"ServerId": self.server_id, "ServerType": self.server_type}
+        if self.port is not None:
+            out["Port"] = str(self.port)
+        if self.server_ip:
+            out["ServerIp"] = self.server_ip
+        return out
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What one RemoveServersFromServerGroup call came to.
+
+    accepted: a job was started (``job_id``); already_removed: none of the servers was in the group any more
+    (``ResourceNotFound.BackendServer``), so there is nothing to do; dry_run_passed: the precheck passed.
+    """
+
+    outcome: Literal["accepted", "already_removed", "dry_run_passed"]
+    request_id: str
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    status: Literal["Processing", "Succeeded", "Failed"]
+    error_code: str | None = None
+    error_message: str | None = None

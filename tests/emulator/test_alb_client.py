@@ -1,0 +1,278 @@
+"""The project's ALB client against the emulator: removals, retries with one job in the end, errors, paging."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from alb_membership.alb import request as wire
+from alb_membership.alb.batching import batches
+from alb_membership.alb.client import AlbClient
+from alb_membership.alb.credentials import Credentials, StaticCredentials
+from alb_membership.alb.endpoints import Endpoint
+from alb_membership.alb.errors import AlbError, AlbThrottled
+from alb_membership.alb.models import Server
+from alb_membership.alb.retry import RetryPolicy
+
+from tests.support.emulator import (
+    ACCESS_KEY_ID,
+    ACCESS_KEY_SECRET,
+    STS_KEY_ID,
+    STS_SECRET,
+    STS_TOKEN,
+    EmulatorProcess,
+    server,
+)
+
+GROUP = "sgp-client00000001"
+FAST_RETRY = RetryPolicy(base_seconds=0.02, cap_seconds=0.3, total_seconds=15, max_attempts=30)
+
+
+def ip(i: int) -> str:
+    return f"10.20.{i // 250}.{i % 250}"
+
+
+def servers(n: int) -> list[Server]:
+    return [Server("Ip", ip(i), 8080) for i in range(n)]
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def make_client(
+    session: aiohttp.ClientSession,
+    emulator: EmulatorProcess,
+    creds: Credentials | None = None,
+    retry: RetryPolicy = FAST_RETRY,
+) -> AlbClient:
+    return AlbClient(
+        session,
+        Endpoint.from_url(emulator.url),
+        StaticCredentials(creds or Credentials(ACCESS_KEY_ID, ACCESS_KEY_SECRET)),
+        retry=retry,
+    )
+
+
+@pytest.fixture
+def client(session: aiohttp.ClientSession, emulator: EmulatorProcess) -> AlbClient:
+    emulator.add_group(GROUP, [server(ip(i)) for i in range(141)])
+    return make_client(session, emulator)
+
+
+def members(emulator: EmulatorProcess) -> set[str]:
+    return {s["ServerId"] for s in emulator.group(GROUP)["Servers"]}
+
+
+async def wait_done(client: AlbClient, job_id: str) -> str:
+    import asyncio
+
+    for _ in range(200):
+        job = (await client.list_asyn_jobs([job_id]))[job_id]
+        if job.status != "Processing":
+            return job.status
+        await asyncio.sleep(0.05)
+    raise AssertionError("job did not finish")
+
+
+async def test_removes_1_40_and_100_servers_in_1_1_and_3_calls(client: AlbClient, emulator: EmulatorProcess) -> None:
+    emulator.admin("PUT", "behaviour", {"job_seconds": 0})
+    all_servers = servers(141)
+    plan = [all_servers[:1], all_servers[1:41], all_servers[41:141]]
+    calls = []
+    for n, chunk in enumerate(plan):
+        parts = batches(chunk, seed=f"seed-{n}")
+        calls.append(len(parts))
+        for part in parts:
+            removal = await client.remove_servers(GROUP, part.servers, part.client_token)
+            assert removal.outcome == "accepted" and removal.job_id
+            assert await wait_done(client, removal.job_id) == "Succeeded"
+    assert calls == [1, 1, 3]
+    assert members(emulator) == set()
+    sizes = [len(r["servers"]) for r in emulator.requests("RemoveServersFromServerGroup")]
+    assert sizes == [1, 40, 40, 40, 20]
+
+
+async def test_retries_throttling_5xx_and_resets_with_one_job(client: AlbClient, emulator: EmulatorProcess) -> None:
+    emulator.admin(
+        "PUT",
+        "faults",
+        {
+            "script": [
+                {"kind": "error", "code": "Throttling.User"},
+                {"kind": "error", "code": "ServiceUnavailable"},
+                {"kind": "reset"},
+                {"kind": "http", "status": 502},
+                {"kind": "truncated"},
+            ],
+            "actions": ["RemoveServersFromServerGroup"],
+        },
+    )
+    removal = await client.remove_servers(GROUP, servers(2), "tok-retry-1")
+    assert removal.outcome == "accepted"
+    log = emulator.requests("RemoveServersFromServerGroup")
+    assert [r["code"] for r in log] == [
+        "Throttling.User",
+        "ServiceUnavailable",
+        "FAULT:reset",
+        "FAULT:http",
+        "FAULT:truncated",
+        "OK",
+    ]
+    assert {r["client_token"] for r in log} == {"tok-retry-1"}
+    assert len(emulator.admin("GET", "jobs")) == 1
+    assert client.retries == 5
+
+
+async def test_truncated_answer_after_the_job_started_does_not_start_a_second(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    # The truncation hides a JobId the cloud did create; the retry with the same token gets that JobId back.
+    first = await client.remove_servers(GROUP, servers(1), "tok-trunc")
+    emulator.admin("PUT", "faults", {"script": [{"kind": "truncated"}]})
+    again = await client.remove_servers(GROUP, servers(1), "tok-trunc")
+    assert again.job_id == first.job_id
+    assert len(emulator.admin("GET", "jobs")) == 1
+
+
+async def test_honours_retry_after(client: AlbClient, emulator: EmulatorProcess) -> None:
+    emulator.admin("PUT", "behaviour", {"retry_after_ms": 700, "rate_limits": {"ListServerGroups": [1, 0.5]}})
+    await client.list_server_groups([GROUP])
+    await client.list_server_groups([GROUP])
+    log = emulator.requests("ListServerGroups")
+    assert [r["code"] for r in log] == ["OK", "Throttling.User", "OK"]
+    assert log[2]["time"] - log[1]["time"] >= 0.7
+
+
+async def test_server_group_busy_is_retried_until_free(client: AlbClient, emulator: EmulatorProcess) -> None:
+    emulator.admin("PUT", "behaviour", {"job_seconds": 0.6})
+    first = await client.remove_servers(GROUP, servers(1), "tok-a")
+    second = await client.remove_servers(GROUP, servers(2)[1:], "tok-b")
+    assert first.job_id != second.job_id
+    codes = [r["code"] for r in emulator.requests("RemoveServersFromServerGroup")]
+    assert codes[0] == "OK" and codes[-1] == "OK" and "IncorrectStatus.ServerGroup" in codes
+
+
+async def test_gives_up_when_the_time_budget_runs_out(
+    session: aiohttp.ClientSession, client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    emulator.admin("PUT", "faults", {"rates": {"SystemBusy": 1.0}})
+    impatient = make_client(session, emulator, retry=RetryPolicy(base_seconds=0.05, cap_seconds=0.1, total_seconds=0.5))
+    with pytest.raises(AlbError) as raised:
+        await impatient.remove_servers(GROUP, servers(1), "tok-busy")
+    assert raised.value.code == "SystemBusy"
+    assert raised.value.retryable
+    assert 2 <= len(emulator.requests()) <= 20
+
+
+async def test_unknown_group_fails_at_once(client: AlbClient, emulator: EmulatorProcess) -> None:
+    with pytest.raises(AlbError) as raised:
+        await client.remove_servers("sgp-unknown", servers(1), "tok-u")
+    assert raised.value.code == "ResourceNotFound.ServerGroup"
+    assert raised.value.http_status == 404
+    assert raised.value.request_id
+    assert not raised.value.retryable
+    assert len(emulator.requests()) == 1
+    assert "ResourceNotFound.ServerGroup" in str(raised.value) and raised.value.request_id in str(raised.value)
+
+
+async def test_already_removed_and_dry_run(client: AlbClient, emulator: EmulatorProcess) -> None:
+    gone = await client.remove_servers(GROUP, [Server("Ip", "10.99.0.1", 8080)], "tok-gone")
+    assert gone.outcome == "already_removed" and gone.job_id is None
+    dry = await client.remove_servers(GROUP, servers(3), "tok-dry", dry_run=True)
+    assert dry.outcome == "dry_run_passed"
+    assert len(members(emulator)) == 141
+
+
+async def test_sts_credentials(session: aiohttp.ClientSession, client: AlbClient, emulator: EmulatorProcess) -> None:
+    sts = make_client(session, emulator, Credentials(STS_KEY_ID, STS_SECRET, STS_TOKEN, provider="sts"))
+    assert len(await sts.list_server_group_servers(GROUP)) == 141
+    wrong = make_client(session, emulator, Credentials(STS_KEY_ID, STS_SECRET, "CAIS-wrong"))
+    with pytest.raises(AlbError, match="InvalidSecurityToken.Mismatch"):
+        await wrong.list_server_groups()
+
+
+async def test_pages_and_job_chunks(client: AlbClient, emulator: EmulatorProcess) -> None:
+    assert len(await client.list_server_group_servers(GROUP)) == 141
+    emulator.admin("PUT", "behaviour", {"job_seconds": 0})
+    job_ids = []
+    for i in range(45):
+        removal = await client.remove_servers(GROUP, [Server("Ip", ip(i), 8080)], f"tok-{i}")
+        assert removal.job_id
+        job_ids.append(removal.job_id)
+    jobs = await client.list_asyn_jobs(job_ids)
+    assert set(jobs) == set(job_ids) and {j.status for j in jobs.values()} == {"Succeeded"}
+    assert len(emulator.requests("ListAsynJobs")) == 3  # 20 + 20 + 5
+
+
+async def test_failed_job_reports_its_error(client: AlbClient, emulator: EmulatorProcess) -> None:
+    emulator.admin("PUT", "behaviour", {"job_seconds": 0, "job_failure_rate": 1.0, "job_failure_code": "InternalError"})
+    removal = await client.remove_servers(GROUP, servers(1), "tok-fail")
+    assert removal.job_id
+    job = (await client.list_asyn_jobs([removal.job_id]))[removal.job_id]
+    assert (job.status, job.error_code) == ("Failed", "InternalError")
+    assert ip(0) in members(emulator)
+
+
+# -- the emulator refuses what the cloud's gateway refuses --------------------------------------------------------
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    emulator: EmulatorProcess,
+    signed: wire.SignedRequest,
+    query_string: str | None = None,
+    body: bytes | None = None,
+) -> dict[str, str]:
+    from yarl import URL
+
+    url = URL(f"{emulator.url}/?{query_string if query_string is not None else signed.query_string}", encoded=True)
+    async with session.post(url, headers=signed.headers, data=signed.body if body is None else body) as resp:
+        return await resp.json(content_type=None)  # type: ignore[no-any-return]
+
+
+def signed_list(emulator: EmulatorProcess, **kw: object) -> wire.SignedRequest:
+    return wire.sign(
+        "ListServerGroups",
+        {"MaxResults": "10"},
+        {"Note": "x"},
+        Endpoint.from_url(emulator.url).host,
+        Credentials(ACCESS_KEY_ID, ACCESS_KEY_SECRET),
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+async def test_gateway_refuses_tampering_stale_dates_and_replays(
+    session: aiohttp.ClientSession, emulator: EmulatorProcess
+) -> None:
+    good = signed_list(emulator)
+    assert "ServerGroups" in await post(session, emulator, good)
+    assert (await post(session, emulator, good))["Code"] == "SignatureNonceUsed"
+    assert (await post(session, emulator, signed_list(emulator), query_string="MaxResults=11"))[
+        "Code"
+    ] == "SignatureDoesNotMatch"
+    assert (await post(session, emulator, signed_list(emulator), body=b"Note=y"))["Code"] == "SignatureDoesNotMatch"
+    stale = signed_list(emulator, now=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=20))
+    assert (await post(session, emulator, stale))["Code"] == "InvalidTimeStamp.Expired"
+    forged = signed_list(emulator)
+    forged.headers["authorization"] = forged.headers["authorization"][:-4] + "0000"
+    assert (await post(session, emulator, forged))["Code"] == "SignatureDoesNotMatch"
+    unsigned = signed_list(emulator)
+    unsigned.headers["x-acs-extra"] = "not signed"
+    assert (await post(session, emulator, unsigned))["Code"] == "IncompleteSignature"
+
+
+async def test_throttled_error_type(client: AlbClient, emulator: EmulatorProcess) -> None:
+    emulator.admin("PUT", "faults", {"rates": {"Throttling.User": 1.0}})
+    impatient = AlbClient(
+        client._session,
+        Endpoint.from_url(emulator.url),  # noqa: SLF001
+        StaticCredentials(Credentials(ACCESS_KEY_ID, ACCESS_KEY_SECRET)),
+        retry=RetryPolicy(base_seconds=0.01, cap_seconds=0.02, total_seconds=0.2),
+    )
+    with pytest.raises(AlbThrottled):
+        await impatient.list_server_groups()
