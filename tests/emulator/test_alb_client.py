@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+
 from alb_membership.alb import request as wire
 from alb_membership.alb.batching import batches
 from alb_membership.alb.client import AlbClient
@@ -15,7 +16,6 @@ from alb_membership.alb.endpoints import Endpoint
 from alb_membership.alb.errors import AlbError, AlbThrottled
 from alb_membership.alb.models import Server
 from alb_membership.alb.retry import RetryPolicy
-
 from tests.support.emulator import (
     ACCESS_KEY_ID,
     ACCESS_KEY_SECRET,
@@ -192,7 +192,7 @@ async def test_sts_credentials(session: aiohttp.ClientSession, client: AlbClient
     sts = make_client(session, emulator, Credentials(STS_KEY_ID, STS_SECRET, STS_TOKEN, provider="sts"))
     assert len(await sts.list_server_group_servers(GROUP)) == 141
     wrong = make_client(session, emulator, Credentials(STS_KEY_ID, STS_SECRET, "CAIS-wrong"))
-    with pytest.raises(AlbError, match="InvalidSecurityToken.Mismatch"):
+    with pytest.raises(AlbError, match=r"InvalidSecurityToken\.Mismatch"):
         await wrong.list_server_groups()
 
 
@@ -266,13 +266,12 @@ async def test_gateway_refuses_tampering_stale_dates_and_replays(
     assert (await post(session, emulator, unsigned))["Code"] == "IncompleteSignature"
 
 
-async def test_throttled_error_type(client: AlbClient, emulator: EmulatorProcess) -> None:
+async def test_throttled_error_type(
+    session: aiohttp.ClientSession, client: AlbClient, emulator: EmulatorProcess
+) -> None:
     emulator.admin("PUT", "faults", {"rates": {"Throttling.User": 1.0}})
-    impatient = AlbClient(
-        client._session,
-        Endpoint.from_url(emulator.url),  # noqa: SLF001
-        StaticCredentials(Credentials(ACCESS_KEY_ID, ACCESS_KEY_SECRET)),
-        retry=RetryPolicy(base_seconds=0.01, cap_seconds=0.02, total_seconds=0.2),
+    impatient = make_client(
+        session, emulator, retry=RetryPolicy(base_seconds=0.01, cap_seconds=0.02, total_seconds=0.2)
     )
     with pytest.raises(AlbThrottled):
         await impatient.list_server_groups()
