@@ -64,7 +64,7 @@ def test_flatten_numbers_from_one() -> None:
     [
         ("Ip:10.0.0.5:8080", Server("Ip", "10.0.0.5", 8080)),
         ("Eni:eni-bp1abc:80:10.0.0.5", Server("Eni", "eni-bp1abc", 80, "10.0.0.5")),
-        ("Fc:acs:fc:fn:", Server("Fc", "acs", None, "fn")),
+        ("Ecs:i-bp67acfmxazb4p1234:80", Server("Ecs", "i-bp67acfmxazb4p1234", 80)),
     ],
 )
 def test_server_specs(spec: str, server: Server) -> None:
