@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 SERVER_TYPES = ("Ecs", "Eni", "Eci", "Ip", "Fc")
 PORT_REQUIRED = frozenset({"Ecs", "Eni", "Eci", "Ip"})
@@ -47,7 +47,24 @@ class Server:
 
     @property
     def key(self) -> str:
-        return f"{self.server_type}:{self.server_id}:{self.port or ''}:{self.server_ip or ''}"
+        return f"{self.server_type}|{self.server_id}|{self.port or ''}|{self.server_ip or ''}"
+
+    def __str__(self) -> str:
+        address = f"{self.server_id}:{self.port}" if self.port else self.server_id
+        return f"{self.server_type}/{address}" + (f" ({self.server_ip})" if self.server_ip else "")
+
+    def to_status(self) -> dict[str, str | int]:
+        out: dict[str, str | int] = {"serverType": self.server_type, "serverId": self.server_id}
+        if self.port is not None:
+            out["port"] = self.port
+        if self.server_ip:
+            out["serverIp"] = self.server_ip
+        return out
+
+    @classmethod
+    def from_status(cls, raw: dict[str, Any]) -> Server:
+        port = raw.get("port")
+        return cls(raw["serverType"], raw["serverId"], int(port) if port else None, raw.get("serverIp"))
 
     def to_api(self) -> dict[str, str]:
         out = {"ServerId": self.server_id, "ServerType": self.server_type}
@@ -74,6 +91,6 @@ class Removal:
 @dataclass(frozen=True)
 class Job:
     job_id: str
-    status: Literal["Processing", "Succeeded", "Failed"]
+    status: Literal["Processing", "Succeeded", "Failed", "Unknown"]
     error_code: str | None = None
     error_message: str | None = None

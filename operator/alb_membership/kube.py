@@ -1,0 +1,84 @@
+"""The operator's own writes to Kubernetes (status and Events) outside kopf's handler cycle, with
+kubernetes_asyncio so that nothing blocks the event loop."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import uuid
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.rest import ApiException
+
+from alb_membership.spec import GROUP, PLURAL, VERSION, Ref
+
+log = logging.getLogger(__name__)
+COMPONENT = "alb-membership-operator"
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self._custom = client.CustomObjectsApi(api)
+        self._core = client.CoreV1Api(api)
+        self._host = os.environ.get("POD_NAME") or os.uname().nodename
+
+    @classmethod
+    async def connect(cls) -> Kube:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            return cls(client.ApiClient())
+        configuration = client.Configuration()
+        await config.load_kube_config(client_configuration=configuration)
+        return cls(client.ApiClient(configuration))
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def patch_status(self, ref: Ref, status: dict[str, Any]) -> bool:
+        """Merge-patches the status subresource; False when the resource is gone."""
+        try:
+            await self._custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                ref.namespace,
+                PLURAL,
+                ref.name,
+                {"status": status},
+                # Accepted at run time (the *_with_http_info layer reads it) though missing from the stub.
+                _content_type="application/merge-patch+json",  # type: ignore[call-arg]
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def event(self, ref: Ref, kind: str, reason: str, message: str) -> None:
+        """Posts a core/v1 Event on the resource. Failures are logged, never raised: an Event is a courtesy."""
+        now = dt.datetime.now(dt.UTC)
+        body = {
+            "metadata": {"name": f"{ref.name}.{uuid.uuid4().hex[:12]}", "namespace": ref.namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "ServerGroupMembership",
+                "name": ref.name,
+                "namespace": ref.namespace,
+                "uid": ref.uid,
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1000],
+            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "count": 1,
+            "source": {"component": COMPONENT, "host": self._host},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": self._host,
+        }
+        try:
+            await self._core.create_namespaced_event(ref.namespace, body)  # type: ignore[arg-type]
+        except Exception as exc:  # an unreachable API server must not stop a removal
+            log.warning("could not post event %s on %s: %s", reason, ref, exc)

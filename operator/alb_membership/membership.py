@@ -1,0 +1,109 @@
+"""Which ALB server a pod or an endpoint is, and whether it is going away. Pure functions over API objects."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from alb_membership.alb.models import Server
+from alb_membership.spec import Backend
+
+ECI_ANNOTATION = "k8s.aliyun.com/eci-instance-id"
+DEFAULT_ENI_ANNOTATION = "k8s.aliyun.com/eni-id"
+
+
+class UnmappablePod(ValueError):
+    """The pod lacks what its backend type needs (an ECI or ENI id); the message says which annotation."""
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the operator needs to know of a pod (kept in an index, so small)."""
+
+    namespace: str
+    name: str
+    uid: str
+    ip: str | None
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    deletion_started: dt.datetime | None  # when graceful deletion began (deletionTimestamp minus grace)
+    terminal: bool  # phase Succeeded or Failed
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], eni_annotation: str = DEFAULT_ENI_ANNOTATION) -> PodView:
+        meta = body.get("metadata") or {}
+        status = body.get("status") or {}
+        annotations = meta.get("annotations") or {}
+        return cls(
+            namespace=meta.get("namespace", ""),
+            name=meta.get("name", ""),
+            uid=meta.get("uid", ""),
+            ip=status.get("podIP") or None,
+            labels=dict(meta.get("labels") or {}),
+            annotations={k: annotations[k] for k in (ECI_ANNOTATION, eni_annotation) if k in annotations},
+            deletion_started=deletion_started(meta),
+            terminal=status.get("phase") in ("Succeeded", "Failed"),
+        )
+
+    @property
+    def going_away(self) -> bool:
+        return self.deletion_started is not None or self.terminal
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def deletion_started(meta: Mapping[str, Any]) -> dt.datetime | None:
+    """deletionTimestamp is when the grace period *ends*; the deletion began grace seconds earlier."""
+    when = parse_time(meta.get("deletionTimestamp"))
+    if when is None:
+        return None
+    return when - dt.timedelta(seconds=int(meta.get("deletionGracePeriodSeconds") or 0))
+
+
+def server_for(backend: Backend, ip: str | None, annotations: Mapping[str, str], eni_annotation: str) -> Server | None:
+    """The ALB server for a pod (or endpoint) under ``backend``; None while it has no IP yet."""
+    if not ip:
+        return None
+    if backend.server_type == "Ip":
+        return Server("Ip", ip, backend.port)
+    if backend.server_type == "Eci":
+        eci = annotations.get(ECI_ANNOTATION)
+        if not eci:
+            raise UnmappablePod(f"backend Eci needs the pod annotation {ECI_ANNOTATION}")
+        return Server("Eci", eci, backend.port)
+    eni = annotations.get(eni_annotation)
+    if not eni:
+        raise UnmappablePod(f"backend Eni needs the pod annotation {eni_annotation}")
+    return Server("Eni", eni, backend.port, ip)
+
+
+@dataclass(frozen=True)
+class EndpointView:
+    address: str
+    terminating: bool
+    pod_name: str | None
+    pod_uid: str | None
+
+
+def endpoints_of(slice_body: Mapping[str, Any]) -> list[EndpointView]:
+    out = []
+    for ep in slice_body.get("endpoints") or []:
+        conditions = ep.get("conditions") or {}
+        ref = ep.get("targetRef") or {}
+        pod = ref if ref.get("kind") == "Pod" else {}
+        for address in ep.get("addresses") or []:
+            out.append(
+                EndpointView(
+                    address=address,
+                    terminating=bool(conditions.get("terminating")),
+                    pod_name=pod.get("name"),
+                    pod_uid=pod.get("uid"),
+                )
+            )
+    return out

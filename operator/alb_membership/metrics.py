@@ -1,0 +1,47 @@
+"""Prometheus metrics (PRODUCT.md section 4)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.api_calls = Counter(
+            "albm_api_calls", "ALB API call attempts by action and outcome code", ["action", "code"], registry=r
+        )
+        self.api_seconds = Histogram("albm_api_call_seconds", "ALB API call duration", ["action"], registry=r)
+        self.batch_servers = Histogram(
+            "albm_batch_servers",
+            "Servers per RemoveServersFromServerGroup call",
+            buckets=(1, 2, 5, 10, 20, 30, 40, 80, 120, 160, 200),
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "albm_queue_depth", "Removals decided and not yet sent, by server group", ["server_group"], registry=r
+        )
+        self.jobs = Counter("albm_jobs", "Removal jobs by final status", ["status"], registry=r)
+        # Two clocks: since the pod's deletion began (deletionTimestamp minus grace period; the API server keeps
+        # whole seconds) and since the operator observed the change (sub-second, the operator's own latency).
+        self.accepted_seconds = Histogram(
+            "albm_removal_accepted_seconds",
+            "Seconds from a removal trigger to the cloud accepting the job",
+            ["since"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.succeeded_seconds = Histogram(
+            "albm_removal_succeeded_seconds",
+            "Seconds from a removal trigger to the job succeeding",
+            ["since"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def observe_call(self, action: str, code: str, seconds: float) -> None:
+        self.api_calls.labels(action, code).inc()
+        self.api_seconds.labels(action).observe(seconds)

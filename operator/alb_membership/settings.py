@@ -1,0 +1,156 @@
+"""Operator settings from flags, each with an ALBM_* environment variable as its default (for the chart)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+from alb_membership.alb.batching import MAX_BATCH_SIZE
+from alb_membership.alb.endpoints import Endpoint, resolve
+from alb_membership.membership import DEFAULT_ENI_ANNOTATION
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"ALBM_{name}", default)
+
+
+def add_cloud_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--region", default=_env("REGION"), help="default ALB region, e.g. cn-hangzhou [env ALBM_REGION]"
+    )
+    parser.add_argument(
+        "--endpoint",
+        default=_env("ENDPOINT"),
+        help="explicit ALB API URL, e.g. http://127.0.0.1:8080 for the local emulator "
+        "(overrides --region for every call) [env ALBM_ENDPOINT]",
+    )
+    parser.add_argument(
+        "--vpc-endpoint",
+        action="store_true",
+        default=_env("VPC_ENDPOINT") == "true",
+        help="use alb-vpc.<region>.aliyuncs.com instead of the public endpoint [env ALBM_VPC_ENDPOINT]",
+    )
+
+
+def _positive(kind: type[int] | type[float], low: float, high: float | None = None):  # type: ignore[no-untyped-def]
+    def parse(value: str) -> int | float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a {kind.__name__}") from None
+        if number < low or (high is not None and number > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{value} must be {bound}")
+        return number
+
+    return parse
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    add_cloud_arguments(parser)
+    parser.add_argument(
+        "--batch-size",
+        type=_positive(int, 1, MAX_BATCH_SIZE),
+        default=_env("BATCH_SIZE", "40"),
+        help="servers per RemoveServersFromServerGroup call, 1-200 (default 40, the API page's "
+        "figure) [env ALBM_BATCH_SIZE]",
+    )
+    parser.add_argument(
+        "--coalesce-seconds",
+        type=_positive(float, 0, 10),
+        default=_env("COALESCE_SECONDS", "0.2"),
+        help="how long removals for one group wait for others to join the same call "
+        "(default 0.2) [env ALBM_COALESCE_SECONDS]",
+    )
+    parser.add_argument(
+        "--api-rate-limit",
+        type=_positive(int, 1),
+        default=_env("API_RATE_LIMIT", "180"),
+        help="RemoveServersFromServerGroup calls allowed per --api-rate-period seconds "
+        "(default 180, under the cloud's 200/60s) [env ALBM_API_RATE_LIMIT]",
+    )
+    parser.add_argument(
+        "--api-rate-period",
+        type=_positive(float, 0.001),
+        default=_env("API_RATE_PERIOD", "60"),
+        help="the window of --api-rate-limit in seconds (default 60) [env ALBM_API_RATE_PERIOD]",
+    )
+    parser.add_argument(
+        "--job-poll-seconds",
+        type=_positive(float, 0.05),
+        default=_env("JOB_POLL_SECONDS", "0.5"),
+        help="how often running jobs are checked with ListAsynJobs (default 0.5) [env ALBM_JOB_POLL_SECONDS]",
+    )
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        dest="namespaces",
+        action="append",
+        default=[n for n in (_env("NAMESPACES") or "").split(",") if n],
+        help="watch only this namespace (repeatable; kopf globs like 'team-*' work); "
+        "default: the whole cluster [env ALBM_NAMESPACES, comma-separated]",
+    )
+    parser.add_argument(
+        "--eni-annotation",
+        default=_env("ENI_ANNOTATION", DEFAULT_ENI_ANNOTATION),
+        help="pod annotation holding the ENI id for backend Eni (default %(default)s) [env ALBM_ENI_ANNOTATION]",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        default=_env("LOG_FORMAT", "text"),
+        help="log format; the Helm chart sets json [env ALBM_LOG_FORMAT]",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=_positive(int, 0, 65535),
+        default=_env("METRICS_PORT", "8080"),
+        help="port for /metrics, /healthz and /readyz; 0 disables (default 8080) [env ALBM_METRICS_PORT]",
+    )
+    parser.add_argument(
+        "--metrics-address",
+        default=_env("METRICS_ADDRESS", "0.0.0.0"),
+        help="address the metrics port binds to [env ALBM_METRICS_ADDRESS]",
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    region: str | None
+    endpoint: str | None
+    vpc_endpoint: bool = False
+    batch_size: int = 40
+    coalesce_seconds: float = 0.2
+    api_rate_limit: int = 180
+    api_rate_period: float = 60.0
+    job_poll_seconds: float = 0.5
+    namespaces: tuple[str, ...] = ()
+    eni_annotation: str = DEFAULT_ENI_ANNOTATION
+    log_format: str = "text"
+    metrics_port: int = 8080
+    metrics_address: str = "0.0.0.0"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        settings = cls(
+            region=args.region,
+            endpoint=args.endpoint,
+            vpc_endpoint=args.vpc_endpoint,
+            batch_size=int(args.batch_size),
+            coalesce_seconds=float(args.coalesce_seconds),
+            api_rate_limit=int(args.api_rate_limit),
+            api_rate_period=float(args.api_rate_period),
+            job_poll_seconds=float(args.job_poll_seconds),
+            namespaces=tuple(args.namespaces),
+            eni_annotation=args.eni_annotation,
+            log_format=args.log_format,
+            metrics_port=int(args.metrics_port),
+            metrics_address=args.metrics_address,
+        )
+        if settings.region or settings.endpoint:  # a bad region or URL fails at start, not at the first removal
+            settings.endpoint_for(settings.region)
+        return settings
+
+    def endpoint_for(self, region: str | None) -> Endpoint:
+        return resolve(region or self.region, self.endpoint, self.vpc_endpoint)
