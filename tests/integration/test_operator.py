@@ -1,0 +1,458 @@
+"""The operator as a process, on the real control plane, against the ALB emulator."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+
+from localcluster import ClusterError
+from tests.support.cluster import Cluster, wait_for
+from tests.support.emulator import EmulatorProcess, server
+from tests.support.operator import OperatorProcess, start_operator
+
+pytestmark = pytest.mark.integration
+
+CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
+GROUP = "sgp-optest00000001"
+FOREIGN = "192.0.2.250"  # another team's server in the same group: never to be touched
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "-f", str(CRD_DIR))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=30s", "crd/servergroupmemberships.albmembership.io"
+    )
+
+
+@pytest.fixture
+def operator(
+    cluster: Cluster, crd: None, emulator: EmulatorProcess, namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    proc = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
+    yield proc
+    proc.stop()
+
+
+def apply(cluster: Cluster, namespace: str, obj: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+
+def deployment(name: str, replicas: int, grace: int = 30) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": grace,
+                    "containers": [{"name": "c", "image": "example.invalid/web:1"}],
+                },
+            },
+        },
+    }
+
+
+def sgm(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "albmembership.io/v1alpha1",
+        "kind": "ServerGroupMembership",
+        "metadata": {"name": name},
+        "spec": {"serverGroupId": GROUP, **spec},
+    }
+
+
+def pod_ips(core: kubernetes.client.CoreV1Api, ns: str, app: str, count: int) -> dict[str, str]:
+    """name -> IP of ``count`` Ready, non-terminating pods."""
+
+    def ready() -> dict[str, str] | None:
+        pods = core.list_namespaced_pod(ns, label_selector=f"app={app}").items
+        out = {
+            p.metadata.name: p.status.pod_ip
+            for p in pods
+            if p.status.pod_ip
+            and not p.metadata.deletion_timestamp
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        }
+        return out if len(out) == count else None
+
+    return wait_for(ready, f"{count} Ready pods of {app}")
+
+
+def seed(emulator: EmulatorProcess, ips: list[str], port: int = 8080) -> None:
+    """What another controller (the ingress) did: the pods are in the group, next to a foreign server."""
+    emulator.add_group(GROUP, [server(ip, port) for ip in ips] + [server(FOREIGN, port)])
+
+
+def in_group(emulator: EmulatorProcess) -> set[str]:
+    return {s["ServerId"] for s in emulator.group(GROUP)["Servers"]}
+
+
+def status(cluster: Cluster, ns: str, name: str = "web") -> dict[str, Any]:
+    return json.loads(cluster.kubectl("get", "sgm", name, "-n", ns, "-o", "json")).get("status") or {}
+
+
+def status_when(
+    cluster: Cluster, ns: str, ok: Callable[[dict[str, Any]], object], what: str, timeout: float = 60
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        current = status(cluster, ns)
+        return current if ok(current) else None
+
+    return wait_for(check, what, timeout=timeout)
+
+
+def events(cluster: Cluster, ns: str) -> list[str]:
+    out = json.loads(cluster.kubectl("get", "events", "-n", ns, "-o", "json"))
+    return [e["reason"] for e in out["items"] if e["involvedObject"]["kind"] == "ServerGroupMembership"]
+
+
+def removal_requests(emulator: EmulatorProcess) -> list[dict[str, Any]]:
+    return [r for r in emulator.requests("RemoveServersFromServerGroup")]
+
+
+# -- validation in the API server -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "complaint"),
+    [
+        (
+            {"serverGroupId": "sg-wrong", "servers": [{"serverId": "i-1", "serverType": "Ecs", "port": 80}]},
+            "spec.serverGroupId",
+        ),
+        ({"serverGroupId": GROUP}, "at least one member source"),
+        ({"serverGroupId": GROUP, "podSelector": {"matchLabels": {"a": "b"}}}, "backend"),
+        (
+            {"serverGroupId": GROUP, "podSelector": {}, "backend": {"serverType": "Ip", "port": 70000}},
+            "spec.backend.port",
+        ),
+        (
+            {"serverGroupId": GROUP, "podSelector": {}, "backend": {"serverType": "Ecs", "port": 80}},
+            "spec.backend.serverType",
+        ),
+        ({"serverGroupId": GROUP, "servers": [{"serverId": "i-1", "serverType": "Ecs"}]}, "spec.servers[0].port"),
+        (
+            {
+                "serverGroupId": GROUP,
+                "servers": [{"serverId": "i-1", "serverType": "Ecs", "port": 80, "serverIp": "10.0.0.1"}],
+            },
+            "serverIp is only for serverType Eni",
+        ),
+        (
+            {
+                "serverGroupId": GROUP,
+                "servers": [{"serverId": "i-1", "serverType": "Ecs", "port": 80}],
+                "deletionPolicy": "Keep",
+            },
+            "spec.deletionPolicy",
+        ),
+    ],
+)
+def test_bad_resources_are_refused_naming_the_field(
+    cluster: Cluster, crd: None, namespace: str, spec: dict[str, Any], complaint: str
+) -> None:
+    body = {
+        "apiVersion": "albmembership.io/v1alpha1",
+        "kind": "ServerGroupMembership",
+        "metadata": {"name": "bad"},
+        "spec": spec,
+    }
+    with pytest.raises(ClusterError, match=complaint.replace("[", r"\[").replace("]", r"\]")):
+        apply(cluster, namespace, body)
+
+
+def test_server_group_id_is_immutable(cluster: Cluster, crd: None, namespace: str) -> None:
+    static = [{"serverId": "i-1", "serverType": "Ecs", "port": 80}]
+    apply(cluster, namespace, sgm("web", servers=static))
+    moved = sgm("web", servers=static)
+    moved["spec"]["serverGroupId"] = "sgp-other00000001"
+    with pytest.raises(ClusterError, match="serverGroupId is immutable"):
+        apply(cluster, namespace, moved)
+
+
+# -- removals ---------------------------------------------------------------------------------------------------
+
+
+def test_rollout_restart_removes_every_old_pod_once_and_nothing_else(
+    cluster: Cluster,
+    api_client: kubernetes.client.ApiClient,
+    emulator: EmulatorProcess,
+    namespace: str,
+    operator: OperatorProcess,
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    apply(cluster, namespace, deployment("web", 4))
+    old = pod_ips(core, namespace, "web", 4)
+    seed(emulator, list(old.values()))
+    apply(
+        cluster,
+        namespace,
+        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
+    )
+    wait_for(lambda: status(cluster, namespace).get("memberCount") == 4, "4 members recorded")
+
+    cluster.kubectl("rollout", "restart", "deployment/web", "-n", namespace)
+    wait_for(lambda: not in_group(emulator) & set(old.values()), "every old pod IP out of the group", timeout=90)
+
+    assert FOREIGN in in_group(emulator)
+    accepted = [r for r in removal_requests(emulator) if r["code"] == "OK"]
+    removed = [ip for r in accepted for ip in r["servers"]]
+    assert sorted(removed) == sorted(old.values()), "each old pod removed exactly once"
+    st = status_when(
+        cluster,
+        namespace,
+        lambda s: not s.get("pending") and s.get("jobs") and all(j["status"] == "Succeeded" for j in s["jobs"]),
+        "jobs to succeed",
+    )
+    assert {j["jobId"] for j in st["jobs"]} == {r["job_id"] for r in accepted}
+    assert all(j["clientToken"].startswith("albm-") and len(j["clientToken"]) <= 64 for j in st["jobs"])
+    assert "RemovalSubmitted" in events(cluster, namespace) and "RemovalSucceeded" in events(cluster, namespace)
+    ready = {c["type"]: c["status"] for c in st["conditions"]}
+    assert ready == {"Ready": "True", "Degraded": "False"}
+    for pod in core.list_namespaced_pod(namespace).items:  # the operator never writes to pods
+        assert not pod.metadata.finalizers
+        assert not any("albmembership" in k or "kopf" in k for k in (pod.metadata.annotations or {}))
+
+
+def test_deleted_pod_is_removed_and_measured(
+    cluster: Cluster,
+    api_client: kubernetes.client.ApiClient,
+    emulator: EmulatorProcess,
+    namespace: str,
+    operator: OperatorProcess,
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    apply(cluster, namespace, deployment("web", 2))
+    pods = pod_ips(core, namespace, "web", 2)
+    seed(emulator, list(pods.values()))
+    apply(
+        cluster,
+        namespace,
+        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
+    )
+    wait_for(lambda: status(cluster, namespace).get("memberCount") == 2, "2 members recorded")
+    victim = sorted(pods)[0]
+    core.delete_namespaced_pod(victim, namespace)
+    wait_for(lambda: pods[victim] not in in_group(emulator), "the deleted pod's IP out of the group")
+    wait_for(lambda: "albm_removal_succeeded_seconds_count" in operator.metrics(), "the success histogram")
+    metrics = operator.metrics()
+    assert 'albm_removal_accepted_seconds_count{since="observed"} 1.0' in metrics
+    assert 'albm_removal_accepted_seconds_count{since="deletion"} 1.0' in metrics
+    assert 'albm_api_calls_total{action="RemoveServersFromServerGroup",code="OK"} 1.0' in metrics
+
+
+def test_dropped_static_server_is_removed(
+    cluster: Cluster, emulator: EmulatorProcess, namespace: str, operator: OperatorProcess
+) -> None:
+    emulator.add_group(GROUP, [server("i-keep", 80, "Ecs"), server("i-drop", 80, "Ecs")], type_="Instance")
+    both = [
+        {"serverId": "i-keep", "serverType": "Ecs", "port": 80},
+        {"serverId": "i-drop", "serverType": "Ecs", "port": 80},
+    ]
+    apply(cluster, namespace, sgm("web", servers=both))
+    wait_for(lambda: status(cluster, namespace).get("memberCount") == 2, "2 static members")
+    apply(cluster, namespace, sgm("web", servers=both[:1]))
+    wait_for(lambda: in_group(emulator) == {"i-keep"}, "i-drop out of the group")
+    jobs = wait_for(
+        lambda: [j for j in status(cluster, namespace).get("jobs", []) if j["status"] == "Succeeded"],
+        "the job recorded",
+    )
+    assert jobs[0]["trigger"] == "spec-change"
+
+
+def test_deleting_the_resource_removes_its_members_first(
+    cluster: Cluster, emulator: EmulatorProcess, namespace: str, operator: OperatorProcess
+) -> None:
+    emulator.add_group(
+        GROUP, [server("i-a", 80, "Ecs"), server("i-b", 80, "Ecs"), server("i-other", 80, "Ecs")], type_="Instance"
+    )
+    apply(
+        cluster,
+        namespace,
+        sgm(
+            "web",
+            servers=[
+                {"serverId": "i-a", "serverType": "Ecs", "port": 80},
+                {"serverId": "i-b", "serverType": "Ecs", "port": 80},
+            ],
+        ),
+    )
+    wait_for(lambda: status(cluster, namespace).get("memberCount") == 2, "2 static members")
+    cluster.kubectl("delete", "sgm", "web", "-n", namespace, "--timeout=60s")
+    assert in_group(emulator) == {"i-other"}, "the finalizer held deletion until the removal was confirmed"
+
+
+def test_deleting_with_retain_leaves_members(
+    cluster: Cluster, emulator: EmulatorProcess, namespace: str, operator: OperatorProcess
+) -> None:
+    emulator.add_group(GROUP, [server("i-a", 80, "Ecs")], type_="Instance")
+    apply(
+        cluster,
+        namespace,
+        sgm("web", deletionPolicy="Retain", servers=[{"serverId": "i-a", "serverType": "Ecs", "port": 80}]),
+    )
+    wait_for(lambda: status(cluster, namespace).get("memberCount") == 1, "1 static member")
+    cluster.kubectl("delete", "sgm", "web", "-n", namespace, "--timeout=60s")
+    assert in_group(emulator) == {"i-a"}
+    assert removal_requests(emulator) == []
+
+
+def test_missing_group_is_degraded_and_deletion_is_released(
+    cluster: Cluster, emulator: EmulatorProcess, namespace: str, operator: OperatorProcess
+) -> None:
+    apply(cluster, namespace, sgm("web", servers=[{"serverId": "i-a", "serverType": "Ecs", "port": 80}]))
+    wait_for(lambda: status(cluster, namespace).get("memberCount") == 1, "1 static member")
+    cluster.kubectl("delete", "sgm", "web", "-n", namespace, "--wait=false")
+    wait_for(
+        lambda: cluster.kubectl("get", "sgm", "-n", namespace, "-o", "name") == "", "the resource released", timeout=60
+    )
+    assert "ServerGroupNotFound" in events(cluster, namespace)
+    assert "RemovalRefused" in events(cluster, namespace)
+    assert len([r for r in removal_requests(emulator) if r["code"] == "ResourceNotFound.ServerGroup"]) == 1
+
+
+def test_dry_run_prechecks_and_removes_nothing(
+    cluster: Cluster,
+    api_client: kubernetes.client.ApiClient,
+    emulator: EmulatorProcess,
+    namespace: str,
+    operator: OperatorProcess,
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    apply(cluster, namespace, deployment("web", 1))
+    pods = pod_ips(core, namespace, "web", 1)
+    seed(emulator, list(pods.values()))
+    apply(
+        cluster,
+        namespace,
+        sgm(
+            "web", dryRun=True, podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}
+        ),
+    )
+    wait_for(lambda: status(cluster, namespace).get("memberCount") == 1, "1 member")
+    core.delete_namespaced_pod(next(iter(pods)), namespace)
+    job = wait_for(lambda: status(cluster, namespace).get("jobs"), "the dry run recorded")[0]
+    assert job["status"] == "DryRunPassed"
+    assert set(pods.values()) <= in_group(emulator)
+    assert [r.get("dry_run") for r in removal_requests(emulator)] == [True]
+
+
+def test_terminating_endpoint_of_service_ref_is_removed(
+    cluster: Cluster,
+    api_client: kubernetes.client.ApiClient,
+    emulator: EmulatorProcess,
+    namespace: str,
+    operator: OperatorProcess,
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    apply(cluster, namespace, deployment("web", 2))
+    apply(
+        cluster,
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    )
+    pods = pod_ips(core, namespace, "web", 2)
+    seed(emulator, list(pods.values()))
+    apply(cluster, namespace, sgm("web", serviceRef={"name": "web"}, backend={"serverType": "Ip", "port": 8080}))
+    wait_for(lambda: status(cluster, namespace).get("memberCount") == 2, "2 endpoint members")
+    victim = sorted(pods)[0]
+    core.delete_namespaced_pod(victim, namespace)
+    wait_for(lambda: pods[victim] not in in_group(emulator), "the terminating endpoint out of the group")
+    st = status_when(cluster, namespace, lambda s: s.get("jobs"), "the job recorded")
+    assert st["jobs"][0]["trigger"] == "endpoint-terminating"
+
+
+# -- nothing lost when the operator dies ----------------------------------------------------------------------------
+
+
+def test_pods_deleted_while_no_operator_ran_are_removed(
+    cluster: Cluster,
+    api_client: kubernetes.client.ApiClient,
+    emulator: EmulatorProcess,
+    namespace: str,
+    operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    apply(cluster, namespace, deployment("web", 2))
+    pods = pod_ips(core, namespace, "web", 2)
+    seed(emulator, list(pods.values()))
+    apply(
+        cluster,
+        namespace,
+        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
+    )
+    wait_for(lambda: status(cluster, namespace).get("memberCount") == 2, "2 members recorded")
+    operator.kill()
+    victim = sorted(pods)[0]
+    core.delete_namespaced_pod(victim, namespace, grace_period_seconds=0)
+    wait_for(
+        lambda: victim not in {p.metadata.name for p in core.list_namespaced_pod(namespace).items},
+        "the pod gone while no operator runs",
+    )
+    assert pods[victim] in in_group(emulator)
+
+    successor = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
+    try:
+        wait_for(lambda: pods[victim] not in in_group(emulator), "the successor to remove the pod deleted meanwhile")
+        st = status_when(cluster, namespace, lambda s: s.get("jobs"), "the job recorded")
+        assert st["jobs"][0]["trigger"] == "pod-gone"
+    finally:
+        successor.stop()
+
+
+def test_a_removal_in_flight_when_the_operator_dies_is_sent_again_with_the_same_token(
+    cluster: Cluster,
+    api_client: kubernetes.client.ApiClient,
+    emulator: EmulatorProcess,
+    namespace: str,
+    operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    apply(cluster, namespace, deployment("web", 1))
+    pods = pod_ips(core, namespace, "web", 1)
+    seed(emulator, list(pods.values()))
+    apply(
+        cluster,
+        namespace,
+        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
+    )
+    wait_for(lambda: status(cluster, namespace).get("memberCount") == 1, "1 member recorded")
+    # The cloud takes 3 s to answer: the call is in flight, its token already in status, when the operator dies.
+    emulator.admin("PUT", "faults", {"latency_ms": 3000, "actions": ["RemoveServersFromServerGroup"]})
+    core.delete_namespaced_pod(next(iter(pods)), namespace)
+    pending = wait_for(
+        lambda: [p for p in status(cluster, namespace).get("pending", []) if p.get("clientToken")],
+        "the pending removal with its token in status",
+    )
+    time.sleep(0.5)
+    operator.kill()
+    token = pending[0]["clientToken"]
+
+    successor = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
+    try:
+        wait_for(lambda: not in_group(emulator) & set(pods.values()), "the removal to complete", timeout=60)
+        requests = removal_requests(emulator)
+        assert {r["client_token"] for r in requests} == {token}, "every try carried the recorded token"
+        assert len(emulator.admin("GET", "jobs")) == 1, "one job, however many tries"
+        st = status_when(cluster, namespace, lambda s: not s.get("pending"), "pending cleared")
+        assert st["jobs"][0]["clientToken"] == token
+    finally:
+        successor.stop()
