@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv binaries test unit lint demo demo-down clean
+.PHONY: help venv binaries test unit lint demo demo-down clean
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make demo    - local cluster (+ operator and ALB emulator once they exist) you can watch"
+	@echo "make demo    - a local cluster, the ALB emulator and the operator: watch a rolling update leave the group"
 	@echo "make test    - the whole test suite against a real local control plane"
 	@echo "make lint    - ruff and mypy"
 	@echo "make binaries - build/reuse etcd, kube-*, kubectl, kwok, helm (cached outside the repo)"
@@ -38,7 +38,7 @@ demo: venv binaries
 	scripts/demo
 
 demo-down: venv
-	scripts/local-cluster down
+	scripts/demo-down
 
 clean:
 	rm -rf $(VENV) build *.egg-info
