@@ -16,15 +16,15 @@ from types import SimpleNamespace
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from alb_membership.alb import request as wire  # noqa: E402
-from alb_membership.alb import signing  # noqa: E402
-from alb_membership.alb.client import AlbClient  # noqa: E402
-from alb_membership.alb.credentials import Credentials, StaticCredentials  # noqa: E402
-from alb_membership.alb.endpoints import Endpoint  # noqa: E402
-from alb_membership.alb.models import Server  # noqa: E402
-from alibabacloud_tea_openapi.utils import Utils as SdkUtils  # noqa: E402
+from alibabacloud_tea_openapi.utils import Utils as SdkUtils
+from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET, server, start_emulator
 
-from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET, server, start_emulator  # noqa: E402
+from alb_membership.alb import request as wire
+from alb_membership.alb import signing
+from alb_membership.alb.client import AlbClient
+from alb_membership.alb.credentials import Credentials, StaticCredentials
+from alb_membership.alb.endpoints import Endpoint
+from alb_membership.alb.models import Server
 
 CREDS = Credentials(ACCESS_KEY_ID, ACCESS_KEY_SECRET)
 QUERY = {

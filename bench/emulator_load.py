@@ -17,11 +17,11 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from alb_membership.alb.client import AlbClient  # noqa: E402
-from alb_membership.alb.credentials import Credentials, StaticCredentials  # noqa: E402
-from alb_membership.alb.endpoints import Endpoint  # noqa: E402
+from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET, server, start_emulator
 
-from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET, server, start_emulator  # noqa: E402
+from alb_membership.alb.client import AlbClient
+from alb_membership.alb.credentials import Credentials, StaticCredentials
+from alb_membership.alb.endpoints import Endpoint
 
 
 async def one_run(url: str, seconds: float, concurrency: int) -> tuple[float, int]:
