@@ -82,3 +82,12 @@ def emulator(emulator_process: EmulatorProcess) -> EmulatorProcess:
         },
     )
     return emulator_process
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: Cluster) -> None:
+    """The ServerGroupMembership CRD, installed once per run."""
+    cluster.kubectl("apply", "-f", str(Path(__file__).resolve().parents[1] / "crds"))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=30s", "crd/servergroupmemberships.albmembership.io"
+    )

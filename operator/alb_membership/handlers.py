@@ -34,6 +34,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.networking.request_timeout = 30
     settings.watching.server_timeout = 600
     settings.watching.client_timeout = 660
+    # No watching of CRDs and namespaces: least privilege (no cluster-wide list/watch on either); the cost is
+    # that --namespace takes exact names, not globs.
+    settings.scanning.disabled = True
 
 
 @kopf.on.login(registry=registry)
@@ -41,11 +44,6 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     # kopf's built-in logins (a registry of our own starts without kopf's default ones): the pod's
     # ServiceAccount in a cluster, the kubeconfig elsewhere.
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-
-
-@kopf.on.cleanup(registry=registry)
-async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    await _runtime(memo).close()
 
 
 @kopf.index(GROUP, VERSION, PLURAL, registry=registry)

@@ -42,6 +42,8 @@ class Metrics:
             registry=r,
         )
 
+        self.leader = Gauge("albm_leader", "1 while this replica acts, 0 while it stands by", registry=r)
+
     def observe_call(self, action: str, code: str, seconds: float) -> None:
         self.api_calls.labels(action, code).inc()
         self.api_seconds.labels(action).observe(seconds)

@@ -40,7 +40,8 @@ class Runtime:
         self._services: dict[str, Services] = {}
         self._pipelines: dict[tuple[str, str], GroupPipeline] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self.ready = asyncio.Event()
+        self.ready = asyncio.Event()  # set by kopf once it watches everything
+        self.standby = False  # True while another replica holds the Lease
 
     @classmethod
     async def create(cls, settings: Settings, metrics: Metrics | None = None) -> Runtime:
@@ -106,8 +107,9 @@ class Runtime:
             return web.json_response({"ok": True})
 
         async def readyz(_: web.Request) -> web.Response:
-            ready = self.ready.is_set()
-            return web.json_response({"ready": ready}, status=200 if ready else 503)
+            # A standby replica is ready: ready to take over, which is its whole job.
+            ready = self.standby or self.ready.is_set()
+            return web.json_response({"ready": ready, "leader": not self.standby}, status=200 if ready else 503)
 
         app = web.Application()
         app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz)])

@@ -88,7 +88,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         dest="namespaces",
         action="append",
         default=[n for n in (_env("NAMESPACES") or "").split(",") if n],
-        help="watch only this namespace (repeatable; kopf globs like 'team-*' work); "
+        help="watch only this namespace (repeatable, exact names); "
         "default: the whole cluster [env ALBM_NAMESPACES, comma-separated]",
     )
     parser.add_argument(
@@ -113,6 +113,23 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("METRICS_ADDRESS", "0.0.0.0"),
         help="address the metrics port binds to [env ALBM_METRICS_ADDRESS]",
     )
+    parser.add_argument(
+        "--leader-elect",
+        action="store_true",
+        default=_env("LEADER_ELECT") == "true",
+        help="run as one of several replicas: only the holder of a coordination.k8s.io Lease acts, the others "
+        "stand by [env ALBM_LEADER_ELECT=true]",
+    )
+    parser.add_argument(
+        "--leader-election-namespace",
+        default=_env("LEADER_ELECTION_NAMESPACE", os.environ.get("POD_NAMESPACE", "default")),
+        help="namespace of the Lease (default: $POD_NAMESPACE or default) [env ALBM_LEADER_ELECTION_NAMESPACE]",
+    )
+    parser.add_argument(
+        "--leader-election-name",
+        default=_env("LEADER_ELECTION_NAME", "alb-membership-operator"),
+        help="name of the Lease (default %(default)s) [env ALBM_LEADER_ELECTION_NAME]",
+    )
 
 
 @dataclass(frozen=True)
@@ -130,6 +147,9 @@ class Settings:
     log_format: str = "text"
     metrics_port: int = 8080
     metrics_address: str = "0.0.0.0"
+    leader_elect: bool = False
+    leader_election_namespace: str = "default"
+    leader_election_name: str = "alb-membership-operator"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -147,6 +167,9 @@ class Settings:
             log_format=args.log_format,
             metrics_port=int(args.metrics_port),
             metrics_address=args.metrics_address,
+            leader_elect=args.leader_elect,
+            leader_election_namespace=args.leader_election_namespace,
+            leader_election_name=args.leader_election_name,
         )
         if settings.region or settings.endpoint:  # a bad region or URL fails at start, not at the first removal
             settings.endpoint_for(settings.region)

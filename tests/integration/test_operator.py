@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,22 @@ from localcluster import ClusterError
 from tests.support.cluster import Cluster, wait_for
 from tests.support.emulator import EmulatorProcess, server
 from tests.support.operator import OperatorProcess, start_operator
+from tests.support.scenario import (
+    FOREIGN,
+    GROUP,
+    apply,
+    deployment,
+    events,
+    in_group,
+    pod_ips,
+    removal_requests,
+    seed,
+    sgm,
+    status,
+    status_when,
+)
 
 pytestmark = pytest.mark.integration
-
-CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
-GROUP = "sgp-optest00000001"
-FOREIGN = "192.0.2.250"  # another team's server in the same group: never to be touched
-
-
-@pytest.fixture(scope="session")
-def crd(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "-f", str(CRD_DIR))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=30s", "crd/servergroupmemberships.albmembership.io"
-    )
 
 
 @pytest.fixture
@@ -38,87 +39,6 @@ def operator(
     proc = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
     yield proc
     proc.stop()
-
-
-def apply(cluster: Cluster, namespace: str, obj: dict[str, Any]) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
-
-
-def deployment(name: str, replicas: int, grace: int = 30) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "terminationGracePeriodSeconds": grace,
-                    "containers": [{"name": "c", "image": "example.invalid/web:1"}],
-                },
-            },
-        },
-    }
-
-
-def sgm(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "albmembership.io/v1alpha1",
-        "kind": "ServerGroupMembership",
-        "metadata": {"name": name},
-        "spec": {"serverGroupId": GROUP, **spec},
-    }
-
-
-def pod_ips(core: kubernetes.client.CoreV1Api, ns: str, app: str, count: int) -> dict[str, str]:
-    """name -> IP of ``count`` Ready, non-terminating pods."""
-
-    def ready() -> dict[str, str] | None:
-        pods = core.list_namespaced_pod(ns, label_selector=f"app={app}").items
-        out = {
-            p.metadata.name: p.status.pod_ip
-            for p in pods
-            if p.status.pod_ip
-            and not p.metadata.deletion_timestamp
-            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
-        }
-        return out if len(out) == count else None
-
-    return wait_for(ready, f"{count} Ready pods of {app}")
-
-
-def seed(emulator: EmulatorProcess, ips: list[str], port: int = 8080) -> None:
-    """What another controller (the ingress) did: the pods are in the group, next to a foreign server."""
-    emulator.add_group(GROUP, [server(ip, port) for ip in ips] + [server(FOREIGN, port)])
-
-
-def in_group(emulator: EmulatorProcess) -> set[str]:
-    return {s["ServerId"] for s in emulator.group(GROUP)["Servers"]}
-
-
-def status(cluster: Cluster, ns: str, name: str = "web") -> dict[str, Any]:
-    return json.loads(cluster.kubectl("get", "sgm", name, "-n", ns, "-o", "json")).get("status") or {}
-
-
-def status_when(
-    cluster: Cluster, ns: str, ok: Callable[[dict[str, Any]], object], what: str, timeout: float = 60
-) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        current = status(cluster, ns)
-        return current if ok(current) else None
-
-    return wait_for(check, what, timeout=timeout)
-
-
-def events(cluster: Cluster, ns: str) -> list[str]:
-    out = json.loads(cluster.kubectl("get", "events", "-n", ns, "-o", "json"))
-    return [e["reason"] for e in out["items"] if e["involvedObject"]["kind"] == "ServerGroupMembership"]
-
-
-def removal_requests(emulator: EmulatorProcess) -> list[dict[str, Any]]:
-    return [r for r in emulator.requests("RemoveServersFromServerGroup")]
 
 
 # -- validation in the API server -------------------------------------------------------------------------------

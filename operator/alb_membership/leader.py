@@ -1,0 +1,142 @@
+"""Leader election on a coordination.k8s.io Lease, so that of several replicas exactly one acts.
+
+The same protocol as client-go's leaderelection: the holder renews ``renewTime`` every ``retry_seconds``;
+a candidate takes the Lease once ``renewTime + leaseDurationSeconds`` has passed; every write carries the
+resourceVersion it read, so two candidates cannot both win. A leader that cannot renew within
+``renew_deadline_seconds`` stops acting at once (the process exits), before any other replica can take over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+log = logging.getLogger(__name__)
+
+
+class LeadershipLost(Exception):
+    """The Lease could not be renewed in time; another replica may take over now."""
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    namespace: str
+    name: str = "alb-membership-operator"
+    lease_seconds: int = 15
+    renew_deadline_seconds: float = 10.0
+    retry_seconds: float = 2.0
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _micro(when: dt.datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaderElector:
+    def __init__(
+        self, api: client.ApiClient, settings: LeaseSettings, identity: str, clock: Callable[[], dt.datetime] = _now
+    ) -> None:
+        self._api = client.CoordinationV1Api(api)
+        self.settings = settings
+        self.identity = identity
+        self._clock = clock
+        self.is_leader = False
+
+    async def acquire(self) -> None:
+        """Returns once this replica holds the Lease."""
+        announced = False
+        while not await self._try():
+            if not announced:
+                log.info(
+                    "standing by: lease %s/%s is held by another replica", self.settings.namespace, self.settings.name
+                )
+                announced = True
+            await asyncio.sleep(self.settings.retry_seconds)
+        self.is_leader = True
+        log.info("leading: acquired lease %s/%s as %s", self.settings.namespace, self.settings.name, self.identity)
+
+    async def keep(self) -> None:
+        """Renews forever; raises LeadershipLost when a renewal does not succeed within the deadline."""
+        last = self._clock()
+        while True:
+            await asyncio.sleep(self.settings.retry_seconds)
+            try:
+                renewed = await asyncio.wait_for(self._try(), self.settings.renew_deadline_seconds)
+            except (TimeoutError, ApiException, OSError) as exc:
+                log.warning("could not renew the lease: %s", exc)
+                renewed = False
+            if renewed:
+                last = self._clock()
+            elif (self._clock() - last).total_seconds() >= self.settings.renew_deadline_seconds:
+                self.is_leader = False
+                raise LeadershipLost(f"lease not renewed for {self.settings.renew_deadline_seconds:.0f}s")
+
+    async def release(self) -> None:
+        """Gives the Lease up on a clean shutdown, so a standby takes over without waiting for it to expire."""
+        if not self.is_leader:
+            return
+        try:
+            lease = await self._api.read_namespaced_lease(self.settings.name, self.settings.namespace)
+            if lease.spec.holder_identity == self.identity:
+                lease.spec.holder_identity = ""
+                lease.spec.lease_duration_seconds = 1
+                await self._api.replace_namespaced_lease(self.settings.name, self.settings.namespace, lease)
+        except ApiException as exc:
+            log.warning("could not release the lease: %s", exc)
+        self.is_leader = False
+
+    async def _try(self) -> bool:
+        now = self._clock()
+        s = self.settings
+        try:
+            lease = await self._api.read_namespaced_lease(s.name, s.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            body: dict[str, Any] = {
+                "metadata": {"name": s.name, "namespace": s.namespace},
+                "spec": {
+                    "holderIdentity": self.identity,
+                    "leaseDurationSeconds": s.lease_seconds,
+                    "acquireTime": _micro(now),
+                    "renewTime": _micro(now),
+                    "leaseTransitions": 0,
+                },
+            }
+            try:
+                await self._api.create_namespaced_lease(s.namespace, body)  # type: ignore[arg-type]
+            except ApiException as conflict:
+                if conflict.status == 409:
+                    return False
+                raise
+            return True
+        spec = lease.spec
+        held_by_other = spec.holder_identity not in (None, "", self.identity)
+        if held_by_other:
+            renewed = spec.renew_time or spec.acquire_time
+            duration = spec.lease_duration_seconds or s.lease_seconds
+            if renewed is not None and (now - renewed).total_seconds() < duration:
+                return False
+        if spec.holder_identity != self.identity:
+            spec.acquire_time = now
+            spec.lease_transitions = (spec.lease_transitions or 0) + 1
+        spec.holder_identity = self.identity
+        spec.lease_duration_seconds = s.lease_seconds
+        spec.renew_time = now
+        try:
+            await self._api.replace_namespaced_lease(s.name, s.namespace, lease)  # carries resourceVersion
+        except ApiException as exc:
+            if exc.status == 409:  # someone else wrote it first
+                return False
+            raise
+        return True
