@@ -350,6 +350,17 @@ def test_two_replicas_remove_once_and_hand_over(
         assert {ip: len(j) for ip, j in jobs_per_server.items()} == {ips[a]: 1, ips[b]: 1}
         assert len(emulator.admin("GET", "jobs")) == 2
         assert ips[c] in in_group(emulator)
+
+        # A clean shutdown (SIGTERM, as on a rolling update) gives the Lease up: no waiting for it to expire.
+        third = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path, *ha)
+        replicas.append(third)
+        assert leader_of([third]) == []
+        standby.process.terminate()
+        stopped = time.monotonic()
+        wait_for(lambda: leader_of([third]), "the third replica to take over", timeout=60)
+        graceful = time.monotonic() - stopped
+        print(f"takeover after SIGTERM of the leader: {graceful:.1f}s")
+        assert graceful < 10
     finally:
         for op in replicas:
             op.stop()
