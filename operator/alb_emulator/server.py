@@ -218,8 +218,18 @@ class Emulator:
         return _json({"deleted": removed is not None})
 
     async def list_jobs(self, _: web.Request) -> web.Response:
+        """Every job, with the servers it removes and adds (which the cloud's ListAsynJobs does not show)."""
         self.state.advance(time.time())
-        return _json([j.to_api() for j in self.state.jobs.values()])
+        return _json(
+            [
+                {
+                    **j.to_api(),
+                    "RemovedServers": [mid.split("|")[1] for mid in j.remove],
+                    "AddedServers": [m.server_id for m in j.add],
+                }
+                for j in self.state.jobs.values()
+            ]
+        )
 
     async def add_credential(self, http: web.Request) -> web.Response:
         try:

@@ -26,13 +26,18 @@ class StatusWriter:
             self._scheduled[uid] = asyncio.create_task(self._later(state), name=f"status-{state.ref}")
 
     async def _later(self, state: MembershipState) -> None:
-        await asyncio.sleep(self._delay)
-        try:
-            await self.flush(state)
-        except Exception as exc:
-            log.warning("status of %s not written (%s); retrying", state.ref, exc)
-            await asyncio.sleep(1.0)
-            self.soon(state)
+        # Loops until what it wrote is the latest: a change made while a write is under way (``soon`` sees this
+        # task still running and starts no other) must not wait for some later change to reach the status.
+        while True:
+            await asyncio.sleep(self._delay)
+            try:
+                await self.flush(state)
+            except Exception as exc:
+                log.warning("status of %s not written (%s); retrying", state.ref, exc)
+                await asyncio.sleep(1.0)
+                continue
+            if self._written.get(state.ref.uid) == state.version:
+                return
 
     async def flush(self, state: MembershipState) -> bool:
         """Writes the status if it changed since the last write; False when the resource no longer exists."""

@@ -60,6 +60,7 @@ class Component:
     name: str
     pid: int
     log: str
+    argv: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -240,16 +241,35 @@ class LocalCluster:
                 # prctl must run in the child; clusters are only started from one thread.
                 preexec_fn=None if self.detached else _die_with_parent,  # noqa: PLW1509
             )
-        self.components.append(Component(name=name, pid=proc.pid, log=str(log_path)))
+        self.components.append(Component(name=name, pid=proc.pid, log=str(log_path), argv=argv))
+
+    def restart(self, name: str, timeout: float = 60.0) -> None:
+        """Stops one component and starts it again with the same flags (chaos tests: an API server restart)."""
+        index = next(i for i, c in enumerate(self.components) if c.name == name)
+        old = self.components.pop(index)
+        _terminate(old.pid, grace=10.0)
+        self._spawn(name, old.argv)
+        self.components.insert(index, self.components.pop())
+        if name == "kube-apiserver":
+            self._wait_http(
+                name,
+                f"{self.server}/readyz",
+                time.monotonic() + timeout,
+                cafile=self.state_dir / "pki" / "ca.crt",
+                pid=self.components[index].pid,
+            )
+        self._save()
 
     def _fail(self, name: str, why: str) -> ClusterError:
         log = self.state_dir / "logs" / f"{name}.log"
         tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
         return ClusterError(f"{name} {why}; last log lines ({log}):\n" + "\n".join(tail))
 
-    def _wait_http(self, name: str, url: str, deadline: float, cafile: Path | None = None) -> None:
+    def _wait_http(
+        self, name: str, url: str, deadline: float, cafile: Path | None = None, pid: int | None = None
+    ) -> None:
         ctx = ssl.create_default_context(cafile=str(cafile)) if cafile else None
-        pid = self.components[-1].pid
+        pid = pid or self.components[-1].pid
         while True:
             if not is_alive(pid):
                 raise self._fail(name, "exited during start-up")
@@ -294,8 +314,9 @@ class LocalCluster:
                     "labels": {"kubernetes.io/hostname": f"kwok-node-{i}", "type": "kwok"},
                     "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
                 },
-                # A distinct pod CIDR per node, so pod IPs tell which node a pod runs on.
-                "spec": {"podCIDR": f"10.244.{i}.0/24", "podCIDRs": [f"10.244.{i}.0/24"]},
+                # No podCIDR per node: kwok then draws every pod IP from the one --cidr pool. With per-node
+                # ranges inside that pool, a pod handled before kwok saw its node's range got an IP from the
+                # pool that another node's range also handed out (seen: two pods with one IP).
             }
             self.kubectl("apply", "-f", "-", input=json.dumps(node))
 

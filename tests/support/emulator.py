@@ -64,11 +64,13 @@ class EmulatorProcess:
             self.process.wait()
 
 
-def start_emulator(config_dir: Path, config: dict[str, Any] | None = None, *extra: str) -> EmulatorProcess:
+def start_emulator(
+    config_dir: Path, config: dict[str, Any] | None = None, *extra: str, port: int = 0
+) -> EmulatorProcess:
     config_file = config_dir / "emulator.json"
     config_file.write_text(json.dumps(config or default_config()))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "alb_emulator", "--listen", "127.0.0.1:0", "--config", str(config_file), *extra],
+        [sys.executable, "-m", "alb_emulator", "--listen", f"127.0.0.1:{port}", "--config", str(config_file), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -80,11 +80,19 @@ def status(cluster: Cluster, ns: str, name: str = "web") -> dict[str, Any]:
 def status_when(
     cluster: Cluster, ns: str, ok: Callable[[dict[str, Any]], object], what: str, timeout: float = 60
 ) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        current = status(cluster, ns)
-        return current if ok(current) else None
+    """Polls the resource's status until ``ok`` holds; on timeout the message shows the last status seen."""
+    seen: dict[str, Any] = {}
 
-    return wait_for(check, what, timeout=timeout)
+    def check() -> dict[str, Any] | None:
+        seen.clear()
+        seen.update(status(cluster, ns))
+        return dict(seen) if ok(seen) else None
+
+    try:
+        return wait_for(check, what, timeout=timeout)
+    except AssertionError as exc:
+        summary = {k: seen.get(k) for k in ("memberCount", "pendingCount", "lastJob", "conditions")}
+        raise AssertionError(f"{exc}; last status: {summary}") from None
 
 
 def events(cluster: Cluster, ns: str) -> list[str]:
