@@ -5,12 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import kubernetes
 import pytest
 
-from localcluster import ClusterError
 from tests.support.cluster import Cluster, wait_for
 from tests.support.emulator import EmulatorProcess, server
 from tests.support.operator import OperatorProcess, start_operator
@@ -39,66 +37,6 @@ def operator(
     proc = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
     yield proc
     proc.stop()
-
-
-# -- validation in the API server -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("spec", "complaint"),
-    [
-        (
-            {"serverGroupId": "sg-wrong", "servers": [{"serverId": "i-1", "serverType": "Ecs", "port": 80}]},
-            "spec.serverGroupId",
-        ),
-        ({"serverGroupId": GROUP}, "at least one member source"),
-        ({"serverGroupId": GROUP, "podSelector": {"matchLabels": {"a": "b"}}}, "backend"),
-        (
-            {"serverGroupId": GROUP, "podSelector": {}, "backend": {"serverType": "Ip", "port": 70000}},
-            "spec.backend.port",
-        ),
-        (
-            {"serverGroupId": GROUP, "podSelector": {}, "backend": {"serverType": "Ecs", "port": 80}},
-            "spec.backend.serverType",
-        ),
-        ({"serverGroupId": GROUP, "servers": [{"serverId": "i-1", "serverType": "Ecs"}]}, "spec.servers[0].port"),
-        (
-            {
-                "serverGroupId": GROUP,
-                "servers": [{"serverId": "i-1", "serverType": "Ecs", "port": 80, "serverIp": "10.0.0.1"}],
-            },
-            "serverIp is only for serverType Eni",
-        ),
-        (
-            {
-                "serverGroupId": GROUP,
-                "servers": [{"serverId": "i-1", "serverType": "Ecs", "port": 80}],
-                "deletionPolicy": "Keep",
-            },
-            "spec.deletionPolicy",
-        ),
-    ],
-)
-def test_bad_resources_are_refused_naming_the_field(
-    cluster: Cluster, crd: None, namespace: str, spec: dict[str, Any], complaint: str
-) -> None:
-    body = {
-        "apiVersion": "albmembership.io/v1alpha1",
-        "kind": "ServerGroupMembership",
-        "metadata": {"name": "bad"},
-        "spec": spec,
-    }
-    with pytest.raises(ClusterError, match=complaint.replace("[", r"\[").replace("]", r"\]")):
-        apply(cluster, namespace, body)
-
-
-def test_server_group_id_is_immutable(cluster: Cluster, crd: None, namespace: str) -> None:
-    static = [{"serverId": "i-1", "serverType": "Ecs", "port": 80}]
-    apply(cluster, namespace, sgm("web", servers=static))
-    moved = sgm("web", servers=static)
-    moved["spec"]["serverGroupId"] = "sgp-other00000001"
-    with pytest.raises(ClusterError, match="serverGroupId is immutable"):
-        apply(cluster, namespace, moved)
 
 
 # -- removals ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,222 @@
+"""The bad-input catalogue: every kind of bad input gives a clear error and harms nothing.
+
+- resources the API server must refuse (schema and CEL), naming the field;
+- resources that are valid but make no sense here (a missing group, pods the backend cannot map);
+- absurd operator settings;
+- cloud answers that are truncated, not JSON, or lack what they must carry.
+(The emulator's own bad configuration and admin input: tests/emulator/test_emulator_process.py.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+
+from localcluster import ClusterError
+from tests.support.cluster import Cluster, wait_for
+from tests.support.emulator import EmulatorProcess, server
+from tests.support.operator import OperatorProcess, start_operator
+from tests.support.scenario import GROUP, apply, deployment, events, in_group, pod_ips, seed, sgm, status, status_when
+
+
+@pytest.fixture
+def operator(cluster: Cluster, crd: None, emulator: EmulatorProcess, namespace: str, tmp_path: Path) -> Any:
+    proc = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
+    yield proc
+    proc.stop()
+
+
+# -- resources the API server refuses -------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("spec", "complaint"),
+    [
+        (
+            {"serverGroupId": "sg-wrong", "servers": [{"serverId": "i-1", "serverType": "Ecs", "port": 80}]},
+            "spec.serverGroupId",
+        ),
+        ({"serverGroupId": GROUP}, "at least one member source"),
+        ({"serverGroupId": GROUP, "podSelector": {"matchLabels": {"a": "b"}}}, "backend"),
+        (
+            {"serverGroupId": GROUP, "podSelector": {}, "backend": {"serverType": "Ip", "port": 70000}},
+            "spec.backend.port",
+        ),
+        (
+            {"serverGroupId": GROUP, "podSelector": {}, "backend": {"serverType": "Ecs", "port": 80}},
+            "spec.backend.serverType",
+        ),
+        ({"serverGroupId": GROUP, "servers": [{"serverId": "i-1", "serverType": "Ecs"}]}, "spec.servers[0].port"),
+        (
+            {
+                "serverGroupId": GROUP,
+                "servers": [{"serverId": "i-1", "serverType": "Ecs", "port": 80, "serverIp": "10.0.0.1"}],
+            },
+            "serverIp is only for serverType Eni",
+        ),
+        (
+            {
+                "serverGroupId": GROUP,
+                "servers": [{"serverId": "i-1", "serverType": "Ecs", "port": 80}],
+                "deletionPolicy": "Keep",
+            },
+            "spec.deletionPolicy",
+        ),
+    ],
+)
+def test_bad_resources_are_refused_naming_the_field(
+    cluster: Cluster, crd: None, namespace: str, spec: dict[str, Any], complaint: str
+) -> None:
+    body = {
+        "apiVersion": "albmembership.io/v1alpha1",
+        "kind": "ServerGroupMembership",
+        "metadata": {"name": "bad"},
+        "spec": spec,
+    }
+    with pytest.raises(ClusterError, match=complaint.replace("[", r"\[").replace("]", r"\]")):
+        apply(cluster, namespace, body)
+
+
+@pytest.mark.integration
+def test_server_group_id_is_immutable(cluster: Cluster, crd: None, namespace: str) -> None:
+    static = [{"serverId": "i-1", "serverType": "Ecs", "port": 80}]
+    apply(cluster, namespace, sgm("web", servers=static))
+    moved = sgm("web", servers=static)
+    moved["spec"]["serverGroupId"] = "sgp-other00000001"
+    with pytest.raises(ClusterError, match="serverGroupId is immutable"):
+        apply(cluster, namespace, moved)
+
+
+# -- valid, but nothing can be done with it -----------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_pods_the_backend_cannot_map_are_reported_once_and_left_alone(
+    cluster: Cluster,
+    api_client: kubernetes.client.ApiClient,
+    emulator: EmulatorProcess,
+    namespace: str,
+    operator: OperatorProcess,
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    apply(cluster, namespace, deployment("web", 2))
+    ips = pod_ips(core, namespace, "web", 2)
+    seed(emulator, list(ips.values()))
+    apply(
+        cluster,
+        namespace,
+        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Eci", "port": 80}),
+    )
+    wait_for(lambda: events(cluster, namespace).count("UnmappablePod") == 2, "one warning per pod")
+    core.delete_namespaced_pod(sorted(ips)[0], namespace)
+    # Nothing to remove and nothing removed: the pods never mapped to a server.
+    status_when(cluster, namespace, lambda s: s.get("memberCount") == 0 and not s.get("pending"), "no members")
+    assert emulator.requests("RemoveServersFromServerGroup") == []
+    assert set(ips.values()) <= in_group(emulator)
+
+
+@pytest.mark.integration
+def test_service_that_does_not_exist_means_no_members(
+    cluster: Cluster, emulator: EmulatorProcess, namespace: str, operator: OperatorProcess
+) -> None:
+    emulator.add_group(GROUP, [server("10.0.0.1")])
+    apply(
+        cluster, namespace, sgm("web", serviceRef={"name": "nothing-here"}, backend={"serverType": "Ip", "port": 8080})
+    )
+    st = status_when(cluster, namespace, lambda s: s.get("conditions"), "the resource to be taken up")
+    assert st["memberCount"] == 0
+    assert {c["type"]: c["status"] for c in st["conditions"]}["Ready"] == "True"
+    assert emulator.requests("RemoveServersFromServerGroup") == []
+
+
+# -- absurd settings ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--batch-size", "0"], "--batch-size: 0 must be between 1 and 200"),
+        (["--batch-size", "500"], "--batch-size: 500 must be between 1 and 200"),
+        (["--coalesce-seconds", "-1"], "--coalesce-seconds: -1 must be between 0 and 10"),
+        (["--api-rate-limit", "0"], "--api-rate-limit: 0 must be at least 1"),
+        (["--job-poll-seconds", "fast"], "--job-poll-seconds: 'fast' is not a float"),
+        (["--metrics-port", "70000"], "--metrics-port: 70000 must be between 0 and 65535"),
+        (["--endpoint", "ftp://alb"], "endpoint 'ftp://alb' must be http(s)://host[:port]"),
+        (["--region", "Hangzhou!"], "region 'Hangzhou!' does not look like a region id"),
+        (["--log-format", "xml"], "invalid choice: 'xml'"),
+    ],
+)
+def test_absurd_settings_are_refused_before_anything_starts(args: list[str], complaint: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "alb_membership", "run", *args], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == 2
+    assert complaint in proc.stderr
+
+
+def test_absurd_settings_from_the_environment_are_refused_too() -> None:
+    import os
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "alb_membership", "run"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "ALBM_BATCH_SIZE": "1000"},
+    )
+    assert proc.returncode == 2
+    assert "1000 must be between 1 and 200" in proc.stderr
+
+
+# -- broken answers from the cloud -----------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_broken_cloud_answers_are_retried_and_make_one_job(
+    cluster: Cluster,
+    api_client: kubernetes.client.ApiClient,
+    emulator: EmulatorProcess,
+    namespace: str,
+    operator: OperatorProcess,
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    apply(cluster, namespace, deployment("web", 1))
+    ips = pod_ips(core, namespace, "web", 1)
+    seed(emulator, list(ips.values()))
+    apply(
+        cluster,
+        namespace,
+        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
+    )
+    wait_for(lambda: status(cluster, namespace).get("memberCount") == 1, "1 member")
+    emulator.admin(
+        "PUT",
+        "faults",
+        {
+            "script": [
+                {"kind": "truncated"},  # a JobId cut off mid-answer
+                {"kind": "http", "status": 502, "body": "<html>502 Bad Gateway</html>"},  # a proxy's page
+                {"kind": "http", "status": 200, "body": '{"RequestId": "no-job-id"}'},  # JSON without a JobId
+                {"kind": "http", "status": 200, "body": "not json at all"},  # ListAsynJobs: garbage
+                {"kind": "http", "status": 200, "body": '{"Jobs": "not a list"}'},  # ListAsynJobs: wrong shape
+            ]
+        },
+    )
+    core.delete_namespaced_pod(next(iter(ips)), namespace)
+    st = status_when(
+        cluster,
+        namespace,
+        lambda s: s.get("jobs") and s["jobs"][0]["status"] == "Succeeded",
+        "the removal to succeed despite the broken answers",
+    )
+    assert not set(ips.values()) & in_group(emulator)
+    assert len(emulator.admin("GET", "jobs")) == 1, "broken answers never cost a second job"
+    assert len({r["client_token"] for r in emulator.requests("RemoveServersFromServerGroup")}) == 1
+    assert st["conditions"]
