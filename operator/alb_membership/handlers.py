@@ -46,6 +46,11 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
+@kopf.on.cleanup(registry=registry)
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await _runtime(memo).stop_work()
+
+
 @kopf.index(GROUP, VERSION, PLURAL, registry=registry)
 async def sgm_by_namespace(namespace: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     return {namespace: dict(body)}

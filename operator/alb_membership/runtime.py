@@ -87,11 +87,16 @@ class Runtime:
         self.writer.soon(state)
         self._warn(state, reason, message)
 
-    async def close(self) -> None:
+    async def stop_work(self) -> None:
+        """Stops the pipelines, job trackers and pending status writes (kopf waits for such tasks otherwise).
+        Whatever was in flight is in status already and the next operator sends it again."""
         for pipeline in self._pipelines.values():
             await pipeline.close()
         for services in self._services.values():
             await services.tracker.close()
+        await self.writer.close()
+
+    async def close(self) -> None:
         await self.session.close()
         await self.kube.close()
 

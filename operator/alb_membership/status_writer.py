@@ -57,3 +57,9 @@ class StatusWriter:
         task = self._scheduled.pop(uid, None)
         if task is not None and not task.done():
             task.cancel()
+
+    async def close(self) -> None:
+        tasks = [t for t in self._scheduled.values() if not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
