@@ -182,6 +182,8 @@ def release(cluster: Cluster, api_client: kubernetes.client.ApiClient) -> Iterat
         "--set",
         "region=cn-hangzhou",
         "--wait=false",
+        # The CRD may be there already (other tests applied it with kubectl), as on many real clusters.
+        "--take-ownership",
         check=False,
     )
     assert out.returncode == 0, out.stderr
