@@ -154,6 +154,9 @@ class LocalCluster:
                     "--secure-port=0",
                     f"--controllers={','.join(KCM_CONTROLLERS)}",
                     f"--service-cluster-ip-range={SERVICE_CIDR}",
+                    # client-go's default 20 requests/s would take minutes to create the benchmarks' pods.
+                    "--kube-api-qps=500",
+                    "--kube-api-burst=1000",
                 ],
             )
             self._spawn(
@@ -163,6 +166,8 @@ class LocalCluster:
                     kubeconfig,
                     "--leader-elect=false",
                     "--secure-port=0",
+                    "--kube-api-qps=500",
+                    "--kube-api-burst=1000",
                 ],
             )
             self._spawn(
