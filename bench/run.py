@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,8 +129,10 @@ def proc_usage(pid: int) -> tuple[float, float]:
 
 
 class Bench:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, max_seconds: float) -> None:
         self.tmp = tmp
+        self.max_seconds = max_seconds  # a run that has not removed everything by then is reported unfinished
+        self.dump_dir: Path | None = None
         self.cluster = LocalCluster(state_dir=tmp / "cluster", nodes=4)
         self.cluster.start(progress=lambda m: print(f"[cluster] {m}", flush=True))
         self.api = kubernetes.config.new_client_from_config(config_file=str(self.cluster.kubeconfig))
@@ -212,6 +215,7 @@ class Bench:
                     "serverGroupId": group_id(i),
                     "podSelector": {"matchLabels": {"app": f"web-{i}"}},
                     "backend": {"serverType": "Ip", "port": 8080},
+                    "deletionPolicy": "Retain",  # tearing the run down must not remove anything
                 },
             }
             self.cluster.kubectl("apply", "-n", NS, "-f", "-", input=json.dumps(body))
@@ -279,28 +283,33 @@ class Bench:
             present = {s["ServerId"] for g in groups for s in self.emulator.group(g)["Servers"]}
             return not present & leaving
 
-        self._wait(all_gone, "every leaving pod out of its group", 1800)
+        complete = self._wait(all_gone, "every leaving pod out of its group", self.max_seconds, fail=False)
         finished = time.time()
         time.sleep(2)
         peak_rss, cpu = proc_usage(controller.pid)
+        pods_watch.stop()
+        result = self._measure(sc, kind, groups, leaving, pods_watch.began, started, finished, peak_rss, cpu)
+        result["complete"] = complete
         if kind == "operator":  # released by the operator (Retain), so the namespace can go afterwards
             self.cluster.kubectl("delete", "sgm", "--all", "-n", NS, "--timeout=120s")
         controller.send_signal(signal.SIGTERM)
         controller.wait(60)
-        pods_watch.stop()
-        return self._measure(sc, kind, groups, leaving, pods_watch.began, started, finished, peak_rss, cpu)
+        return result
 
     def _members(self) -> int:
         out = json.loads(self.cluster.kubectl("get", "sgm", "-n", NS, "-o", "json"))
         return sum((i.get("status") or {}).get("memberCount", 0) for i in out["items"])
 
     @staticmethod
-    def _wait(check: Callable[[], bool], what: str, timeout: float) -> None:
+    def _wait(check: Callable[[], bool], what: str, timeout: float, fail: bool = True) -> bool:
         deadline = time.monotonic() + timeout
         while not check():
             if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out waiting for {what}")
+                if fail:
+                    raise RuntimeError(f"timed out waiting for {what}")
+                return False
             time.sleep(0.5)
+        return True
 
     def _measure(
         self,
@@ -316,6 +325,10 @@ class Bench:
     ) -> dict[str, Any]:
         requests = self.emulator.requests()
         jobs = self.emulator.admin("GET", "jobs")
+        if self.dump_dir is not None:
+            (self.dump_dir / f"{sc.name}-{kind}-requests.json").write_text(
+                json.dumps({"requests": requests, "jobs": jobs}, indent=1)
+            )
         accepted: dict[str, float] = {}
         for r in requests:
             if r["action"] == "RemoveServersFromServerGroup" and r.get("code") == "OK":
@@ -346,6 +359,7 @@ class Bench:
             "list_asyn_jobs_calls": len(polls),
             "retries": sum(r.get("code") != "OK" for r in removes + polls),
             "jobs": len(jobs),
+            "codes": dict(Counter(f"{r['action']}:{r.get('code')}" for r in requests)),
             "controller_peak_rss_mib": round(peak_rss, 1),
             "controller_cpu_seconds": round(cpu, 2),
             "measured": len(to_accept),
@@ -397,6 +411,13 @@ def fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def done(r: dict[str, Any]) -> str:
+    if r["complete"]:
+        return f"{r['seconds_to_all_removed']:.1f}"
+    accepted = len(r["series"]["to_accept"])
+    return f"unfinished after {r['seconds_to_all_removed']:.0f} ({accepted}/{r['pods_leaving']} accepted)"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| scenario | controller | pods | accepted p50/p95/p99 s | succeeded p50/p95/p99 s | remove calls "
@@ -409,7 +430,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['scenario']} | {r['controller']} | {r['pods_leaving']} | {fmt(a[50])} / {fmt(a[95])} / {fmt(a[99])} "
             f"| {fmt(s[50])} / {fmt(s[95])} / {fmt(s[99])} | {r['remove_calls']} ({r['lower_bound_calls']}) "
             f"| {r['list_asyn_jobs_calls']} | {r['retries']} | {r['jobs']} | {r['controller_peak_rss_mib']} "
-            f"| {r['controller_cpu_seconds']} | {r['seconds_to_all_removed']:.1f} |"
+            f"| {r['controller_cpu_seconds']} | {done(r)} |"
         )
     return "\n".join(lines)
 
@@ -435,19 +456,51 @@ def ratios(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def write_table(rows: list[dict[str, Any]]) -> int:
+    for r in rows:  # percentiles read back from JSON have string keys
+        for key in ("accepted_s", "succeeded_s"):
+            r[key] = {int(p): v for p, v in r[key].items()}
+    for name in dict.fromkeys(r["scenario"] for r in rows):
+        plot(name, [r for r in rows if r["scenario"] == name])
+    text = table(rows) + "\n\n" + ratios(rows) + "\n"
+    print(text)
+    (RESULTS / "table.md").write_text(text)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=["rollout", "scaledown", "faults", "watch", "all"], default="all")
     parser.add_argument("--controller", choices=["operator", "naive", "both"], default="both")
     parser.add_argument("--scale", type=float, default=0.25)
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="rebuild table.md and the plots from the JSON results already in bench/results",
+    )
+    parser.add_argument("--dump-requests", type=Path, help="write each run's emulator request log and jobs here")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=180,
+        help="stop a run that has not removed everything by then, and report it unfinished",
+    )
     args = parser.parse_args()
     chosen = scenarios(args.scale)
     names = list(chosen) if args.scenario == "all" else [args.scenario]
     kinds = ["operator", "naive"] if args.controller == "both" else [args.controller]
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.table_only:
+        return write_table(
+            sorted(
+                (json.loads(f.read_text()) for f in RESULTS.glob("*-*.json") if not f.name.endswith("requests.json")),
+                key=lambda r: (list(chosen).index(r["scenario"]), r["controller"] != "operator"),
+            )
+        )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        bench = Bench(Path(tmp))
+        bench = Bench(Path(tmp), args.max_seconds)
+        bench.dump_dir = args.dump_requests
         try:
             for name in names:
                 results = []
@@ -462,12 +515,7 @@ def main() -> int:
                 print(f"[bench] plot: {plot(name, results)}", flush=True)
         finally:
             bench.close()
-    print()
-    print(table(rows))
-    print()
-    print(ratios(rows))
-    (RESULTS / "table.md").write_text(table(rows) + "\n\n" + ratios(rows) + "\n")
-    return 0
+    return write_table(rows)
 
 
 if __name__ == "__main__":

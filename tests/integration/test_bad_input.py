@@ -23,6 +23,9 @@ from tests.support.emulator import EmulatorProcess, server
 from tests.support.operator import OperatorProcess, start_operator
 from tests.support.scenario import GROUP, apply, deployment, events, in_group, pod_ips, seed, sgm, status, status_when
 
+STATIC = [{"serverId": "i-1", "serverType": "Ecs", "port": 80}]
+IP_BACKEND = {"serverType": "Ip", "port": 8080}
+
 
 @pytest.fixture
 def operator(cluster: Cluster, crd: None, emulator: EmulatorProcess, namespace: str, tmp_path: Path) -> Any:
@@ -68,6 +71,53 @@ def operator(cluster: Cluster, crd: None, emulator: EmulatorProcess, namespace: 
             },
             "spec.deletionPolicy",
         ),
+        ({"podSelector": {}, "backend": {"serverType": "Ip", "port": 80}}, "spec.serverGroupId: Required value"),
+        ({"serverGroupId": "sgp-UPPER1234", "servers": STATIC}, "spec.serverGroupId"),
+        ({"serverGroupId": GROUP, "region": "CN-Hangzhou", "servers": STATIC}, "spec.region"),
+        (
+            {
+                "serverGroupId": GROUP,
+                "podSelector": {"matchExpressions": [{"key": "a", "operator": "Like"}]},
+                "backend": IP_BACKEND,
+            },
+            "spec.podSelector.matchExpressions[0].operator",
+        ),
+        (
+            {
+                "serverGroupId": GROUP,
+                "podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]},
+                "backend": IP_BACKEND,
+            },
+            "In and NotIn need values",
+        ),
+        (
+            {
+                "serverGroupId": GROUP,
+                "podSelector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]},
+                "backend": IP_BACKEND,
+            },
+            "Exists and DoesNotExist take none",
+        ),
+        ({"serverGroupId": GROUP, "serviceRef": {}, "backend": IP_BACKEND}, "spec.serviceRef.name: Required value"),
+        ({"serverGroupId": GROUP, "serviceRef": {"name": ""}, "backend": IP_BACKEND}, "spec.serviceRef.name"),
+        (
+            {"serverGroupId": GROUP, "servers": [{"serverId": "acs:fc:fn", "serverType": "Fc", "port": 80}]},
+            "spec.servers[0].serverType",
+        ),
+        (
+            {"serverGroupId": GROUP, "servers": [{"serverId": "i-1", "serverType": "Ecs", "port": 0}]},
+            "spec.servers[0].port",
+        ),
+        (
+            {"serverGroupId": GROUP, "servers": [{"serverId": "", "serverType": "Ecs", "port": 80}]},
+            "spec.servers[0].serverId",
+        ),
+        ({"serverGroupId": GROUP, "servers": STATIC, "dryRun": "yes"}, "spec.dryRun"),
+        (
+            {"serverGroupId": GROUP, "podSelector": {}, "backend": {"serverType": "Ip", "port": "http"}},
+            "spec.backend.port",
+        ),
+        ({"serverGroupId": GROUP, "servers": STATIC * 1001}, "spec.servers: Too many"),
     ],
 )
 def test_bad_resources_are_refused_naming_the_field(

@@ -9,8 +9,9 @@ from pathlib import Path
 import kubernetes
 import pytest
 
+from localcluster.cluster import free_port
 from tests.support.cluster import Cluster, wait_for
-from tests.support.emulator import EmulatorProcess, server
+from tests.support.emulator import EmulatorProcess, default_config, server, start_emulator
 from tests.support.operator import OperatorProcess, start_operator
 from tests.support.scenario import (
     FOREIGN,
@@ -50,15 +51,15 @@ def test_rollout_restart_removes_every_old_pod_once_and_nothing_else(
     operator: OperatorProcess,
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
-    apply(cluster, namespace, deployment("web", 4))
-    old = pod_ips(core, namespace, "web", 4)
+    apply(cluster, namespace, deployment("web", 20))
+    old = pod_ips(core, namespace, "web", 20)
     seed(emulator, list(old.values()))
     apply(
         cluster,
         namespace,
         sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
     )
-    wait_for(lambda: status(cluster, namespace).get("memberCount") == 4, "4 members recorded")
+    wait_for(lambda: status(cluster, namespace).get("memberCount") == 20, "20 members recorded")
 
     cluster.kubectl("rollout", "restart", "deployment/web", "-n", namespace)
     wait_for(lambda: not in_group(emulator) & set(old.values()), "every old pod IP out of the group", timeout=90)
@@ -66,7 +67,11 @@ def test_rollout_restart_removes_every_old_pod_once_and_nothing_else(
     assert FOREIGN in in_group(emulator)
     accepted = [r for r in removal_requests(emulator) if r["code"] == "OK"]
     removed = [ip for r in accepted for ip in r["servers"]]
-    assert sorted(removed) == sorted(old.values()), "each old pod removed exactly once"
+    assert sorted(removed) == sorted(old.values()), "each old pod removed exactly once, no new pod removed"
+    # The Deployment ends old pods in waves of maxUnavailable (25%: 5 pods); what a wave brings goes out in one
+    # call (at most 40 servers), and waves that come while a job runs join the next call.
+    assert all(len(r["servers"]) <= 40 for r in accepted)
+    assert len(accepted) <= 5, [len(r["servers"]) for r in accepted]
     st = status_when(
         cluster,
         namespace,
@@ -314,3 +319,90 @@ def test_a_removal_in_flight_when_the_operator_dies_is_sent_again_with_the_same_
         assert st["jobs"][0]["clientToken"] == token
     finally:
         successor.stop()
+
+
+def test_throttling_and_a_busy_group_are_retried_with_one_job_per_token(
+    cluster: Cluster,
+    api_client: kubernetes.client.ApiClient,
+    emulator: EmulatorProcess,
+    namespace: str,
+    operator: OperatorProcess,
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    apply(cluster, namespace, deployment("web", 3))
+    ips = pod_ips(core, namespace, "web", 3)
+    seed(emulator, list(ips.values()))
+    apply(
+        cluster,
+        namespace,
+        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
+    )
+    wait_for(lambda: status(cluster, namespace).get("memberCount") == 3, "3 members recorded")
+    emulator.admin(
+        "PUT",
+        "faults",
+        {
+            "actions": ["RemoveServersFromServerGroup"],
+            "script": [
+                {"kind": "error", "code": "Throttling.User"},
+                {"kind": "error", "code": "IncorrectStatus.ServerGroup"},
+                {"kind": "error", "code": "Throttling.User"},
+                {"kind": "error", "code": "IncorrectStatus.ServerGroup"},
+            ],
+        },
+    )
+    for name in sorted(ips)[:2]:
+        core.delete_namespaced_pod(name, namespace)
+    leaving = {ips[n] for n in sorted(ips)[:2]}
+    wait_for(lambda: not in_group(emulator) & leaving, "the removals, eventually")
+    requests = removal_requests(emulator)
+    assert {"Throttling.User", "IncorrectStatus.ServerGroup", "OK"} <= {r["code"] for r in requests}
+    jobs_per_token: dict[str, set[str]] = {}
+    for r in requests:
+        if r["code"] == "OK":
+            jobs_per_token.setdefault(r["client_token"], set()).add(r["job_id"])
+    assert all(len(j) == 1 for j in jobs_per_token.values())
+    assert len(emulator.admin("GET", "jobs")) == len(jobs_per_token)
+
+
+def test_killed_after_the_pending_removal_was_written_and_before_its_call_went_out(
+    cluster: Cluster,
+    api_client: kubernetes.client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    crd: None,
+) -> None:
+    port = free_port()
+    state = tmp_path / "emulator-state.json"
+    config = {**default_config(), "behaviour": {"job_seconds": 0.3}}
+    emulator = start_emulator(tmp_path, config, "--state-file", str(state), port=port)
+    core = kubernetes.client.CoreV1Api(api_client)
+    apply(cluster, namespace, deployment("web", 1))
+    ips = pod_ips(core, namespace, "web", 1)
+    seed(emulator, list(ips.values()))
+    apply(
+        cluster,
+        namespace,
+        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
+    )
+    operator = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
+    try:
+        wait_for(lambda: status(cluster, namespace).get("memberCount") == 1, "1 member recorded")
+        emulator.stop()  # the cloud is unreachable: the removal is decided and recorded, its call cannot go out
+        core.delete_namespaced_pod(next(iter(ips)), namespace)
+        pending = status_when(
+            cluster,
+            namespace,
+            lambda s: any(p.get("clientToken") for p in s.get("pending", [])),
+            "the pending removal with its token in status",
+        )["pending"]
+        operator.kill()
+        token = pending[0]["clientToken"]
+        emulator = start_emulator(tmp_path, config, "--state-file", str(state), port=port)
+        operator = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
+        wait_for(lambda: not in_group(emulator) & set(ips.values()), "the successor to send it")
+        assert {r["client_token"] for r in removal_requests(emulator)} == {token}
+        assert len(emulator.admin("GET", "jobs")) == 1
+    finally:
+        operator.stop()
+        emulator.stop()
