@@ -68,6 +68,10 @@ async def endpoints_by_service(
     return {(namespace, labels[SERVICE_LABEL]): endpoints_of(body)}
 
 
+def _pods(body: kopf.Body, pods_by_namespace: kopf.Index[str, PodView]) -> list[PodView]:
+    return list(pods_by_namespace.get(body["metadata"]["namespace"], []))
+
+
 def _service_endpoints(body: kopf.Body, endpoints_by_service: kopf.Index[Any, Any]) -> list[EndpointView] | None:
     name = (body.get("spec", {}).get("serviceRef") or {}).get("name")
     if not name:
@@ -84,8 +88,9 @@ async def membership_started(
     endpoints_by_service: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
-    pods: list[PodView] = list(pods_by_namespace.get(body["metadata"]["namespace"], []))
-    _runtime(memo).reconciler.start(body, pods, _service_endpoints(body, endpoints_by_service))
+    _runtime(memo).reconciler.start(
+        body, _pods(body, pods_by_namespace), _service_endpoints(body, endpoints_by_service)
+    )
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
@@ -96,8 +101,9 @@ async def membership_changed(
     endpoints_by_service: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
-    pods: list[PodView] = list(pods_by_namespace.get(body["metadata"]["namespace"], []))
-    _runtime(memo).reconciler.spec_changed(body, pods, _service_endpoints(body, endpoints_by_service))
+    _runtime(memo).reconciler.spec_changed(
+        body, _pods(body, pods_by_namespace), _service_endpoints(body, endpoints_by_service)
+    )
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)

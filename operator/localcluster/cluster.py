@@ -49,7 +49,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Test clusters must not outlive a test run that is killed outright (SIGKILL leaves no teardown).
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -244,7 +244,7 @@ class LocalCluster:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 # prctl must run in the child; clusters are only started from one thread.
-                preexec_fn=None if self.detached else _die_with_parent,  # noqa: PLW1509
+                preexec_fn=None if self.detached else die_with_parent,  # noqa: PLW1509
             )
         self.components.append(Component(name=name, pid=proc.pid, log=str(log_path), argv=argv))
 

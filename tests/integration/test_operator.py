@@ -21,6 +21,7 @@ from tests.support.scenario import (
     events,
     in_group,
     pod_ips,
+    pods_as_members,
     removal_requests,
     seed,
     sgm,
@@ -51,15 +52,7 @@ def test_rollout_restart_removes_every_old_pod_once_and_nothing_else(
     operator: OperatorProcess,
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
-    apply(cluster, namespace, deployment("web", 20))
-    old = pod_ips(core, namespace, "web", 20)
-    seed(emulator, list(old.values()))
-    apply(
-        cluster,
-        namespace,
-        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
-    )
-    wait_for(lambda: status(cluster, namespace).get("memberCount") == 20, "20 members recorded")
+    old = pods_as_members(cluster, core, emulator, namespace, 20)
 
     cluster.kubectl("rollout", "restart", "deployment/web", "-n", namespace)
     wait_for(lambda: not in_group(emulator) & set(old.values()), "every old pod IP out of the group", timeout=90)
@@ -96,15 +89,7 @@ def test_deleted_pod_is_removed_and_measured(
     operator: OperatorProcess,
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
-    apply(cluster, namespace, deployment("web", 2))
-    pods = pod_ips(core, namespace, "web", 2)
-    seed(emulator, list(pods.values()))
-    apply(
-        cluster,
-        namespace,
-        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
-    )
-    wait_for(lambda: status(cluster, namespace).get("memberCount") == 2, "2 members recorded")
+    pods = pods_as_members(cluster, core, emulator, namespace, 2)
     victim = sorted(pods)[0]
     core.delete_namespaced_pod(victim, namespace)
     wait_for(lambda: pods[victim] not in in_group(emulator), "the deleted pod's IP out of the group")
@@ -253,15 +238,7 @@ def test_pods_deleted_while_no_operator_ran_are_removed(
     tmp_path: Path,
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
-    apply(cluster, namespace, deployment("web", 2))
-    pods = pod_ips(core, namespace, "web", 2)
-    seed(emulator, list(pods.values()))
-    apply(
-        cluster,
-        namespace,
-        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
-    )
-    wait_for(lambda: status(cluster, namespace).get("memberCount") == 2, "2 members recorded")
+    pods = pods_as_members(cluster, core, emulator, namespace, 2)
     operator.kill()
     victim = sorted(pods)[0]
     core.delete_namespaced_pod(victim, namespace, grace_period_seconds=0)
@@ -289,15 +266,7 @@ def test_a_removal_in_flight_when_the_operator_dies_is_sent_again_with_the_same_
     tmp_path: Path,
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
-    apply(cluster, namespace, deployment("web", 1))
-    pods = pod_ips(core, namespace, "web", 1)
-    seed(emulator, list(pods.values()))
-    apply(
-        cluster,
-        namespace,
-        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
-    )
-    wait_for(lambda: status(cluster, namespace).get("memberCount") == 1, "1 member recorded")
+    pods = pods_as_members(cluster, core, emulator, namespace, 1)
     # The cloud takes 3 s to answer: the call is in flight, its token already in status, when the operator dies.
     emulator.admin("PUT", "faults", {"latency_ms": 3000, "actions": ["RemoveServersFromServerGroup"]})
     core.delete_namespaced_pod(next(iter(pods)), namespace)
@@ -329,15 +298,7 @@ def test_throttling_and_a_busy_group_are_retried_with_one_job_per_token(
     operator: OperatorProcess,
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
-    apply(cluster, namespace, deployment("web", 3))
-    ips = pod_ips(core, namespace, "web", 3)
-    seed(emulator, list(ips.values()))
-    apply(
-        cluster,
-        namespace,
-        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
-    )
-    wait_for(lambda: status(cluster, namespace).get("memberCount") == 3, "3 members recorded")
+    ips = pods_as_members(cluster, core, emulator, namespace, 3)
     emulator.admin(
         "PUT",
         "faults",

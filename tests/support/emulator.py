@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from localcluster.cluster import die_with_parent
+
 ACCESS_KEY_ID = "LTAItestkey000001"
 ACCESS_KEY_SECRET = "test-secret-0000000000000001"
 STS_KEY_ID = "STS.testkey000002"
@@ -72,6 +74,7 @@ def start_emulator(
     proc = subprocess.Popen(
         [sys.executable, "-m", "alb_emulator", "--listen", f"127.0.0.1:{port}", "--config", str(config_file), *extra],
         stdout=subprocess.PIPE,
+        preexec_fn=die_with_parent,  # noqa: PLW1509 - nothing may outlive the test run, even a killed one
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -11,7 +11,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from localcluster.cluster import free_port
+from localcluster.cluster import die_with_parent, free_port
 from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET
 
 
@@ -72,6 +72,7 @@ def start_operator(kubeconfig: Path, endpoint: str, namespace: str, log_dir: Pat
                 *extra,
             ],
             stdout=out,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - nothing may outlive the test run, even a killed one
             stderr=subprocess.STDOUT,
             env=env,
         )

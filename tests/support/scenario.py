@@ -102,3 +102,20 @@ def events(cluster: Cluster, ns: str) -> list[str]:
 
 def removal_requests(emulator: EmulatorProcess) -> list[dict[str, Any]]:
     return [r for r in emulator.requests("RemoveServersFromServerGroup")]
+
+
+def pods_as_members(
+    cluster: Cluster, core: kubernetes.client.CoreV1Api, emulator: EmulatorProcess, namespace: str, replicas: int
+) -> dict[str, str]:
+    """The common start: a Deployment of Ready pods whose IPs are in the group (next to a foreign server), and a
+    ServerGroupMembership selecting them with its members recorded. Returns pod name -> IP."""
+    apply(cluster, namespace, deployment("web", replicas))
+    ips = pod_ips(core, namespace, "web", replicas)
+    seed(emulator, list(ips.values()))
+    apply(
+        cluster,
+        namespace,
+        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
+    )
+    status_when(cluster, namespace, lambda st: st.get("memberCount") == replicas, f"{replicas} members recorded")
+    return ips
