@@ -10,7 +10,7 @@ import uuid
 
 import aiohttp
 
-from alb_membership.alb.batching import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, batches
+from alb_membership.alb.batching import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, Batch, batches
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.credentials import CredentialsError, DefaultChain
 from alb_membership.alb.errors import AlbError
@@ -52,8 +52,8 @@ async def _remove(args: argparse.Namespace) -> int:
     endpoint = args.settings.endpoint_for(args.region)
     seed = args.client_token or f"cli-{uuid.uuid4()}"
     parts = batches(args.servers, seed=seed, size=args.batch_size)
-    if args.client_token and len(parts) == 1:
-        parts = [type(parts[0])(parts[0].servers, args.client_token)]  # the token exactly as given
+    if args.client_token and len(parts) == 1:  # one call: it carries the token exactly as given
+        parts = [Batch(parts[0].servers, args.client_token)]
     status = 0
     async with aiohttp.ClientSession() as session:
         client = AlbClient(session, endpoint, DefaultChain())
