@@ -160,11 +160,9 @@ class GroupPipeline:
             state.add_job(
                 JobRecord("", token, [str(x) for x in servers], trigger, now(), "DryRunPassed", finished_at=now())
             )
-            state.removed(ids)
-            s.writer.soon(state)
-            await s.kube.event(
-                state.ref,
-                "Normal",
+            await self._removed(
+                state,
+                ids,
                 "DryRunPassed",
                 f"precheck passed for removing {len(servers)} server(s) from {self.group_id}",
             )
@@ -216,13 +214,8 @@ class GroupPipeline:
             done = now()
             for p in batch:
                 self._observe_latency(s.metrics.succeeded_seconds, p, done)
-            state.removed(ids)
-            s.writer.soon(state)
-            await s.kube.event(
-                state.ref,
-                "Normal",
-                "RemovalSucceeded",
-                f"job {job_id} removed {len(batch)} server(s) from {self.group_id}",
+            await self._removed(
+                state, ids, "RemovalSucceeded", f"job {job_id} removed {len(batch)} server(s) from {self.group_id}"
             )
             return
         # Failed, or never confirmed: the same token would only return the same job, so the next try is a
@@ -247,6 +240,11 @@ class GroupPipeline:
         s.writer.soon(state)
         await s.kube.event(state.ref, "Warning", "RemovalFailed", f"{message}; trying again")
         self.enqueue_later(delay, state, ids)
+
+    async def _removed(self, state: MembershipState, ids: list[str], reason: str, message: str) -> None:
+        state.removed(ids)
+        self._s.writer.soon(state)
+        await self._s.kube.event(state.ref, "Normal", reason, message)
 
     async def _already_removed(self, state: MembershipState, batch: list[Pending], servers: list[Server]) -> None:
         """The cloud refuses the whole call when any server is not in the group; find which ones still are
