@@ -15,6 +15,7 @@ from localcluster import LocalCluster
 from localcluster.binaries import locate_binaries
 from tests.support.cluster import Cluster
 from tests.support.emulator import EmulatorProcess, start_emulator
+from tests.support.operator import OperatorProcess, start_operator
 
 
 def _progress(msg: str) -> None:
@@ -91,3 +92,13 @@ def crd(cluster: Cluster) -> None:
     cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=30s", "crd/servergroupmemberships.albmembership.io"
     )
+
+
+@pytest.fixture
+def operator(
+    cluster: Cluster, crd: None, emulator: EmulatorProcess, namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The operator as a process, watching this test's namespace, talking to the session's emulator."""
+    proc = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
+    yield proc
+    proc.stop()

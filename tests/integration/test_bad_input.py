@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import kubernetes
@@ -20,18 +19,22 @@ import pytest
 from localcluster import ClusterError
 from tests.support.cluster import Cluster, wait_for
 from tests.support.emulator import EmulatorProcess, server
-from tests.support.operator import OperatorProcess, start_operator
-from tests.support.scenario import GROUP, apply, deployment, events, in_group, pod_ips, seed, sgm, status, status_when
+from tests.support.operator import OperatorProcess
+from tests.support.scenario import (
+    GROUP,
+    apply,
+    deployment,
+    events,
+    in_group,
+    pod_ips,
+    pods_as_members,
+    seed,
+    sgm,
+    status_when,
+)
 
 STATIC = [{"serverId": "i-1", "serverType": "Ecs", "port": 80}]
 IP_BACKEND = {"serverType": "Ip", "port": 8080}
-
-
-@pytest.fixture
-def operator(cluster: Cluster, crd: None, emulator: EmulatorProcess, namespace: str, tmp_path: Path) -> Any:
-    proc = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
-    yield proc
-    proc.stop()
 
 
 # -- resources the API server refuses -------------------------------------------------------------------------------
@@ -237,15 +240,7 @@ def test_broken_cloud_answers_are_retried_and_make_one_job(
     operator: OperatorProcess,
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
-    apply(cluster, namespace, deployment("web", 1))
-    ips = pod_ips(core, namespace, "web", 1)
-    seed(emulator, list(ips.values()))
-    apply(
-        cluster,
-        namespace,
-        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
-    )
-    wait_for(lambda: status(cluster, namespace).get("memberCount") == 1, "1 member")
+    ips = pods_as_members(cluster, core, emulator, namespace, 1)
     emulator.admin(
         "PUT",
         "faults",

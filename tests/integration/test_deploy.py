@@ -23,7 +23,17 @@ from localcluster.binaries import locate_binaries
 from tests.support.cluster import Cluster, wait_for
 from tests.support.emulator import EmulatorProcess
 from tests.support.operator import OperatorProcess, start_operator
-from tests.support.scenario import apply, deployment, in_group, pod_ips, removal_requests, seed, sgm, status
+from tests.support.scenario import (
+    apply,
+    deployment,
+    in_group,
+    pod_ips,
+    pods_as_members,
+    removal_requests,
+    seed,
+    sgm,
+    status,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "alb-membership-operator"
@@ -311,14 +321,6 @@ def test_two_replicas_remove_once_and_hand_over(
     crd: None,
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
-    apply(cluster, namespace, deployment("web", 3))
-    ips = pod_ips(core, namespace, "web", 3)
-    seed(emulator, list(ips.values()))
-    apply(
-        cluster,
-        namespace,
-        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
-    )
     ha = ("--leader-elect", "--leader-election-namespace", namespace)
     first = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path, *ha)
     second = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path, *ha)
@@ -327,7 +329,7 @@ def test_two_replicas_remove_once_and_hand_over(
         [leader] = wait_for(lambda: (found := leader_of(replicas)) and len(found) == 1 and found, "one leader")
         standby = second if leader is first else first
         assert "albm_leader 0.0" in standby.metrics() and "albm_leader 1.0" in leader.metrics()
-        wait_for(lambda: status(cluster, namespace).get("memberCount") == 3, "3 members recorded")
+        ips = pods_as_members(cluster, core, emulator, namespace, 3)
         a, b, c = sorted(ips)
         core.delete_namespaced_pod(a, namespace)
         wait_for(lambda: ips[a] not in in_group(emulator), "the first removal")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import kubernetes
@@ -30,15 +29,6 @@ from tests.support.scenario import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def operator(
-    cluster: Cluster, crd: None, emulator: EmulatorProcess, namespace: str, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    proc = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
-    yield proc
-    proc.stop()
 
 
 # -- removals ---------------------------------------------------------------------------------------------------
@@ -178,17 +168,7 @@ def test_dry_run_prechecks_and_removes_nothing(
     operator: OperatorProcess,
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
-    apply(cluster, namespace, deployment("web", 1))
-    pods = pod_ips(core, namespace, "web", 1)
-    seed(emulator, list(pods.values()))
-    apply(
-        cluster,
-        namespace,
-        sgm(
-            "web", dryRun=True, podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}
-        ),
-    )
-    wait_for(lambda: status(cluster, namespace).get("memberCount") == 1, "1 member")
+    pods = pods_as_members(cluster, core, emulator, namespace, 1, dryRun=True)
     core.delete_namespaced_pod(next(iter(pods)), namespace)
     job = wait_for(lambda: status(cluster, namespace).get("jobs"), "the dry run recorded")[0]
     assert job["status"] == "DryRunPassed"

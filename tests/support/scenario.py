@@ -105,17 +105,23 @@ def removal_requests(emulator: EmulatorProcess) -> list[dict[str, Any]]:
 
 
 def pods_as_members(
-    cluster: Cluster, core: kubernetes.client.CoreV1Api, emulator: EmulatorProcess, namespace: str, replicas: int
+    cluster: Cluster,
+    core: kubernetes.client.CoreV1Api,
+    emulator: EmulatorProcess,
+    namespace: str,
+    replicas: int,
+    **spec: Any,
 ) -> dict[str, str]:
     """The common start: a Deployment of Ready pods whose IPs are in the group (next to a foreign server), and a
-    ServerGroupMembership selecting them with its members recorded. Returns pod name -> IP."""
+    ServerGroupMembership selecting them (``spec`` adds fields, e.g. dryRun) with its members recorded.
+    Returns pod name -> IP."""
     apply(cluster, namespace, deployment("web", replicas))
     ips = pod_ips(core, namespace, "web", replicas)
     seed(emulator, list(ips.values()))
     apply(
         cluster,
         namespace,
-        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
+        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}, **spec),
     )
     status_when(cluster, namespace, lambda st: st.get("memberCount") == replicas, f"{replicas} members recorded")
     return ips
