@@ -24,15 +24,9 @@ from tests.support.cluster import Cluster, wait_for
 from tests.support.emulator import EmulatorProcess
 from tests.support.operator import OperatorProcess, start_operator
 from tests.support.scenario import (
-    apply,
-    deployment,
     in_group,
-    pod_ips,
     pods_as_members,
     removal_requests,
-    seed,
-    sgm,
-    status,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -241,14 +235,6 @@ def test_helm_install_then_the_operator_works_with_only_the_charts_rights(
 
     # The operator, as a process, with exactly the chart's ServiceAccount rights (and its Lease).
     core = kubernetes.client.CoreV1Api(api_client)
-    apply(cluster, namespace, deployment("web", 2))
-    ips = pod_ips(core, namespace, "web", 2)
-    seed(emulator, list(ips.values()))
-    apply(
-        cluster,
-        namespace,
-        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
-    )
     operator = start_operator(
         kubeconfig,
         emulator.url,
@@ -261,7 +247,7 @@ def test_helm_install_then_the_operator_works_with_only_the_charts_rights(
         fullname,
     )
     try:
-        wait_for(lambda: status(cluster, namespace).get("memberCount") == 2, "2 members recorded")
+        ips = pods_as_members(cluster, core, emulator, namespace, 2)
         victim = sorted(ips)[0]
         core.delete_namespaced_pod(victim, namespace)
         wait_for(lambda: ips[victim] not in in_group(emulator), "the removal, under least privilege")

@@ -318,17 +318,9 @@ def test_killed_after_the_pending_removal_was_written_and_before_its_call_went_o
     config = {**default_config(), "behaviour": {"job_seconds": 0.3}}
     emulator = start_emulator(tmp_path, config, "--state-file", str(state), port=port)
     core = kubernetes.client.CoreV1Api(api_client)
-    apply(cluster, namespace, deployment("web", 1))
-    ips = pod_ips(core, namespace, "web", 1)
-    seed(emulator, list(ips.values()))
-    apply(
-        cluster,
-        namespace,
-        sgm("web", podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}),
-    )
     operator = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
     try:
-        wait_for(lambda: status(cluster, namespace).get("memberCount") == 1, "1 member recorded")
+        ips = pods_as_members(cluster, core, emulator, namespace, 1)
         emulator.stop()  # the cloud is unreachable: the removal is decided and recorded, its call cannot go out
         core.delete_namespaced_pod(next(iter(ips)), namespace)
         pending = status_when(
