@@ -6,19 +6,28 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from alb_membership.alb.client import AlbClient
-from alb_membership.alb.errors import AlbError
 from alb_membership.alb.models import Job
 
 log = logging.getLogger(__name__)
 
 
 class JobTracker:
-    def __init__(self, client: AlbClient, interval: float = 0.5, unknown_after: float = 600.0) -> None:
+    def __init__(
+        self,
+        client: AlbClient,
+        interval: float = 0.5,
+        unknown_after: float = 600.0,
+        max_backoff: float = 30.0,
+        on_error: Callable[[], None] = lambda: None,
+    ) -> None:
         self._client = client
         self._interval = interval
         self._unknown_after = unknown_after
+        self._max_backoff = max_backoff
+        self._on_error = on_error
         self._waiting: dict[str, tuple[asyncio.Future[Job], float]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -31,21 +40,32 @@ class JobTracker:
         return await asyncio.shield(self._waiting[job_id][0])
 
     async def _run(self) -> None:
-        # One look per interval covers every job in flight, however many groups they belong to.
+        # One look per interval covers every job in flight, however many groups they belong to. Any error (the
+        # cloud, a credentials refresh, a bug) is logged and retried with backoff: every group waiting on a job
+        # depends on this loop going on.
+        delay = self._interval
         while self._waiting:
-            await asyncio.sleep(self._interval)
-            await self._poll()
+            await asyncio.sleep(delay)
+            try:
+                found = await self._client.list_asyn_jobs(list(self._waiting))
+            except Exception as exc:
+                delay = min(self._max_backoff, delay * 2)
+                log.warning(
+                    "could not read the status of %d job(s) (%s: %s); next look in %.1fs",
+                    len(self._waiting),
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                self._on_error()
+                found = {}
+            else:
+                delay = self._interval
+            self._settle(found)
 
-    async def _poll(self) -> None:
-        ids = list(self._waiting)
-        try:
-            found = await self._client.list_asyn_jobs(ids)
-        except AlbError as exc:
-            log.warning("could not read the status of %d job(s): %s", len(ids), exc)
-            found = {}
+    def _settle(self, found: dict[str, Job]) -> None:
         now = time.monotonic()
-        for job_id in ids:
-            future, since = self._waiting[job_id]
+        for job_id, (future, since) in list(self._waiting.items()):
             job = found.get(job_id)
             if job is None or job.status == "Processing":
                 if now - since <= self._unknown_after:

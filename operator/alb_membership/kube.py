@@ -4,6 +4,7 @@ kubernetes_asyncio so that nothing blocks the event loop."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import uuid
@@ -12,6 +13,7 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 
+from alb_membership.membership import EndpointView, PodView, endpoints_of
 from alb_membership.spec import GROUP, PLURAL, VERSION, Ref
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,7 @@ class Kube:
         self.api = api
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
+        self._discovery = client.DiscoveryV1Api(api)
         self._host = os.environ.get("POD_NAME") or os.uname().nodename
 
     @classmethod
@@ -55,6 +58,18 @@ class Kube:
                 return False
             raise
         return True
+
+    async def list_pods(self, namespace: str, eni_annotation: str) -> list[PodView]:
+        # Raw JSON: building the client's model objects for thousands of pods costs far more than the list.
+        resp: Any = await self._core.list_namespaced_pod(namespace, _preload_content=False)
+        items = json.loads(await resp.read())["items"]
+        return [PodView.from_body(p, eni_annotation) for p in items]
+
+    async def list_endpoints(self, namespace: str, service: str) -> list[EndpointView]:
+        resp: Any = await self._discovery.list_namespaced_endpoint_slice(
+            namespace, label_selector=f"kubernetes.io/service-name={service}", _preload_content=False
+        )
+        return [ep for s in json.loads(await resp.read())["items"] for ep in endpoints_of(s)]
 
     async def event(self, ref: Ref, kind: str, reason: str, message: str) -> None:
         """Posts a core/v1 Event on the resource. Failures are logged, never raised: an Event is a courtesy."""

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from alb_membership.alb.models import Server
-from alb_membership.spec import Backend
+from alb_membership.spec import Backend, Spec
 
 ECI_ANNOTATION = "k8s.aliyun.com/eci-instance-id"
 DEFAULT_ENI_ANNOTATION = "k8s.aliyun.com/eni-id"
@@ -107,3 +107,80 @@ def endpoints_of(slice_body: Mapping[str, Any]) -> list[EndpointView]:
                 )
             )
     return out
+
+
+@dataclass(frozen=True)
+class Seen:
+    """An owner of a server as the cluster shows it now."""
+
+    owner_id: str
+    server: Server
+    source: str  # pod | endpoint | static
+    name: str | None = None
+    leaving: bool = False
+    trigger: str | None = None
+    deletion_started: dt.datetime | None = None
+    # Succeeded or Failed: its IP went back to the pool, so it may be another pod's by now. Such a pod is acted on
+    # only if it was recorded while it still held the IP.
+    terminal: bool = False
+
+
+MapServer = Callable[[str | None, Mapping[str, str], "PodView | None"], "Server | None"]
+
+
+def pod_owner(spec: Spec, pod: PodView, map_server: MapServer) -> Seen | None:
+    """The pod as an owner under ``spec``'s podSelector; None when the selector does not pick it (or it has no
+    server yet)."""
+    if spec.pod_selector is None or spec.backend is None or not spec.pod_selector.matches(pod.labels):
+        return None
+    server = map_server(pod.ip, pod.annotations, pod)
+    if server is None:
+        return None
+    return Seen(
+        pod.uid,
+        server,
+        "pod",
+        pod.name,
+        leaving=pod.going_away,
+        trigger="pod-terminating" if pod.going_away else None,
+        deletion_started=pod.deletion_started,
+        terminal=pod.terminal,
+    )
+
+
+def endpoint_id(ep: EndpointView) -> str:
+    return f"endpoint/{ep.pod_uid or ep.address}"
+
+
+def endpoint_owners(
+    spec: Spec, endpoints: Iterable[EndpointView], pods_by_name: Mapping[str, PodView], map_server: MapServer
+) -> dict[str, Seen]:
+    """Endpoints of serviceRef across all its EndpointSlices; an endpoint leaves when it turns terminating or its
+    pod is going away, whichever the operator sees first."""
+    out: dict[str, Seen] = {}
+    if spec.service_name is None or spec.backend is None:
+        return out
+    for ep in endpoints:
+        pod = pods_by_name.get(ep.pod_name or "")
+        if pod is not None and ep.pod_uid and pod.uid != ep.pod_uid:
+            pod = None  # a newer pod of the same name
+        server = map_server(ep.address, pod.annotations if pod is not None else {}, pod)
+        if server is None:
+            continue
+        leaving = ep.terminating or (pod is not None and pod.going_away)
+        seen = Seen(
+            endpoint_id(ep),
+            server,
+            "endpoint",
+            ep.pod_name,
+            leaving=leaving,
+            trigger="endpoint-terminating" if leaving else None,
+            deletion_started=pod.deletion_started if pod is not None else None,
+        )
+        if endpoint_id(ep) not in out or not leaving:  # an address in two slices counts as live if one says so
+            out[endpoint_id(ep)] = seen
+    return out
+
+
+def static_owners(spec: Spec) -> dict[str, Seen]:
+    return {f"static/{s.compact}": Seen(f"static/{s.compact}", s, "static") for s in spec.servers}

@@ -42,6 +42,33 @@ class Metrics:
             registry=r,
         )
 
+        self.called_off = Counter(
+            "albm_removals_called_off",
+            "Removals called off before their call because a live pod or endpoint held the server",
+            registry=r,
+        )
+        self.released = Counter(
+            "albm_members_released", "Members no longer tracked after a spec edit, without removal", registry=r
+        )
+        self.leaks_repaired = Counter(
+            "albm_leaks_repaired",
+            "Owned servers found with every owner gone (while no operator ran, or missed events) and removed",
+            registry=r,
+        )
+        self.forgotten = Counter(
+            "albm_removals_forgotten",
+            "Pending removals dropped because anti-entropy found the server already out of the group",
+            registry=r,
+        )
+        self.internal_errors = Counter(
+            "albm_internal_errors",
+            "Unexpected exceptions caught by a supervised task, which then retried",
+            ["component"],
+            registry=r,
+        )
+        self.ledger_identities = Gauge(
+            "albm_ledger_identities", "Server identities held in the group ledgers", registry=r
+        )
         self.leader = Gauge("albm_leader", "1 while this replica acts, 0 while it stands by", registry=r)
 
     def observe_call(self, action: str, code: str, seconds: float) -> None:

@@ -1,10 +1,11 @@
-"""The removal pipeline of one server group: coalesce, record, call, follow the job, record the outcome.
+"""The removal pipeline of one server group: coalesce, check, record, call, follow the job, apply the outcome.
 
 Why one pipeline per group: the cloud refuses a change to a group while one of its jobs runs
 (IncorrectStatus.ServerGroup), so calls for a group go out one at a time, and whatever was decided while a
 job ran goes out together in the next call. Order of writes, the contract of PRODUCT.md 3.6: a removal's
-ClientToken is in the resource's status before the call that uses it, so an operator that dies at any point
-is followed by one that sends the same call again and cannot start a second job.
+ClientToken is in the status of every resource involved before the call that uses it, so an operator that dies
+at any point is followed by one that sends the same call again and cannot start a second job. Last check before
+a call (PRODUCT.md 3.7): a server that a live owner holds right now, in any resource on the group, stays.
 """
 
 from __future__ import annotations
@@ -14,22 +15,27 @@ import contextlib
 import datetime as dt
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import Histogram
 
-from alb_membership.alb.batching import client_token
+from alb_membership import outcomes
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.errors import AlbError
 from alb_membership.alb.models import Server
+from alb_membership.batches import next_batch, token_for
+from alb_membership.health import set_health
 from alb_membership.jobs import JobTracker
-from alb_membership.kube import Kube
+from alb_membership.ledger import Entry, GroupLedger, OwnerKey, now
 from alb_membership.metrics import Metrics
-from alb_membership.state import JobRecord, MembershipState, Pending, now
-from alb_membership.status_writer import StatusWriter
+from alb_membership.notices import Notices
+from alb_membership.state import ResourceState
 
 log = logging.getLogger(__name__)
+
+Holders = dict[Server, dict[OwnerKey, tuple[str, str | None]]]
 
 
 @dataclass(frozen=True)
@@ -41,64 +47,75 @@ class PipelineSettings:
     max_job_attempts: int = 5
 
 
+class Directory(Protocol):
+    """What the pipeline asks of the rest of the operator."""
+
+    def states_of(self, entries: Iterable[Entry]) -> list[ResourceState]:
+        """The resources whose owners' leaving decided these removals."""
+        ...
+
+    def holders(self, ledger: GroupLedger) -> Holders:
+        """Live owners of the group's servers in the cluster right now, across every resource on the group."""
+        ...
+
+    def dry_run(self, entry: Entry) -> bool: ...
+
+    async def flush(self, states: Iterable[ResourceState]) -> None:
+        """Writes their status now (raises when it cannot: no call goes out unrecorded)."""
+        ...
+
+    def changed(self, states: Iterable[ResourceState]) -> None:
+        """Their status should be written soon."""
+        ...
+
+
 @dataclass
 class Services:
     client: AlbClient
     tracker: JobTracker
-    writer: StatusWriter
-    kube: Kube
     metrics: Metrics
+    notices: Notices
     settings: PipelineSettings
 
 
-def token_for(state: MembershipState, batch: list[Pending]) -> str:
-    """From UIDs only: the resource's, each member's (pod UID for pods) and its attempt number."""
-    seed = "/".join([state.ref.uid, *sorted(f"{p.member_id}#{p.attempt}" for p in batch)])
-    return client_token(seed, [p.server for p in batch])
-
-
-def set_health(state: MembershipState, degraded: tuple[str, str] | None) -> None:
-    if degraded is None:
-        state.set_condition("Degraded", "False", "AsExpected", "removals are going through")
-        state.set_condition("Ready", "True", "Reconciled", "watching members; removals go out as they start leaving")
-    else:
-        reason, message = degraded
-        state.set_condition("Degraded", "True", reason, message)
-        state.set_condition("Ready", "False", reason, message)
-
-
-def advice(exc: AlbError, group_id: str) -> str:
-    if exc.code == "ResourceNotFound.ServerGroup":
-        return f"server group {group_id} does not exist in this region: check spec.serverGroupId and spec.region"
-    if exc.code.startswith(("Forbidden", "NoPermission")) or exc.http_status == 403:
-        return f"the operator's credentials may not change {group_id}: grant alb:RemoveServersFromServerGroup"
-    if exc.code.startswith(("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidSecurityToken")):
-        return "the operator's credentials are not accepted: check the AccessKey, RRSA role or instance role"
-    return "the cloud refused the removal; fix the cause named here, the operator retries every minute"
-
-
 class GroupPipeline:
-    def __init__(self, group_id: str, services: Services, on_idle: Callable[[], None] = lambda: None) -> None:
-        self.group_id = group_id
+    def __init__(self, ledger: GroupLedger, directory: Directory, services: Services) -> None:
+        self.ledger = ledger
+        self._dir = directory
         self._s = services
-        self._queue: OrderedDict[tuple[str, str], MembershipState] = OrderedDict()  # (uid, member id)
+        self._queue: OrderedDict[Server, None] = OrderedDict()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._on_idle = on_idle
+        self._retries: set[asyncio.TimerHandle] = set()
+        self.in_flight: set[Server] = set()  # the batch being processed: anti-entropy leaves these alone
 
-    def enqueue(self, state: MembershipState, member_ids: list[str]) -> None:
-        for mid in member_ids:
-            if mid in state.pending:
-                self._queue[(state.ref.uid, mid)] = state
+    @property
+    def group_id(self) -> str:
+        return self.ledger.group_id
+
+    def enqueue(self, servers: Iterable[Server]) -> None:
+        for server in servers:
+            self._queue[server] = None
         self._s.metrics.queue_depth.labels(self.group_id).set(len(self._queue))
         self._wakeup.set()
         if self._task is None or self._task.done():
+            # Also restarts a pipeline whose task died: supervision is "the next enqueue starts it again".
             self._task = asyncio.create_task(self._run(), name=f"pipeline-{self.group_id}")
 
-    def enqueue_later(self, delay: float, state: MembershipState, member_ids: list[str]) -> None:
-        asyncio.get_running_loop().call_later(delay, self.enqueue, state, member_ids)
+    def enqueue_later(self, delay: float, servers: Iterable[Server]) -> None:
+        handle: asyncio.TimerHandle
+        later = list(servers)
+
+        def fire() -> None:
+            self._retries.discard(handle)
+            self.enqueue(later)
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._retries.add(handle)
 
     async def close(self) -> None:
+        for handle in self._retries:
+            handle.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -111,187 +128,153 @@ class GroupPipeline:
             # Removals that arrive close together go out in one call.
             await asyncio.sleep(self._s.settings.coalesce_seconds)
             while self._queue:
-                state, batch = self._next_batch()
+                batch = next_batch(self._queue, self.ledger, self._s.settings.batch_size, self._dir.dry_run)
                 self._s.metrics.queue_depth.labels(self.group_id).set(len(self._queue))
-                if batch:
-                    try:
-                        await self._process(state, batch)
-                    except Exception:
-                        log.exception("removal batch for %s failed unexpectedly; retrying", state.ref)
-                        self.enqueue_later(
-                            self._s.settings.transient_retry_seconds, state, [p.member_id for p in batch]
-                        )
+                if not batch:
+                    continue
+                self.in_flight = {e.server for e in batch}
+                try:
+                    await self._process(batch)
+                except Exception:
+                    log.exception("removal batch for %s failed unexpectedly; retrying", self.group_id)
+                    self._s.metrics.internal_errors.labels("pipeline").inc()
+                    self.enqueue_later(self._s.settings.transient_retry_seconds, [e.server for e in batch])
+                finally:
+                    self.in_flight = set()
 
-    def _next_batch(self) -> tuple[MembershipState, list[Pending]]:
-        """The oldest queued removal's resource, and what goes out with it: the exact batch it was sent in
-        before (same ClientToken), or up to batch_size fresh removals of that resource."""
-        (uid, first_id), state = next(iter(self._queue.items()))
-        first = state.pending.get(first_id)
-        candidates = [mid for (u, mid) in self._queue if u == uid and mid in state.pending]
-        if first is not None and first.client_token:
-            chosen = [state.pending[m] for m in state.pending if state.pending[m].client_token == first.client_token]
-        else:
-            chosen = [state.pending[m] for m in candidates if not state.pending[m].client_token]
-            chosen = chosen[: self._s.settings.batch_size]
-        for p in chosen:
-            self._queue.pop((uid, p.member_id), None)
-        self._queue.pop((uid, first_id), None)
-        return state, chosen
-
-    async def _process(self, state: MembershipState, batch: list[Pending]) -> None:
+    async def _process(self, batch: list[Entry]) -> None:
+        batch = self._call_off_held(batch)
+        if not batch:
+            return
         s = self._s
-        token = batch[0].client_token or token_for(state, batch)
-        for p in batch:
-            p.client_token = token
-        state.changed()
-        if not await s.writer.flush(state):  # durable before the call; False: the resource is gone
-            return
-        servers = sorted({p.server for p in batch})
-        ids = [p.member_id for p in batch]
+        token = next((e.removal.client_token for e in batch if e.removal and e.removal.client_token), None)
+        token = token or token_for(batch)
+        for entry in batch:
+            if entry.removal is not None:
+                entry.removal.client_token = token
+        states = self._dir.states_of(batch)
+        await self._dir.flush(states)  # durable before the call
+        servers = sorted(e.server for e in batch)
         s.metrics.batch_servers.observe(len(servers))
+        dry_run = self._dir.dry_run(batch[0])
         try:
-            removal = await s.client.remove_servers(self.group_id, servers, token, dry_run=state.spec.dry_run)
+            removal = await s.client.remove_servers(self.group_id, servers, token, dry_run=dry_run)
         except AlbError as exc:
-            await self._refused(state, batch, exc)
+            await self._refused(batch, states, exc)
             return
-        set_health(state, None)
-        trigger = ", ".join(sorted({p.trigger for p in batch}))
+        for state in states:
+            set_health(state, None)
         if removal.outcome == "dry_run_passed":
-            state.add_job(
-                JobRecord("", token, [str(x) for x in servers], trigger, now(), "DryRunPassed", finished_at=now())
-            )
-            await self._removed(
-                state,
-                ids,
-                "DryRunPassed",
-                f"precheck passed for removing {len(servers)} server(s) from {self.group_id}",
-            )
+            outcomes.record_dry_run(batch, states, self.ledger, token)
+            self._dir.changed(states)
+            s.notices.post(states, "Normal", "DryRunPassed", f"precheck passed for removing {len(servers)} server(s)")
             return
         if removal.outcome == "already_removed":
-            await self._already_removed(state, batch, servers)
+            await self._already_removed(batch, states)
             return
         assert removal.job_id is not None
-        self._record_accepted(state, batch, token, trigger, removal.job_id, servers)
-        s.writer.soon(state)
-        await s.kube.event(
-            state.ref,
+        job_id = removal.job_id
+        outcomes.record_accepted(batch, states, job_id, token)
+        self._observe(s.metrics.accepted_seconds, batch)
+        self._dir.changed(states)
+        s.notices.post(
+            states,
             "Normal",
             "RemovalSubmitted",
-            f"job {removal.job_id} removes {len(servers)} server(s) from {self.group_id}: "
+            f"job {job_id} removes {len(servers)} server(s) from {self.group_id}: "
             + ", ".join(str(x) for x in servers[:10])
             + (" ..." if len(servers) > 10 else ""),
         )
-        job = await s.tracker.wait(removal.job_id)
-        await self._finished(state, batch, job.status, removal.job_id, job.error_code, job.error_message)
-
-    def _record_accepted(
-        self, state: MembershipState, batch: list[Pending], token: str, trigger: str, job_id: str, servers: list[Server]
-    ) -> None:
-        if not any(j.job_id == job_id for j in state.jobs):  # a re-sent call returns the job already recorded
-            state.add_job(JobRecord(job_id, token, [str(x) for x in servers], trigger, now()))
-        accepted = now()
-        for p in batch:
-            self._observe_latency(self._s.metrics.accepted_seconds, p, accepted)
-
-    async def _finished(
-        self,
-        state: MembershipState,
-        batch: list[Pending],
-        status: str,
-        job_id: str,
-        error_code: str | None,
-        error_message: str | None,
-    ) -> None:
-        s = self._s
-        ids = [p.member_id for p in batch]
-        s.metrics.jobs.labels(status).inc()
-        for record in state.jobs:
-            if record.job_id == job_id:
-                record.status = status
-                record.finished_at = now()
-                record.error = f"{error_code}: {error_message}" if error_code else None
-        if status == "Succeeded":
-            done = now()
-            for p in batch:
-                self._observe_latency(s.metrics.succeeded_seconds, p, done)
-            await self._removed(
-                state, ids, "RemovalSucceeded", f"job {job_id} removed {len(batch)} server(s) from {self.group_id}"
-            )
+        job = await s.tracker.wait(job_id)
+        s.metrics.jobs.labels(job.status).inc()
+        if job.status == "Succeeded":
+            self._observe(s.metrics.succeeded_seconds, batch)
+            self._removed(batch, states, job_id, f"job {job_id} removed {len(batch)} server(s) from {self.group_id}")
             return
-        # Failed, or never confirmed: the same token would only return the same job, so the next try is a
-        # new attempt with a new token.
-        for p in batch:
-            p.attempt += 1
-            p.client_token = None
-        attempts = max(p.attempt for p in batch)
-        message = f"job {job_id} {status.lower()} ({error_code or 'no error code'}: {error_message or '-'})"
-        if attempts >= s.settings.max_job_attempts:
-            set_health(
-                state,
-                (
-                    "JobFailed",
-                    f"{message}; tried {attempts} times, retrying every {s.settings.error_retry_seconds:.0f}s",
-                ),
-            )
+        failure = outcomes.record_failed(
+            batch, self.ledger, states, job_id, job.status, job.error_code, job.error_message
+        )
+        if failure.attempts >= s.settings.max_job_attempts:
             delay = s.settings.error_retry_seconds
+            for state in states:
+                set_health(
+                    state,
+                    ("JobFailed", f"{failure.message}; tried {failure.attempts} times, retrying every {delay:.0f}s"),
+                )
         else:
             delay = s.settings.transient_retry_seconds
-        state.changed()
-        s.writer.soon(state)
-        await s.kube.event(state.ref, "Warning", "RemovalFailed", f"{message}; trying again")
-        self.enqueue_later(delay, state, ids)
+        self._dir.changed(states)
+        s.notices.post(states, "Warning", "RemovalFailed", f"{failure.message}; trying again")
+        self.enqueue_later(delay, [e.server for e in batch])
 
-    async def _removed(self, state: MembershipState, ids: list[str], reason: str, message: str) -> None:
-        state.removed(ids)
-        self._s.writer.soon(state)
-        await self._s.kube.event(state.ref, "Normal", reason, message)
+    def _call_off_held(self, batch: list[Entry]) -> list[Entry]:
+        holders = self._dir.holders(self.ledger)
+        held = [e for e in batch if holders.get(e.server)]
+        if not held:
+            return batch
+        states = self._dir.states_of(held)
+        for entry in held:
+            self.ledger.cancel_held(entry.server, holders[entry.server])
+        self._s.metrics.called_off.inc(len(held))
+        self._dir.changed(states)
+        self._s.notices.post(
+            states,
+            "Normal",
+            "RemovalCalledOff",
+            f"{len(held)} server(s) stay in {self.group_id}: a live pod or endpoint holds them now ("
+            + ", ".join(str(e.server) for e in held[:10])
+            + ")",
+        )
+        return [e for e in batch if e not in held]
 
-    async def _already_removed(self, state: MembershipState, batch: list[Pending], servers: list[Server]) -> None:
-        """The cloud refuses the whole call when any server is not in the group; find which ones still are
-        and send those again."""
-        s = self._s
-        if len(servers) == 1:
+    def _removed(self, batch: list[Entry], states: list[ResourceState], job_id: str | None, message: str) -> None:
+        reason = "RemovalSucceeded" if job_id else "AlreadyRemoved"
+        overtaken = outcomes.record_removed(batch, self.ledger, states, job_id)
+        self._dir.changed(states)
+        self._s.notices.post(states, "Normal", reason, message)
+        if overtaken:
+            self._s.notices.post(
+                states,
+                "Warning",
+                "ServerHeldAfterRemoval",
+                "a pod came to hold a server after its removal call went out (an IP reused within a job's time); "
+                "the ingress must add it again: " + ", ".join(str(e.server) for e in overtaken[:10]),
+            )
+
+    async def _already_removed(self, batch: list[Entry], states: list[ResourceState]) -> None:
+        rest: list[Entry] = []
+        if len(batch) == 1:
             gone = batch
         else:
-            present = {
-                (x.get("ServerType"), x.get("ServerId"), x.get("Port"))
-                for x in await s.client.list_server_group_servers(self.group_id)
-            }
-            gone = [p for p in batch if (p.server.server_type, p.server.server_id, p.server.port) not in present]
-        state.removed([p.member_id for p in gone])
-        rest = [p for p in batch if p not in gone]
-        for p in rest:
-            p.attempt += 1
-            p.client_token = None
-        state.changed()
-        s.writer.soon(state)
+            listed = await self._s.client.list_server_group_servers(self.group_id)
+            gone, rest = outcomes.split_gone(batch, {Server.from_api(x) for x in listed})
         if gone:
-            await s.kube.event(
-                state.ref, "Normal", "AlreadyRemoved", f"{len(gone)} server(s) were no longer in {self.group_id}"
-            )
+            self._removed(gone, states, None, f"{len(gone)} server(s) were no longer in {self.group_id}")
+        for entry in rest:
+            self.ledger.retry(entry.server)
         if rest:
-            self.enqueue(state, [p.member_id for p in rest])
+            self._dir.changed(states)
+            self.enqueue([e.server for e in rest])
 
-    async def _refused(self, state: MembershipState, batch: list[Pending], exc: AlbError) -> None:
+    async def _refused(self, batch: list[Entry], states: list[ResourceState], exc: AlbError) -> None:
         s = self._s
-        ids = [p.member_id for p in batch]
-        if exc.retryable:
-            # The client's own retries ran out; keep the token and try again a little later.
-            set_health(state, ("CloudUnavailable", f"the ALB API keeps failing ({exc}); retrying"))
-            delay = s.settings.transient_retry_seconds
-        else:
-            set_health(state, (exc.code.replace(".", ""), f"{advice(exc, self.group_id)} ({exc})"))
-            delay = s.settings.error_retry_seconds
-            # A refused call started no job, so its token may be reused with other servers next time.
-            for p in batch:
-                p.client_token = None
-        state.changed()
-        s.writer.soon(state)
-        await s.kube.event(state.ref, "Warning", "RemovalRefused", f"{exc}; next try in {delay:.0f}s")
-        self.enqueue_later(delay, state, ids)
+        message = outcomes.record_refused(batch, self.ledger, states, exc)
+        delay = s.settings.transient_retry_seconds if exc.retryable else s.settings.error_retry_seconds
+        self._dir.changed(states)
+        s.notices.post(states, "Warning", "RemovalRefused", f"{message}; next try in {delay:.0f}s")
+        self.enqueue_later(delay, [e.server for e in batch])
 
     @staticmethod
-    def _observe_latency(histogram: Histogram, p: Pending, when: dt.datetime) -> None:
-        histogram.labels("observed").observe(max(0.0, (when - p.decided_at).total_seconds()))
-        if p.deletion_started is not None:
-            histogram.labels("deletion").observe(max(0.0, (when - p.deletion_started).total_seconds()))
+    def _observe(histogram: Histogram, batch: list[Entry]) -> None:
+        when = now()
+        for entry in batch:
+            removal = entry.removal
+            if removal is None:
+                continue
+            histogram.labels("observed").observe(max(0.0, (when - removal.decided_at).total_seconds()))
+            if removal.deletion_started is not None:
+                histogram.labels("deletion").observe(_seconds(when - removal.deletion_started))
+
+
+def _seconds(delta: dt.timedelta) -> float:
+    return max(0.0, delta.total_seconds())

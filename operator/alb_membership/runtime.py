@@ -13,14 +13,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.credentials import CredentialSource, DefaultChain
 from alb_membership.alb.ratelimit import SlidingWindowLimiter
+from alb_membership.antientropy import AntiEntropy
 from alb_membership.jobs import JobTracker
 from alb_membership.kube import Kube
 from alb_membership.metrics import Metrics
-from alb_membership.pipeline import GroupPipeline, PipelineSettings, Services, set_health
-from alb_membership.reconciler import Reconciler
+from alb_membership.notices import Notices
+from alb_membership.pipeline import PipelineSettings, Services
+from alb_membership.reconciler import LiveView, Reconciler, ReconcilerSettings
 from alb_membership.settings import Settings
-from alb_membership.state import MembershipState
-from alb_membership.status_writer import StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,20 @@ class Runtime:
         self.credentials = credentials
         self.metrics = metrics
         self.session = aiohttp.ClientSession()
-        self.writer = StatusWriter(kube)
+        self.notices = Notices(kube)
         self.pipeline_settings = PipelineSettings(
             batch_size=settings.batch_size, coalesce_seconds=settings.coalesce_seconds
         )
-        self.reconciler = Reconciler(self.writer, self.pipeline_for, self._warn, settings.eni_annotation)
+        self.reconciler = Reconciler(
+            ReconcilerSettings(settings.region, settings.eni_annotation),
+            self.services_for,
+            kube,
+            self.notices,
+            metrics,
+        )
+        self.anti_entropy = AntiEntropy(self.reconciler, kube, self.clients_for, metrics, settings.anti_entropy_seconds)
         self._services: dict[str, Services] = {}
-        self._pipelines: dict[tuple[str, str], GroupPipeline] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._anti_entropy_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()  # set by kopf once it watches everything
         self.standby = False  # True while another replica holds the Lease
 
@@ -47,8 +53,8 @@ class Runtime:
     async def create(cls, settings: Settings, metrics: Metrics | None = None) -> Runtime:
         return cls(settings, await Kube.connect(), DefaultChain(), metrics or Metrics())
 
-    def services_for(self, region: str | None) -> Services:
-        endpoint = self.settings.endpoint_for(region)
+    def services_for(self, region: str) -> Services:
+        endpoint = self.settings.endpoint_for(region or None)
         services = self._services.get(endpoint.base_url)
         if services is None:
             limiter = SlidingWindowLimiter(self.settings.api_rate_limit, self.settings.api_rate_period)
@@ -59,42 +65,34 @@ class Runtime:
                 limiters={"RemoveServersFromServerGroup": limiter},
                 observer=self.metrics.observe_call,
             )
-            services = Services(
+            tracker = JobTracker(
                 client,
-                JobTracker(client, interval=self.settings.job_poll_seconds),
-                self.writer,
-                self.kube,
-                self.metrics,
-                self.pipeline_settings,
+                interval=self.settings.job_poll_seconds,
+                on_error=self.metrics.internal_errors.labels("job-tracker").inc,
             )
+            services = Services(client, tracker, self.metrics, self.notices, self.pipeline_settings)
             self._services[endpoint.base_url] = services
         return services
 
-    def pipeline_for(self, state: MembershipState) -> GroupPipeline:
-        key = (state.spec.region or self.settings.region or "", state.spec.server_group_id)
-        pipeline = self._pipelines.get(key)
-        if pipeline is None:
-            pipeline = self._pipelines[key] = GroupPipeline(key[1], self.services_for(key[0] or None))
-        return pipeline
+    def clients_for(self, region: str) -> AlbClient:
+        return self.services_for(region).client
 
-    def _warn(self, state: MembershipState, reason: str, message: str) -> None:
-        task = asyncio.create_task(self.kube.event(state.ref, "Warning", reason, message))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def unusable(self, state: MembershipState, reason: str, message: str) -> None:
-        set_health(state, (reason, message))
-        self.writer.soon(state)
-        self._warn(state, reason, message)
+    def start_work(self, view: LiveView) -> None:
+        self.reconciler.view = view
+        self._anti_entropy_task = asyncio.create_task(self.anti_entropy.run(self.ready), name="anti-entropy")
 
     async def stop_work(self) -> None:
         """Stops the pipelines, job trackers and pending status writes (kopf waits for such tasks otherwise).
         Whatever was in flight is in status already and the next operator sends it again."""
-        for pipeline in self._pipelines.values():
+        if self._anti_entropy_task is not None:
+            self._anti_entropy_task.cancel()
+            await asyncio.gather(self._anti_entropy_task, return_exceptions=True)
+        for pipeline in self.reconciler.pipelines.values():
             await pipeline.close()
         for services in self._services.values():
             await services.tracker.close()
-        await self.writer.close()
+        await self.reconciler.writer.close()
+        await self.notices.close()
 
     async def close(self) -> None:
         await self.session.close()

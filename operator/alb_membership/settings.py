@@ -83,6 +83,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="how often running jobs are checked with ListAsynJobs (default 0.5) [env ALBM_JOB_POLL_SECONDS]",
     )
     parser.add_argument(
+        "--anti-entropy-seconds",
+        type=_positive(float, 1),
+        default=_env("ANTI_ENTROPY_SECONDS", "300"),
+        help="how often owned servers are compared with the cluster and the groups (ListServerGroupServers, "
+        "paged), besides once after start (default 300) [env ALBM_ANTI_ENTROPY_SECONDS]",
+    )
+    parser.add_argument(
         "--namespace",
         "-n",
         dest="namespaces",
@@ -142,6 +149,7 @@ class Settings:
     api_rate_limit: int = 180
     api_rate_period: float = 60.0
     job_poll_seconds: float = 0.5
+    anti_entropy_seconds: float = 300.0
     namespaces: tuple[str, ...] = ()
     eni_annotation: str = DEFAULT_ENI_ANNOTATION
     log_format: str = "text"
@@ -162,6 +170,7 @@ class Settings:
             api_rate_limit=int(args.api_rate_limit),
             api_rate_period=float(args.api_rate_period),
             job_poll_seconds=float(args.job_poll_seconds),
+            anti_entropy_seconds=float(args.anti_entropy_seconds),
             namespaces=tuple(args.namespaces),
             eni_annotation=args.eni_annotation,
             log_format=args.log_format,

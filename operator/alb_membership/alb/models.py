@@ -9,7 +9,7 @@ SERVER_TYPES = ("Ecs", "Eni", "Eci", "Ip", "Fc")
 PORT_REQUIRED = frozenset({"Ecs", "Eni", "Eci", "Ip"})
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Server:
     """One backend of a server group, identified as the API identifies it."""
 
@@ -48,6 +48,25 @@ class Server:
     @property
     def key(self) -> str:
         return f"{self.server_type}|{self.server_id}|{self.port or ''}|{self.server_ip or ''}"
+
+    @property
+    def compact(self) -> str:
+        """``TYPE:ID:PORT[:IP]``, the form ``parse`` reads: short enough to key status maps by."""
+        return f"{self.server_type}:{self.server_id}:{self.port or ''}" + (
+            f":{self.server_ip}" if self.server_ip else ""
+        )
+
+    @classmethod
+    def from_api(cls, raw: dict[str, Any]) -> Server:
+        """A server as ListServerGroupServers returns it; ServerIp counts only for Eni, as in the API's identity."""
+        port = raw.get("Port")
+        server_type = str(raw.get("ServerType"))
+        return cls(
+            server_type,
+            str(raw.get("ServerId")),
+            int(port) if port not in (None, "") else None,
+            (raw.get("ServerIp") or None) if server_type == "Eni" else None,
+        )
 
     def __str__(self) -> str:
         address = f"{self.server_id}:{self.port}" if self.port else self.server_id

@@ -1,0 +1,251 @@
+"""One ledger per (region, server group): every server identity the operator owns there, who owns it, and the
+removal under way for it. Plain code, no I/O.
+
+Why per group and keyed by identity: the cloud knows a server only as (ServerType, ServerId, Port, ServerIp for
+Eni), never as a pod. Two owners can hold one identity (hostNetwork pods on one node, a pod IP reused by a new pod,
+a pod that is also an endpoint of a Service, two resources naming one group), so the question "may this server
+leave?" has one answer per identity, across every resource on the group: only when no owner of it is live.
+
+Invariants (PRODUCT.md 3.7, 3.9):
+- An entry without a removal has only live owners; a leaving owner next to a live one is dropped at once (the
+  identity stays while the live one holds it, and leaves when that one does).
+- An entry with a removal holds the owners whose leaving decided it, and any live owner that appeared after the
+  call had gone out (too late to stop it).
+- An entry disappears when its removal is final or its last owner is released: state is O(live owners + pending).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from alb_membership.alb.models import Server
+
+# (resource UID, owner id): the owner id is the pod UID for pods, endpoint/<pod UID or address> for endpoints and
+# static/<server> for static servers, so the same pod selected by two resources is two owners.
+OwnerKey = tuple[str, str]
+GroupKey = tuple[str, str]  # (region, server group id)
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(slots=True)
+class Owner:
+    source: str  # pod | endpoint | static
+    name: str | None = None  # the pod's name, for people reading status
+    leaving: bool = False
+    trigger: str | None = None
+
+
+@dataclass(slots=True)
+class Removal:
+    """A removal decided and not yet final. ``client_token`` is set when it is put into a call and stays for every
+    retry and re-submission of that call; a new ``attempt`` (after a failed or unconfirmed job) gets a new one."""
+
+    trigger: str
+    decided_at: dt.datetime
+    deletion_started: dt.datetime | None = None
+    attempt: int = 0
+    client_token: str | None = None
+    job_id: str | None = None
+
+    @property
+    def sent(self) -> bool:
+        """True once its call may have reached the cloud: nothing can stop it any more."""
+        return self.client_token is not None
+
+
+@dataclass(slots=True)
+class Entry:
+    server: Server
+    owners: dict[OwnerKey, Owner] = field(default_factory=dict)
+    removal: Removal | None = None
+
+    def live_owners(self) -> list[OwnerKey]:
+        return [k for k, o in self.owners.items() if not o.leaving]
+
+    def leaving_owners(self) -> list[OwnerKey]:
+        return [k for k, o in self.owners.items() if o.leaving]
+
+
+class GroupLedger:
+    def __init__(self, key: GroupKey) -> None:
+        self.key = key
+        self.entries: dict[Server, Entry] = {}
+        self._by_owner: dict[OwnerKey, Server] = {}
+        self._by_resource: dict[str, set[str]] = {}  # resource UID -> owner ids
+
+    @property
+    def group_id(self) -> str:
+        return self.key[1]
+
+    # -- owners ------------------------------------------------------------------------------------------------
+
+    def server_of(self, key: OwnerKey) -> Server | None:
+        return self._by_owner.get(key)
+
+    def owner(self, key: OwnerKey) -> Owner | None:
+        server = self._by_owner.get(key)
+        return self.entries[server].owners[key] if server is not None else None
+
+    def owner_ids(self, resource_uid: str) -> list[str]:
+        return sorted(self._by_resource.get(resource_uid, ()))
+
+    def hold(self, key: OwnerKey, server: Server, source: str, name: str | None = None) -> bool:
+        """``key`` is a live owner of ``server``. Cancels a removal of ``server`` that has not gone out yet: a live
+        owner holds it. True when anything changed."""
+        known = self._by_owner.get(key)
+        if known is not None and known != server:
+            self.release(key)  # a re-keyed member (backend changed): the old identity is let go, never removed
+        entry = self.entries.setdefault(server, Entry(server))
+        owner = entry.owners.get(key)
+        if owner is not None and not owner.leaving and owner.name == name:
+            return False
+        if owner is not None and owner.leaving:
+            return False  # a pod or endpoint that started leaving does not come back
+        entry.owners[key] = Owner(source, name)
+        self._index(key, server)
+        if entry.removal is not None and not entry.removal.sent:
+            self._cancel(entry)
+        return True
+
+    def leave(
+        self,
+        key: OwnerKey,
+        trigger: str,
+        deletion_started: dt.datetime | None = None,
+        server: Server | None = None,
+        source: str = "pod",
+        name: str | None = None,
+    ) -> bool:
+        """``key`` stops holding its server (a pod terminating or gone, an endpoint terminating or gone, a static
+        server dropped). ``server`` records an owner seen for the first time already leaving (a terminating pod the
+        operator never saw live); without it, an owner the ledger never recorded is not acted on. True when a
+        removal was decided."""
+        known = self._by_owner.get(key)
+        if known is None:
+            if server is None:
+                return False
+            self.entries.setdefault(server, Entry(server)).owners[key] = Owner(source, name)
+            self._index(key, server)
+            known = server
+        entry = self.entries[known]
+        owner = entry.owners[key]
+        if owner.leaving:
+            return False
+        owner.leaving, owner.trigger = True, trigger
+        if entry.live_owners():
+            self._drop_owner(entry, key)  # another owner still holds the identity
+            return False
+        if entry.removal is not None:
+            return False
+        entry.removal = Removal(trigger, now(), deletion_started)
+        return True
+
+    def release(self, key: OwnerKey) -> bool:
+        """Stops tracking ``key`` without removing anything (a spec edit, a resource deleted with Retain)."""
+        server = self._by_owner.get(key)
+        if server is None:
+            return False
+        entry = self.entries[server]
+        if entry.owners[key].leaving:
+            return False  # its removal goes on: terminating pods leave whatever happens to the spec
+        self._drop_owner(entry, key)
+        return True
+
+    # -- removals ------------------------------------------------------------------------------------------------
+
+    def restore(self, key: OwnerKey, server: Server, source: str, name: str | None, removal: Removal) -> None:
+        """A removal recorded in status by an earlier operator, with its token and attempt."""
+        entry = self.entries.setdefault(server, Entry(server))
+        entry.owners[key] = Owner(source, name, leaving=True, trigger=removal.trigger)
+        self._index(key, server)
+        if entry.removal is None or (removal.client_token and not entry.removal.client_token):
+            entry.removal = removal
+        for other in entry.live_owners():
+            self._drop_owner(entry, other)
+
+    def pending(self) -> list[Entry]:
+        return [e for e in self.entries.values() if e.removal is not None]
+
+    def cancel_held(self, server: Server, holders: dict[OwnerKey, tuple[str, str | None]]) -> bool:
+        """Before a call: ``holders`` are live owners of ``server`` in the cluster right now (across every resource
+        on the group). If there are any, the removal is called off and they are recorded. True when called off."""
+        entry = self.entries.get(server)
+        if entry is None or entry.removal is None or not holders:
+            return False
+        for key, (source, name) in holders.items():
+            entry.owners[key] = Owner(source, name)
+            self._index(key, server)
+        self._cancel(entry)
+        return True
+
+    def finished(self, server: Server) -> Entry | None:
+        """The removal of ``server`` is final (the job succeeded, or the server was already gone). The entry is
+        dropped, unless a live owner appeared after the call went out: that one stays recorded."""
+        entry = self.entries.get(server)
+        if entry is None:
+            return None
+        for key in entry.leaving_owners():
+            self._drop_owner(entry, key, keep_empty=True)
+        entry.removal = None
+        if not entry.owners:
+            self.entries.pop(server, None)
+        return entry
+
+    def retry(self, server: Server) -> None:
+        """The job failed or was never confirmed: the same token would only return the same job, so the next call
+        is a new attempt with a new token."""
+        entry = self.entries.get(server)
+        if entry is not None and entry.removal is not None:
+            entry.removal.attempt += 1
+            entry.removal.client_token = None
+            entry.removal.job_id = None
+
+    def unsend(self, server: Server) -> None:
+        """The cloud refused the call outright (no job): its token may go with other servers next time."""
+        entry = self.entries.get(server)
+        if entry is not None and entry.removal is not None:
+            entry.removal.client_token = None
+
+    def forget_resource(self, resource_uid: str) -> None:
+        """A resource is gone: its owners go too (its removals were final before its finalizer was released)."""
+        for owner_id in list(self._by_resource.get(resource_uid, ())):
+            server = self._by_owner.get((resource_uid, owner_id))
+            if server is not None:
+                entry = self.entries[server]
+                self._drop_owner(entry, (resource_uid, owner_id))
+                if not entry.owners:
+                    self.entries.pop(server, None)  # a removal nobody waits for (its group does not exist)
+
+    def resources_of(self, entry: Entry) -> set[str]:
+        return {uid for uid, _ in entry.owners}
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(list(self.entries.values()))
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _index(self, key: OwnerKey, server: Server) -> None:
+        self._by_owner[key] = server
+        self._by_resource.setdefault(key[0], set()).add(key[1])
+
+    def _cancel(self, entry: Entry) -> None:
+        entry.removal = None
+        for key in entry.leaving_owners():
+            self._drop_owner(entry, key, keep_empty=True)
+
+    def _drop_owner(self, entry: Entry, key: OwnerKey, keep_empty: bool = False) -> None:
+        entry.owners.pop(key, None)
+        if self._by_owner.get(key) == entry.server:
+            del self._by_owner[key]
+            ids = self._by_resource.get(key[0])
+            if ids is not None:
+                ids.discard(key[1])
+                if not ids:
+                    del self._by_resource[key[0]]
+        if not entry.owners and entry.removal is None and not keep_empty:
+            self.entries.pop(entry.server, None)

@@ -1,0 +1,97 @@
+"""What a removal call's answer, or its job's end, means for the ledger and for each resource involved.
+Plain code: the pipeline calls these and then tells people (Events) and Prometheus."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from alb_membership.alb.errors import AlbError
+from alb_membership.alb.models import Server
+from alb_membership.health import advice, set_health
+from alb_membership.ledger import Entry, GroupLedger, now
+from alb_membership.state import JobRecord, ResourceState
+
+
+def trigger_of(batch: list[Entry]) -> str:
+    return ", ".join(sorted({e.removal.trigger for e in batch if e.removal}))
+
+
+def record_accepted(batch: list[Entry], states: Iterable[ResourceState], job_id: str, token: str) -> None:
+    servers = [e.server.compact for e in batch]
+    for entry in batch:
+        if entry.removal is not None:
+            entry.removal.job_id = job_id
+    for state in states:
+        state.add_job(JobRecord(job_id, token, servers, trigger_of(batch), now()))
+
+
+def record_dry_run(batch: list[Entry], states: Iterable[ResourceState], ledger: GroupLedger, token: str) -> None:
+    servers = [e.server.compact for e in batch]
+    for state in states:
+        state.add_job(JobRecord("", token, servers, trigger_of(batch), now(), "DryRunPassed", finished_at=now()))
+    for entry in batch:
+        ledger.finished(entry.server)
+
+
+def record_removed(
+    batch: list[Entry], ledger: GroupLedger, states: Iterable[ResourceState], job_id: str | None = None
+) -> list[Entry]:
+    """The servers are out of the group (``job_id`` succeeded, or they were gone already). Returns the entries a
+    live owner came to hold after the call went out (a pod that reused the IP): their server is gone although
+    they hold it, which a person must hear of."""
+    by_uid = {s.ref.uid: s for s in states}
+    if job_id:
+        for state in by_uid.values():
+            state.job_finished(job_id, "Succeeded", None)
+    for entry in batch:
+        for uid in {uid for uid, _ in entry.leaving_owners()}:
+            if uid in by_uid:
+                by_uid[uid].removed_count += 1
+    return [e for e in (ledger.finished(entry.server) for entry in batch) if e is not None and e.owners]
+
+
+@dataclass(frozen=True)
+class Failure:
+    message: str
+    attempts: int
+
+
+def record_failed(
+    batch: list[Entry],
+    ledger: GroupLedger,
+    states: Iterable[ResourceState],
+    job_id: str,
+    status: str,
+    error_code: str | None,
+    error_message: str | None,
+) -> Failure:
+    """Failed, or never confirmed: each server goes again as a new attempt (new token)."""
+    error = f"{error_code}: {error_message}" if error_code else None
+    for state in states:
+        state.job_finished(job_id, status, error)
+    for entry in batch:
+        ledger.retry(entry.server)
+    attempts = max((e.removal.attempt for e in batch if e.removal), default=0)
+    return Failure(f"job {job_id} {status.lower()} ({error_code or 'no error code'}: {error_message or '-'})", attempts)
+
+
+def split_gone(batch: list[Entry], present: set[Server]) -> tuple[list[Entry], list[Entry]]:
+    """The cloud refuses a whole call when any one server is not in the group: which are gone, which are not."""
+    gone = [e for e in batch if e.server not in present]
+    return gone, [e for e in batch if e.server in present]
+
+
+def record_refused(batch: list[Entry], ledger: GroupLedger, states: Iterable[ResourceState], exc: AlbError) -> str:
+    """A call refused without a job. Retryable: the client's own retries ran out, the token stays. Otherwise the
+    call started nothing, so its token may go with other servers next time. Returns what Degraded says."""
+    group_id = ledger.group_id
+    if exc.retryable:
+        degraded = ("CloudUnavailable", f"the ALB API keeps failing ({exc}); retrying")
+    else:
+        degraded = (exc.code.replace(".", ""), f"{advice(exc, group_id)} ({exc})")
+        for entry in batch:
+            ledger.unsend(entry.server)
+    for state in states:
+        set_health(state, degraded)
+    return degraded[1]

@@ -1,0 +1,207 @@
+"""GroupPipeline and JobTracker against the emulator, through the real ALB client: jobs that succeed, fail or are
+never confirmed, servers already gone (Eni too), removals called off by a live owner, and a tracker that outlives
+errors that are not the cloud's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, cast
+
+import aiohttp
+import pytest
+
+from alb_membership.alb.client import AlbClient
+from alb_membership.alb.credentials import Credentials, StaticCredentials
+from alb_membership.alb.endpoints import Endpoint
+from alb_membership.alb.models import Job, Server
+from alb_membership.alb.retry import RetryPolicy
+from alb_membership.jobs import JobTracker
+from alb_membership.kube import Kube
+from alb_membership.ledger import Entry, GroupLedger, OwnerKey
+from alb_membership.metrics import Metrics
+from alb_membership.notices import Notices
+from alb_membership.pipeline import GroupPipeline, Holders, PipelineSettings, Services
+from alb_membership.spec import Ref, Spec
+from alb_membership.state import ResourceState
+from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET, EmulatorProcess, server
+from tests.unit.fakes import RecordingKube
+
+GROUP = "sgp-pipeline0000001"
+KEY = ("cn-hangzhou", GROUP)
+UID = "sgm-uid-1"
+FAST = PipelineSettings(batch_size=40, coalesce_seconds=0.05, error_retry_seconds=0.5, transient_retry_seconds=0.2)
+
+
+class Directory:
+    def __init__(self, ledger: GroupLedger) -> None:
+        self.ledger = ledger
+        self.state = ResourceState(Ref("shop", "web", UID), Spec.parse({"serverGroupId": GROUP}), KEY)
+        self.live: Holders = {}
+        self.flushed = 0
+
+    def states_of(self, entries: Iterable[Entry]) -> list[ResourceState]:
+        return [self.state]
+
+    def holders(self, ledger: GroupLedger) -> Holders:
+        return self.live
+
+    def dry_run(self, entry: Entry) -> bool:
+        return False
+
+    async def flush(self, states: Iterable[ResourceState]) -> None:
+        self.flushed += 1
+
+    def changed(self, states: Iterable[ResourceState]) -> None:
+        pass
+
+
+@pytest.fixture
+async def client(emulator: EmulatorProcess) -> AsyncIterator[AlbClient]:
+    async with aiohttp.ClientSession() as session:
+        yield AlbClient(
+            session,
+            Endpoint.from_url(emulator.url),
+            StaticCredentials(Credentials(ACCESS_KEY_ID, ACCESS_KEY_SECRET)),
+            retry=RetryPolicy(base_seconds=0.02, cap_seconds=0.2, total_seconds=5, max_attempts=10),
+        )
+
+
+def setup(client: AlbClient, tracker: JobTracker | None = None) -> tuple[GroupPipeline, Directory, RecordingKube]:
+    ledger = GroupLedger(KEY)
+    directory = Directory(ledger)
+    kube = RecordingKube()
+    services = Services(
+        client, tracker or JobTracker(client, interval=0.05), Metrics(), Notices(cast(Kube, kube)), FAST
+    )
+    return GroupPipeline(ledger, directory, services), directory, kube
+
+
+def leaving(pipeline: GroupPipeline, *servers: Server) -> None:
+    for i, s in enumerate(servers):
+        key: OwnerKey = (UID, f"pod-{i}")
+        pipeline.ledger.hold(key, s, "pod")
+        assert pipeline.ledger.leave(key, "pod-terminating")
+    pipeline.enqueue(servers)
+
+
+async def until(check: Any, what: str, seconds: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def in_group(emulator: EmulatorProcess) -> set[str]:
+    return {f"{s['ServerId']}:{s.get('ServerIp', '')}" for s in emulator.group(GROUP)["Servers"]}
+
+
+def accepted(emulator: EmulatorProcess) -> list[dict[str, Any]]:
+    return [r for r in emulator.requests("RemoveServersFromServerGroup") if r["code"] == "OK"]
+
+
+async def test_a_batch_goes_out_in_one_call_and_is_dropped_once_done(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    emulator.add_group(GROUP, [server(f"10.0.0.{i}") for i in range(1, 5)])
+    pipeline, directory, _ = setup(client)
+    leaving(pipeline, *(Server("Ip", f"10.0.0.{i}", 8080) for i in range(1, 4)))
+    await until(lambda: not pipeline.ledger.entries, "the ledger to empty")
+    assert in_group(emulator) == {"10.0.0.4:10.0.0.4"}
+    assert len(accepted(emulator)) == 1 and directory.flushed >= 1
+    assert directory.state.removed_count == 3 and directory.state.jobs[0].status == "Succeeded"
+    await pipeline.close()
+
+
+async def test_a_failed_job_is_retried_as_a_new_attempt_with_a_new_token(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    emulator.add_group(GROUP, [server("10.0.0.1")])
+    emulator.admin("PUT", "behaviour", {"job_failure_rate": 1.0, "job_seconds": 0.1})
+    pipeline, directory, _ = setup(client)
+    leaving(pipeline, Server("Ip", "10.0.0.1", 8080))
+    await until(lambda: len(accepted(emulator)) >= 2, "a second call after the failed job")
+    emulator.admin("PUT", "behaviour", {"job_failure_rate": 0.0})
+    await until(lambda: not pipeline.ledger.entries, "the removal to succeed")
+    tokens = [r["client_token"] for r in accepted(emulator)]
+    assert len(set(tokens)) == len(tokens), "each attempt has its own token"
+    assert any(j.status == "Failed" for j in directory.state.jobs)
+    await pipeline.close()
+
+
+async def test_a_job_never_confirmed_is_unknown_never_succeeded(client: AlbClient, emulator: EmulatorProcess) -> None:
+    emulator.add_group(GROUP, [server("10.0.0.1")])
+    emulator.admin("PUT", "behaviour", {"job_seconds": 30})
+    tracker = JobTracker(client, interval=0.05, unknown_after=0.3)
+    pipeline, directory, kube = setup(client, tracker)
+    leaving(pipeline, Server("Ip", "10.0.0.1", 8080))
+    await until(lambda: any(j.status == "Unknown" for j in directory.state.jobs), "the Unknown verdict")
+    assert "RemovalFailed" in [reason for _, reason, _ in kube.events]
+    assert pipeline.ledger.entries, "an unconfirmed removal is not forgotten"
+    await pipeline.close()
+
+
+async def test_servers_already_gone_in_a_multi_server_call(client: AlbClient, emulator: EmulatorProcess) -> None:
+    emulator.add_group(GROUP, [server("10.0.0.2")])
+    pipeline, _, kube = setup(client)
+    leaving(pipeline, *(Server("Ip", f"10.0.0.{i}", 8080) for i in range(1, 4)))
+    await until(lambda: not pipeline.ledger.entries, "the ledger to empty")
+    assert in_group(emulator) == set()
+    assert [r["servers"] for r in accepted(emulator)] == [["10.0.0.2"]]
+    assert "AlreadyRemoved" in [reason for _, reason, _ in kube.events]
+    await pipeline.close()
+
+
+async def test_eni_servers_are_matched_by_their_full_identity(client: AlbClient, emulator: EmulatorProcess) -> None:
+    """Two IPs on one ENI are two servers; one already gone must not make the other loop forever."""
+    emulator.add_group(GROUP, [server("eni-1", 80, "Eni", server_ip="10.0.0.2")], type_="Instance")
+    pipeline, _, _ = setup(client)
+    leaving(pipeline, Server("Eni", "eni-1", 80, "10.0.0.1"), Server("Eni", "eni-1", 80, "10.0.0.2"))
+    await until(lambda: not pipeline.ledger.entries, "the ledger to empty")
+    calls = emulator.requests("RemoveServersFromServerGroup")
+    assert len(calls) == 2, calls
+    assert in_group(emulator) == set()
+    await pipeline.close()
+
+
+async def test_a_live_owner_calls_the_removal_off_before_the_call(client: AlbClient, emulator: EmulatorProcess) -> None:
+    emulator.add_group(GROUP, [server("10.0.0.1"), server("10.0.0.2")])
+    pipeline, directory, kube = setup(client)
+    held = Server("Ip", "10.0.0.1", 8080)
+    directory.live = {held: {("sgm-uid-2", "uid-new"): ("pod", "new")}}
+    leaving(pipeline, held, Server("Ip", "10.0.0.2", 8080))
+    await until(lambda: not pipeline.ledger.pending(), "the batch to settle")
+    assert [r["servers"] for r in accepted(emulator)] == [["10.0.0.2"]]
+    assert pipeline.ledger.server_of(("sgm-uid-2", "uid-new")) == held
+    assert "RemovalCalledOff" in [reason for _, reason, _ in kube.events]
+    await pipeline.close()
+
+
+class FlakyCredentialsClient:
+    """The real client, whose first job look-ups fail the way a credentials refresh does."""
+
+    def __init__(self, client: AlbClient, failures: int) -> None:
+        self._client = client
+        self.failures = failures
+
+    async def list_asyn_jobs(self, job_ids: list[str]) -> dict[str, Job]:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("credentials refresh failed: the STS endpoint did not answer")
+        return await self._client.list_asyn_jobs(job_ids)
+
+
+async def test_the_tracker_outlives_errors_that_are_not_the_clouds(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    emulator.add_group(GROUP, [server("10.0.0.1")])
+    flaky = FlakyCredentialsClient(client, failures=3)
+    errors: list[int] = []
+    tracker = JobTracker(cast(AlbClient, flaky), interval=0.05, max_backoff=0.2, on_error=lambda: errors.append(1))
+    pipeline, directory, _ = setup(client, tracker)
+    leaving(pipeline, Server("Ip", "10.0.0.1", 8080))
+    await until(lambda: not pipeline.ledger.entries, "the job to be confirmed after the errors")
+    assert len(errors) == 3 and flaky.failures == 0
+    assert directory.state.jobs[0].status == "Succeeded"
+    await tracker.close()
+    await pipeline.close()

@@ -1,0 +1,116 @@
+"""Stand-ins for unit tests of the operator's plain code: a cluster view over lists, a Kubernetes writer that
+records, and a reconciler whose pipelines only record what they were given."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
+from alb_membership.alb.models import Server
+from alb_membership.kube import Kube
+from alb_membership.ledger import GroupKey
+from alb_membership.membership import EndpointView, PodView
+from alb_membership.metrics import Metrics
+from alb_membership.notices import Notices
+from alb_membership.pipeline import GroupPipeline, Services
+from alb_membership.reconciler import Reconciler, ReconcilerSettings
+from alb_membership.spec import Ref
+
+ENI = "k8s.aliyun.com/eni-id"
+
+
+class RecordingKube:
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[tuple[str, str, str]] = []
+
+    async def patch_status(self, ref: Ref, status: dict[str, Any]) -> bool:
+        self.patches.append((ref.uid, status))
+        return True
+
+    async def event(self, ref: Ref, kind: str, reason: str, message: str) -> None:
+        self.events.append((ref.name, reason, message))
+
+
+class View:
+    def __init__(self) -> None:
+        self.pod_list: list[PodView] = []
+        self.slices: dict[tuple[str, str], list[EndpointView]] = {}
+        self.bodies: list[dict[str, Any]] = []
+
+    def pods(self, namespace: str) -> Iterable[PodView]:
+        return [p for p in self.pod_list if p.namespace == namespace]
+
+    def endpoints(self, namespace: str, service: str) -> list[EndpointView]:
+        return self.slices.get((namespace, service), [])
+
+    def memberships(self) -> Iterable[Mapping[str, Any]]:
+        return self.bodies
+
+    def put(self, pod: PodView) -> None:
+        self.pod_list = [p for p in self.pod_list if p.uid != pod.uid] + [pod]
+
+    def drop(self, uid: str) -> None:
+        self.pod_list = [p for p in self.pod_list if p.uid != uid]
+
+
+class RecordingPipeline:
+    def __init__(self) -> None:
+        self.sent: list[Server] = []
+
+    def enqueue(self, servers: Iterable[Server]) -> None:
+        self.sent += list(servers)
+
+
+class RecordingReconciler(Reconciler):
+    """The real reconciler; its pipelines record what they would send."""
+
+    def __init__(self, view: View, kube: RecordingKube, endpoint_grace: float = 0.2) -> None:
+        super().__init__(
+            ReconcilerSettings("cn-hangzhou", ENI, endpoint_grace),
+            lambda _region: cast(Services, None),
+            cast(Kube, kube),
+            Notices(cast(Kube, kube)),
+            Metrics(),
+        )
+        self.view = view
+        self.recorded: dict[GroupKey, RecordingPipeline] = {}
+
+    def pipeline(self, key: GroupKey) -> GroupPipeline:
+        return cast(GroupPipeline, self.recorded.setdefault(key, RecordingPipeline()))
+
+    def sent(self) -> list[str]:
+        return [s.compact for p in self.recorded.values() for s in p.sent]
+
+
+def pod(
+    name: str,
+    ip: str | None = "10.0.0.1",
+    labels: dict[str, str] | None = None,
+    deleting: bool = False,
+    phase: str = "Running",
+    annotations: dict[str, str] | None = None,
+    uid: str | None = None,
+    namespace: str = "shop",
+) -> PodView:
+    meta: dict[str, Any] = {
+        "namespace": namespace,
+        "name": name,
+        "uid": uid or f"uid-{name}",
+        "labels": labels if labels is not None else {"app": "web"},
+        "annotations": annotations or {},
+    }
+    if deleting:
+        meta.update(deletionTimestamp="2026-11-28T10:00:30Z", deletionGracePeriodSeconds=30)
+    return PodView.from_body({"metadata": meta, "status": {"podIP": ip, "phase": phase}}, ENI)
+
+
+def resource(uid: str = "sgm-uid-1", namespace: str = "shop", name: str = "web", **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": namespace, "name": name, "uid": uid, "generation": 1},
+        "spec": {"serverGroupId": "sgp-test00000001", **spec},
+    }
+
+
+def selected(**extra: Any) -> dict[str, Any]:
+    return resource(podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}, **extra)
