@@ -78,6 +78,7 @@ class Emulator:
         self.flow = FlowControl(self.state.behaviour.rate_limits)
         self.state_file = state_file
         self.log: deque[dict[str, Any]] = deque(maxlen=log_capacity)
+        self.in_flight: dict[str, dict[str, Any]] = {}  # accepted and not answered yet (injected latency)
         self.counters: Counter[str] = Counter()
         self._saved_version = -1
         if state_file and state_file.exists():
@@ -140,6 +141,7 @@ class Emulator:
             # injected latency) the request is in flight, and its ClientToken is claimed.
             prepared = self.ops.prepare(action, params)
             if delay:
+                self.in_flight[request_id] = entry
                 await asyncio.sleep(delay)
             result = self.ops.complete(prepared, time.time())
             prepared = None
@@ -150,6 +152,7 @@ class Emulator:
             entry.update(code=exc.code, status=exc.status)
             return _json(exc.body(request_id, http.host), status=exc.status, headers=exc.headers)
         finally:
+            self.in_flight.pop(request_id, None)
             if prepared is not None:  # cancelled while in flight: the token is free again
                 self.ops.abandon(prepared)
             entry["duration_ms"] = round((time.time() - arrived) * 1000, 3)
@@ -185,6 +188,7 @@ class Emulator:
             web.get(f"{ADMIN}/behaviour", self.get_behaviour),
             web.put(f"{ADMIN}/behaviour", self.put_behaviour),
             web.get(f"{ADMIN}/requests", self.requests),
+            web.get(f"{ADMIN}/in-flight", self.requests_in_flight),
             web.get(f"{ADMIN}/counters", self.get_counters),
             web.post(f"{ADMIN}/reset", self.reset),
         ]
@@ -267,6 +271,10 @@ class Emulator:
         action = http.query.get("action")
         rows = [e for e in self.log if e["time"] >= since and (not action or e["action"] == action)]
         return _json(rows)
+
+    async def requests_in_flight(self, _: web.Request) -> web.Response:
+        """Requests received and not answered yet: proof that a call was under way at some moment."""
+        return _json(list(self.in_flight.values()))
 
     async def get_counters(self, _: web.Request) -> web.Response:
         return _json(dict(self.counters))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import kubernetes
@@ -220,12 +219,15 @@ def test_pods_deleted_while_no_operator_ran_are_removed(
     core = kubernetes.client.CoreV1Api(api_client)
     pods = pods_as_members(cluster, core, emulator, namespace, 2)
     operator.kill()
-    victim = sorted(pods)[0]
-    core.delete_namespaced_pod(victim, namespace, grace_period_seconds=0)
-    wait_for(
-        lambda: victim not in {p.metadata.name for p in core.list_namespaced_pod(namespace).items},
-        "the pod gone while no operator runs",
+    # A scale-down, so that no replacement pod can take the deleted pod's IP (that server would stay: a live pod
+    # holds it; test_ledger covers reuse).
+    cluster.kubectl("scale", "deployment/web", "--replicas=1", "-n", namespace)
+    gone = wait_for(
+        lambda: set(pods) - {p.metadata.name for p in core.list_namespaced_pod(namespace).items},
+        "a pod gone while no operator runs",
+        timeout=90,
     )
+    victim = next(iter(gone))
     assert pods[victim] in in_group(emulator)
 
     successor = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
@@ -233,6 +235,8 @@ def test_pods_deleted_while_no_operator_ran_are_removed(
         wait_for(lambda: pods[victim] not in in_group(emulator), "the successor to remove the pod deleted meanwhile")
         st = status_when(cluster, namespace, lambda s: s.get("jobs"), "the job recorded")
         assert st["jobs"][0]["trigger"] == "pod-gone"
+        assert set(pods.values()) - {pods[victim]} <= in_group(emulator), "the live pod stays"
+        assert "LeakRepaired" in events(cluster, namespace)
     finally:
         successor.stop()
 
@@ -251,12 +255,14 @@ def test_a_removal_in_flight_when_the_operator_dies_is_sent_again_with_the_same_
     emulator.admin("PUT", "faults", {"latency_ms": 3000, "actions": ["RemoveServersFromServerGroup"]})
     core.delete_namespaced_pod(next(iter(pods)), namespace)
     pending = wait_for(
-        lambda: [p for p in status(cluster, namespace).get("pending", []) if p.get("clientToken")],
+        lambda: [p for p in (status(cluster, namespace).get("pending") or {}).values() if p.get("clientToken")],
         "the pending removal with its token in status",
     )
-    time.sleep(0.5)
+    in_flight = wait_for(lambda: emulator.admin("GET", "in-flight"), "the call to reach the cloud")
     operator.kill()
     token = pending[0]["clientToken"]
+    assert [r["client_token"] for r in in_flight] == [token], "the call was in flight when the operator died"
+    assert emulator.admin("GET", "in-flight") == in_flight, "and still was after"
 
     successor = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
     try:
@@ -326,11 +332,11 @@ def test_killed_after_the_pending_removal_was_written_and_before_its_call_went_o
         pending = status_when(
             cluster,
             namespace,
-            lambda s: any(p.get("clientToken") for p in s.get("pending", [])),
+            lambda s: any(p.get("clientToken") for p in (s.get("pending") or {}).values()),
             "the pending removal with its token in status",
         )["pending"]
         operator.kill()
-        token = pending[0]["clientToken"]
+        token = next(iter(pending.values()))["clientToken"]
         emulator = start_emulator(tmp_path, config, "--state-file", str(state), port=port)
         operator = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
         wait_for(lambda: not in_group(emulator) & set(ips.values()), "the successor to send it")
