@@ -19,6 +19,7 @@ from alb_membership import outcomes
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.models import Server
 from alb_membership.kube import Kube
+from alb_membership.ledger import GroupKey
 from alb_membership.metrics import Metrics
 from alb_membership.reconciler import Reconciler
 from alb_membership.view import ListedView
@@ -69,14 +70,14 @@ class AntiEntropy:
                 self._reconciler.sync(state, view, repair=True)
 
     async def check_groups(self) -> None:
-        for key, pipeline in list(self._reconciler.pipelines.items()):
-            ledger = pipeline.ledger
-            idle = [e for e in ledger.pending() if e.server not in pipeline.in_flight]
+        for key, ledger in list(self._reconciler.ledgers.items()):
+            idle = [e for e in ledger.pending() if e.server not in self._in_flight(key)]
             if not idle:
                 continue
             listed = await self._client_for(key[0]).list_server_group_servers(ledger.group_id)
             present = {Server.from_api(x) for x in listed}
-            gone = [e for e in idle if e.server not in present and e.server not in pipeline.in_flight]
+            # In flight may have changed during the listing: a batch taken up meanwhile is the pipeline's.
+            gone = [e for e in idle if e.server not in present and e.server not in self._in_flight(key)]
             if not gone:
                 continue
             states = self._reconciler.states_of(gone)
@@ -84,3 +85,7 @@ class AntiEntropy:
             self._metrics.forgotten.inc(len(gone))
             self._reconciler.changed(states)
             log.info("%d pending removal(s) from %s were out of the group already", len(gone), ledger.group_id)
+
+    def _in_flight(self, key: GroupKey) -> set[Server]:
+        pipeline = self._reconciler.pipelines.get(key)
+        return pipeline.in_flight if pipeline is not None else set()
