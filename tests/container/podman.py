@@ -13,6 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 LABEL = "albm-test=container"
+# Which test run started a container: a later run removes only the leftovers of runs that are gone.
+OWNER = f"albm-test-pid={os.getpid()}"
 
 
 def podman_cmd() -> list[str]:
@@ -38,10 +40,17 @@ def podman(*args: str, check: bool = True, timeout: float = 120, env: dict[str, 
 
 
 def remove_leftovers() -> None:
-    """Containers of an earlier test run that was killed before its cleanup (detached containers outlive it)."""
-    ids = podman("ps", "-a", "-q", "--filter", f"label={LABEL}", check=False).split()
-    if ids:
-        podman("rm", "-f", "-t", "0", *ids, check=False)
+    """Containers of an earlier test run that was killed before its cleanup (detached containers outlive it);
+    those of a test run still going on, here or in another checkout, are left alone."""
+    fmt = '{{.ID}} {{index .Labels "albm-test-pid"}}'
+    rows = podman("ps", "-a", "--filter", f"label={LABEL}", "--format", fmt, check=False).splitlines()
+    gone = [cid for cid, _, pid in (row.partition(" ") for row in rows) if not _alive(pid)]
+    if gone:
+        podman("rm", "-f", "--ignore", "-t", "0", *gone, check=False)
+
+
+def _alive(pid: str) -> bool:
+    return pid.isdigit() and Path(f"/proc/{pid}").exists()
 
 
 class ServiceRelay:

@@ -26,7 +26,7 @@ import yaml
 
 from localcluster.binaries import locate_binaries
 from localcluster.cluster import free_port
-from tests.container.podman import LABEL, ROOT, ServiceRelay, podman, ulimits
+from tests.container.podman import LABEL, OWNER, ROOT, ServiceRelay, podman, ulimits
 from tests.support.cluster import Cluster, wait_for
 from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET, EmulatorProcess
 from tests.support.scenario import FOREIGN, in_group, pods_as_members, removal_requests
@@ -162,6 +162,8 @@ def run_args(release: Release, sa_dir: Path, relay_ip: str) -> list[str]:
     return [
         "--label",
         LABEL,
+        "--label",
+        OWNER,
         "--read-only",
         "--read-only-tmpfs=false",  # no writable /tmp, /run, /var/tmp either: the chart mounts none
         "--user",
@@ -252,7 +254,10 @@ def pods(
     assert api.hostname and api.port
     # A loopback address of its own for the Service address, so nothing else on the machine holds its port 443.
     relay_ip = f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.{random.randint(1, 250)}"
-    relay = ServiceRelay((relay_ip, 443), (api.hostname, api.port))
+    try:
+        relay = ServiceRelay((relay_ip, 443), (api.hostname, api.port))
+    except PermissionError:
+        pytest.fail("the stand-in for kubernetes.default.svc listens on port 443: run the tests as root", pytrace=False)
     sa_dir, token = service_account_dir(cluster, api_client, release, tmp_path / "serviceaccount")
     env = {
         **pod_env(release, kubernetes.client.CoreV1Api(api_client), pod_name="set-per-container"),
@@ -268,7 +273,7 @@ def pods(
         yield chart_pods
     finally:
         if chart_pods.started:
-            podman("rm", "-f", "-t", "0", *chart_pods.started, check=False)
+            podman("rm", "-f", "--ignore", "-t", "0", *chart_pods.started, check=False)
         relay.close()
 
 
