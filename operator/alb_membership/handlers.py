@@ -7,6 +7,8 @@ through an IndexView, so a resource that starts finds its pods and endpoints wit
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from typing import Any
 
 import kopf
@@ -54,8 +56,16 @@ async def startup(
 @kopf.on.login(registry=registry)
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     # kopf's built-in logins (a registry of our own starts without kopf's default ones): the pod's
-    # ServiceAccount in a cluster, the kubeconfig elsewhere.
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    # ServiceAccount in a cluster, the kubeconfig elsewhere. kopf's in-cluster login always dials
+    # kubernetes.default.svc:443; the pod's environment names the API server (what the operator's own client uses,
+    # and what works without cluster DNS, e.g. with hostNetwork).
+    info = kopf.login_with_service_account(**kwargs)
+    if info is None:
+        return kopf.login_with_kubeconfig(**kwargs)
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    if host and port:
+        info = dataclasses.replace(info, server=f"https://{f'[{host}]' if ':' in host else host}:{port}")
+    return info
 
 
 @kopf.on.cleanup(registry=registry)

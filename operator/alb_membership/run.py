@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
+from collections.abc import Awaitable
 
 import kopf
 from aiohttp import web
@@ -18,7 +21,61 @@ from alb_membership.settings import Settings
 log = logging.getLogger(__name__)
 
 
+# The chart's terminationGracePeriodSeconds is 30: whatever hangs (an unreachable API server or cloud), the
+# process is gone well before the kubelet's SIGKILL.
+SHUTDOWN_DEADLINE_SECONDS = 20.0
+
+
+class Shutdown:
+    """SIGTERM/SIGINT: stop cleanly, and in any case exit within SHUTDOWN_DEADLINE_SECONDS. kopf installs its own
+    handlers once it runs; ``install`` is called again after that, so these stay in charge (kopf stops through
+    ``flag``)."""
+
+    def __init__(self) -> None:
+        self.flag = asyncio.Event()
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._requested, sig)
+
+    def _requested(self, sig: signal.Signals) -> None:
+        if self.flag.is_set():
+            return
+        log.info("%s received: stopping (at most %.0fs)", sig.name, SHUTDOWN_DEADLINE_SECONDS)
+        self.flag.set()
+        asyncio.get_running_loop().call_later(SHUTDOWN_DEADLINE_SECONDS, self._overdue)
+
+    @staticmethod
+    def _overdue() -> None:
+        log.error("shutdown took longer than %.0fs; exiting now", SHUTDOWN_DEADLINE_SECONDS)
+        logging.shutdown()
+        os._exit(1)
+
+
+async def _until(flag: asyncio.Event, work: Awaitable[None]) -> bool:
+    """Runs ``work`` unless ``flag`` is set first (then cancels it); True when ``work`` finished."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.create_task(flag.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
+async def _reinstall_when_ready(ready: asyncio.Event, shutdown: Shutdown) -> None:
+    await ready.wait()  # kopf has installed its own signal handlers by then
+    shutdown.install()
+
+
 async def serve(settings: Settings) -> None:
+    shutdown = Shutdown()
+    shutdown.install()
     runtime = await Runtime.create(settings)
     site_runner = None
     if settings.metrics_port:
@@ -38,7 +95,8 @@ async def serve(settings: Settings) -> None:
                 identity,
             )
             runtime.standby = True
-            await elector.acquire()
+            if not await _until(shutdown.flag, elector.acquire()):
+                return  # stopped while standing by: nothing to hand over
             runtime.standby = False
         runtime.metrics.leader.set(1)
         operator = asyncio.create_task(
@@ -49,10 +107,13 @@ async def serve(settings: Settings) -> None:
                 clusterwide=not settings.namespaces,
                 namespaces=list(settings.namespaces),
                 ready_flag=runtime.ready,
+                stop_flag=shutdown.flag,
             )
         )
+        reinstall = asyncio.create_task(_reinstall_when_ready(runtime.ready, shutdown))
         if elector is None:
             await operator
+            reinstall.cancel()
             return
         keeper = asyncio.create_task(elector.keep())
         done, _ = await asyncio.wait({operator, keeper}, return_when=asyncio.FIRST_COMPLETED)
@@ -62,10 +123,13 @@ async def serve(settings: Settings) -> None:
             logging.shutdown()
             os._exit(1)
         keeper.cancel()
+        reinstall.cancel()
         await operator
     finally:
-        if elector is not None:
-            await elector.release()  # before the client closes: a standby takes over at once
+        if elector is not None and elector.is_leader:
+            # Before the client closes, and bounded: a standby takes over at once, or after the Lease expires.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(elector.release(), timeout=3)
         await runtime.close()
         if site_runner is not None:
             await site_runner.cleanup()

@@ -331,11 +331,6 @@ def test_the_image_runs_as_the_chart_runs_it(
     assert json.loads(podman("inspect", name))[0]["HostConfig"]["ReadonlyRootfs"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a standby replica waits for the Lease before kopf installs its signal handlers, and as PID 1 without a"
-    " SIGTERM handler it ignores SIGTERM: it is SIGKILLed after the grace period (alb_membership/run.py)",
-)
 def test_a_standby_replica_stops_on_sigterm(pods: ChartPods) -> None:
     """The chart runs 2 replicas: the one waiting for the Lease must stop on SIGTERM too (rolling updates)."""
     leader, standby = f"albm-test-{uuid.uuid4().hex[:8]}", f"albm-test-{uuid.uuid4().hex[:8]}"
