@@ -43,7 +43,7 @@ class Fault:
 class Faults:
     """``script``: faults served first, one per matching request, in order. ``rates``: code (or "reset",
     "http", "truncated") -> probability per request. ``latency_ms``/``jitter_ms``: added to every request.
-    ``actions``: which actions faults apply to (empty: all)."""
+    ``actions``: which actions all of these apply to (empty: all)."""
 
     script: list[Fault] = field(default_factory=list)
     rates: dict[str, float] = field(default_factory=dict)
@@ -78,7 +78,9 @@ class Faults:
             "actions": self.actions,
         }
 
-    def delay_seconds(self) -> float:
+    def delay_seconds(self, action: str) -> float:
+        if self.actions and action not in self.actions:
+            return 0.0
         jitter = self.rng.uniform(0, self.jitter_ms) if self.jitter_ms else 0.0
         return (self.latency_ms + jitter) / 1000
 

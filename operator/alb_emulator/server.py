@@ -132,7 +132,7 @@ class Emulator:
                     throttled.headers["x-acs-retry-after"] = str(self.state.behaviour.retry_after_ms)
                 raise throttled
             fault = self.faults.draw(action)
-            delay = self.faults.delay_seconds() + (fault.latency_ms / 1000 if fault else 0)
+            delay = self.faults.delay_seconds(action) + (fault.latency_ms / 1000 if fault else 0)
             if fault and fault.kind == "error":
                 raise error(fault.code or "InternalError")
             if fault and fault.kind in ("reset", "http", "truncated"):

@@ -12,6 +12,7 @@ the deletions in its gap).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -41,6 +42,11 @@ class AntiEntropy:
         self._client_for = client_for
         self._metrics = metrics
         self.interval = interval
+        self._wakeup = asyncio.Event()
+
+    def soon(self) -> None:
+        """A watch had to list again (410 Gone): deletions in its gap may be missing, so a round now."""
+        self._wakeup.set()
 
     async def run(self, ready: asyncio.Event) -> None:
         await ready.wait()
@@ -50,7 +56,9 @@ class AntiEntropy:
             except Exception as exc:  # the next round may do better; the operator goes on meanwhile
                 log.warning("anti-entropy round failed (%s: %s)", type(exc).__name__, exc)
                 self._metrics.internal_errors.labels("anti-entropy").inc()
-            await asyncio.sleep(self.interval)
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.interval)
 
     async def check(self) -> None:
         await self.check_cluster()

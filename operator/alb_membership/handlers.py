@@ -1,8 +1,8 @@
 """kopf handlers: thin adapters from watch events to the Reconciler.
 
-Pods and EndpointSlices are only watched (on.event and index): the operator never puts a finalizer or an
-annotation on them. Indexes are complete before any resource handler runs, and the reconciler reads them
-through an IndexView, so a resource that starts finds its pods and endpoints without listing anything.
+kopf runs the ServerGroupMembership's lifecycle (handlers, finalizer, progress). Pods and EndpointSlices are not
+kopf's: the operator's own lean watches (alb_membership.store) hold them and call the reconciler, and the operator
+never writes to them. A handler first makes sure the store holds the resource's namespace.
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ from typing import Any
 import kopf
 
 from alb_membership.health import group_missing
-from alb_membership.membership import EndpointView, PodView, endpoints_of
 from alb_membership.runtime import Runtime
 from alb_membership.spec import GROUP, PLURAL, VERSION
-from alb_membership.view import IndexView, slim
 
 registry = kopf.OperatorRegistry()
-SERVICE_LABEL = "kubernetes.io/service-name"
 FINALIZER = f"{GROUP}/finalizer"
 
 
@@ -30,14 +27,7 @@ def _runtime(memo: kopf.Memo) -> Runtime:
 
 
 @kopf.on.startup(registry=registry)
-async def startup(
-    settings: kopf.OperatorSettings,
-    memo: kopf.Memo,
-    pods_by_namespace: kopf.Index[str, PodView],
-    endpoints_by_service: kopf.Index[Any, Any],
-    sgm_by_namespace: kopf.Index[str, dict[str, Any]],
-    **_: Any,
-) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
@@ -48,9 +38,7 @@ async def startup(
     # No watching of CRDs and namespaces: least privilege (no cluster-wide list/watch on either); the cost is
     # that --namespace takes exact names, not globs.
     settings.scanning.disabled = True
-    # kopf keeps these index objects current in place for the operator's lifetime: the reconciler reads them
-    # whenever it decides, including right before each removal call.
-    _runtime(memo).start_work(IndexView(pods_by_namespace, endpoints_by_service, sgm_by_namespace))
+    _runtime(memo).start_work()
 
 
 @kopf.on.login(registry=registry)
@@ -73,33 +61,21 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     await _runtime(memo).stop_work()
 
 
-@kopf.index(GROUP, VERSION, PLURAL, registry=registry)
-async def sgm_by_namespace(namespace: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
-    return {namespace: slim(body)}
-
-
-@kopf.index("v1", "pods", registry=registry)
-async def pods_by_namespace(namespace: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str, PodView]:
-    return {namespace: PodView.from_body(body, _runtime(memo).settings.eni_annotation)}
-
-
-@kopf.index("discovery.k8s.io", "v1", "endpointslices", labels={SERVICE_LABEL: kopf.PRESENT}, registry=registry)
-async def endpoints_by_service(
-    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[tuple[str, str], list[EndpointView]]:
-    return {(namespace, labels[SERVICE_LABEL]): endpoints_of(body)}
-
-
 @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
 async def membership_resumed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    # The operator (re)started: whatever happened while none ran is caught up with, and counted as leaks.
-    _runtime(memo).reconciler.start(body, repair=True)
+    # The operator (re)started or took over: whatever happened while none acted is caught up with, and counted
+    # as leaks.
+    runtime = _runtime(memo)
+    await runtime.store.ensure(body["metadata"]["namespace"])
+    runtime.reconciler.start(body, repair=True)
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
 async def membership_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    _runtime(memo).reconciler.start(body, repair=False)
+    runtime = _runtime(memo)
+    await runtime.store.ensure(body["metadata"]["namespace"])
+    runtime.reconciler.start(body, repair=False)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
@@ -107,6 +83,7 @@ async def membership_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None
     # Also runs for a resource whose deletion began before this operator started (kopf resumes no deleted
     # object): load() restores its pending removals from status and sends them again.
     runtime = _runtime(memo)
+    await runtime.store.ensure(body["metadata"]["namespace"])
     if not runtime.reconciler.deleting(body):
         raise kopf.TemporaryError("waiting for the members' removal jobs to finish", delay=1)
     state = runtime.reconciler.load(body)
@@ -118,15 +95,3 @@ async def membership_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None
             f"{state.spec.server_group_id} does not exist; releasing the resource without removing anything",
         )
     runtime.reconciler.forget(body["metadata"]["uid"])
-
-
-@kopf.on.event("v1", "pods", registry=registry)
-async def pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    runtime = _runtime(memo)
-    runtime.reconciler.pod_changed(PodView.from_body(body, runtime.settings.eni_annotation), deleted=type == "DELETED")
-
-
-@kopf.on.event("discovery.k8s.io", "v1", "endpointslices", labels={SERVICE_LABEL: kopf.PRESENT}, registry=registry)
-async def endpointslice_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    meta = body["metadata"]
-    _runtime(memo).reconciler.endpoints_changed(meta.get("namespace", ""), meta.get("labels", {})[SERVICE_LABEL])

@@ -25,6 +25,7 @@ from alb_membership.alb.models import Server
 # (resource UID, owner id): the owner id is the pod UID for pods, endpoint/<pod UID or address> for endpoints and
 # static/<server> for static servers, so the same pod selected by two resources is two owners.
 OwnerKey = tuple[str, str]
+MAX_DONE = 100_000
 GroupKey = tuple[str, str]  # (region, server group id)
 
 
@@ -77,6 +78,9 @@ class GroupLedger:
         self.entries: dict[Server, Entry] = {}
         self._by_owner: dict[OwnerKey, Server] = {}
         self._by_resource: dict[str, set[str]] = {}  # resource UID -> owner ids
+        # Owners whose removal is final while their pod or endpoint may still be seen terminating (for its whole
+        # grace period): seeing them again is not news. Dropped when they are gone (settle), and bounded.
+        self._done: dict[OwnerKey, str] = {}  # -> the owner's source
 
     @property
     def group_id(self) -> str:
@@ -97,6 +101,7 @@ class GroupLedger:
     def hold(self, key: OwnerKey, server: Server, source: str, name: str | None = None) -> bool:
         """``key`` is a live owner of ``server``. Cancels a removal of ``server`` that has not gone out yet: a live
         owner holds it. True when anything changed."""
+        self._done.pop(key, None)
         known = self._by_owner.get(key)
         if known is not None and known != server:
             self.release(key)  # a re-keyed member (backend changed): the old identity is let go, never removed
@@ -127,7 +132,7 @@ class GroupLedger:
         removal was decided."""
         known = self._by_owner.get(key)
         if known is None:
-            if server is None:
+            if server is None or key in self._done:
                 return False
             self.entries.setdefault(server, Entry(server)).owners[key] = Owner(source, name)
             self._index(key, server)
@@ -196,6 +201,14 @@ class GroupLedger:
             self.entries.pop(server, None)
         return entry
 
+    def settle(self, key: OwnerKey) -> None:
+        """The owner's pod or endpoint is gone: nothing more will be seen of it."""
+        self._done.pop(key, None)
+
+    def done_ids(self, resource_uid: str) -> list[tuple[str, str]]:
+        """(owner id, source) of the resource's owners whose removal is final."""
+        return [(owner_id, source) for (uid, owner_id), source in self._done.items() if uid == resource_uid]
+
     def retry(self, server: Server) -> None:
         """The job failed or was never confirmed: the same token would only return the same job, so the next call
         is a new attempt with a new token."""
@@ -220,6 +233,7 @@ class GroupLedger:
                 self._drop_owner(entry, (resource_uid, owner_id))
                 if not entry.owners:
                     self.entries.pop(server, None)  # a removal nobody waits for (its group does not exist)
+        self._done = {k: v for k, v in self._done.items() if k[0] != resource_uid}
 
     def resources_of(self, entry: Entry) -> set[str]:
         return {uid for uid, _ in entry.owners}
@@ -239,7 +253,12 @@ class GroupLedger:
             self._drop_owner(entry, key, keep_empty=True)
 
     def _drop_owner(self, entry: Entry, key: OwnerKey, keep_empty: bool = False) -> None:
-        entry.owners.pop(key, None)
+        owner = entry.owners.pop(key, None)
+        if owner is not None and owner.leaving:
+            # It left (removed, or another owner holds the server): seeing it leave again is not news.
+            self._done[key] = owner.source
+            while len(self._done) > MAX_DONE:
+                del self._done[next(iter(self._done))]
         if self._by_owner.get(key) == entry.server:
             del self._by_owner[key]
             ids = self._by_resource.get(key[0])

@@ -18,7 +18,7 @@ class UnmappablePod(ValueError):
     """The pod lacks what its backend type needs (an ECI or ENI id); the message says which annotation."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodView:
     """What the operator needs to know of a pod (kept in an index, so small)."""
 

@@ -69,6 +69,15 @@ class Metrics:
         self.ledger_identities = Gauge(
             "albm_ledger_identities", "Server identities held in the group ledgers", registry=r
         )
+        self.watched_pods = Gauge(
+            "albm_watched_pods", "Pods held by the operator's watches (namespaces with a resource only)", registry=r
+        )
+        self.watch_events = Gauge(
+            "albm_watch_events",
+            "Objects received by the operator's watches and lists since start (pods, EndpointSlices, resources; "
+            "all namespaces, kept or not)",
+            registry=r,
+        )
         self.leader = Gauge("albm_leader", "1 while this replica acts, 0 while it stands by", registry=r)
 
     def observe_call(self, action: str, code: str, seconds: float) -> None:

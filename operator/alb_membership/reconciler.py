@@ -196,6 +196,7 @@ class Reconciler:
             ledger = self.ledger(state.group)
             if deleted:
                 self._leave(ledger, key, "pod-deleted", pod.deletion_started or now(), round_)
+                ledger.settle(key)
             elif seen is not None:
                 self._apply(state, ledger, seen, round_)
             elif ledger.server_of(key) is not None:
@@ -290,6 +291,9 @@ class Reconciler:
         for seen_owner in seen.values():
             self._apply(state, ledger, seen_owner, round_)
         by_uid = {p.uid: p for p in pods}
+        for owner_id, source in ledger.done_ids(uid):
+            if owner_id not in seen and source in sources:
+                ledger.settle((uid, owner_id))
         for owner_id in ledger.owner_ids(uid):
             key = (uid, owner_id)
             owner = ledger.owner(key)

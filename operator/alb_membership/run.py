@@ -77,6 +77,7 @@ async def serve(settings: Settings) -> None:
     shutdown = Shutdown()
     shutdown.install()
     runtime = await Runtime.create(settings)
+    runtime.start_watching()
     site_runner = None
     if settings.metrics_port:
         site_runner = web.AppRunner(runtime.web_app(), access_log=None)

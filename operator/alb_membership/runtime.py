@@ -16,11 +16,13 @@ from alb_membership.alb.ratelimit import SlidingWindowLimiter
 from alb_membership.antientropy import AntiEntropy
 from alb_membership.jobs import JobTracker
 from alb_membership.kube import Kube
+from alb_membership.membership import PodView
 from alb_membership.metrics import Metrics
 from alb_membership.notices import Notices
 from alb_membership.pipeline import PipelineSettings, Services
-from alb_membership.reconciler import LiveView, Reconciler, ReconcilerSettings
+from alb_membership.reconciler import Reconciler, ReconcilerSettings
 from alb_membership.settings import Settings
+from alb_membership.store import ClusterStore
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,18 @@ class Runtime:
             metrics,
         )
         self.anti_entropy = AntiEntropy(self.reconciler, kube, self.clients_for, metrics, settings.anti_entropy_seconds)
+        self.store = ClusterStore(
+            kube.api,
+            settings.namespaces,
+            settings.eni_annotation,
+            on_pod=self._pod_changed,
+            on_slice=self.reconciler.endpoints_changed,
+            on_relist=self.anti_entropy.soon,
+        )
+        self.reconciler.view = self.store
+        metrics.watched_pods.set_function(self.store.pod_count)
+        metrics.watch_events.set_function(self.store.event_count)
+        self._store_task: asyncio.Task[None] | None = None
         self._services: dict[str, Services] = {}
         self._anti_entropy_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()  # set by kopf once it watches everything
@@ -77,8 +91,17 @@ class Runtime:
     def clients_for(self, region: str) -> AlbClient:
         return self.services_for(region).client
 
-    def start_work(self, view: LiveView) -> None:
-        self.reconciler.view = view
+    def start_watching(self) -> None:
+        """From process start, leader or not: a standby's view is current when it takes over."""
+        self._store_task = asyncio.create_task(self.store.run(), name="store")
+
+    def _pod_changed(self, old: PodView | None, new: PodView | None) -> None:
+        if new is not None:
+            self.reconciler.pod_changed(new, deleted=False)
+        elif old is not None:
+            self.reconciler.pod_changed(old, deleted=True)
+
+    def start_work(self) -> None:
         self._anti_entropy_task = asyncio.create_task(self.anti_entropy.run(self.ready), name="anti-entropy")
 
     async def stop_work(self) -> None:
@@ -95,6 +118,9 @@ class Runtime:
         await self.notices.close()
 
     async def close(self) -> None:
+        if self._store_task is not None:
+            self._store_task.cancel()
+            await asyncio.gather(self._store_task, return_exceptions=True)
         await self.session.close()
         await self.kube.close()
 
@@ -110,8 +136,9 @@ class Runtime:
             return web.json_response({"ok": True})
 
         async def readyz(_: web.Request) -> web.Response:
-            # A standby replica is ready: ready to take over, which is its whole job.
-            ready = self.standby or self.ready.is_set()
+            # A standby replica whose watches have listed everything is ready: ready to take over at once, which
+            # is its whole job.
+            ready = self.store.synced.is_set() and (self.standby or self.ready.is_set())
             return web.json_response({"ready": ready, "leader": not self.standby}, status=200 if ready else 503)
 
         app = web.Application()

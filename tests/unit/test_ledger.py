@@ -145,3 +145,25 @@ def test_identities_per_mib() -> None:
     per_mib = 5000 * 1024 * 1024 / used
     print(f"ledger: {used / 5000:.0f} bytes per identity, {per_mib:.0f} identities per MiB")
     assert per_mib > 1000
+
+
+def test_owners_removed_are_not_acted_on_again_until_they_are_gone() -> None:
+    g = ledger()
+    g.hold(A, NODE, "pod")
+    g.leave(A, "pod-terminating")
+    g.finished(NODE)
+    assert not g.leave(A, "pod-terminating", server=NODE), "still Terminating after its job: not a new removal"
+    assert g.done_ids("sgm-1") == [("pod-a", "pod")]
+    g.settle(A)
+    assert g.done_ids("sgm-1") == []
+
+
+def test_an_owner_that_left_beside_a_live_one_is_not_acted_on_again() -> None:
+    """A pod that is also a Service endpoint: the pod leaves first, the endpoint holds the server a moment longer."""
+    g = ledger()
+    g.hold(A, NODE, "pod")
+    g.hold(("sgm-2", "endpoint/pod-a"), NODE, "endpoint")
+    assert not g.leave(A, "pod-terminating")
+    assert g.leave(("sgm-2", "endpoint/pod-a"), "endpoint-terminating")
+    g.finished(NODE)
+    assert not g.leave(A, "pod-terminating", server=NODE), "the pod's next update is not a second removal"

@@ -258,3 +258,20 @@ async def test_unmappable_pod_warns_once(rec: RecordingReconciler, view: View, k
     assert (await events(kube)).count("UnmappablePod") == 1 and members(rec) == {}
     rec.pod_changed(pod("b", annotations={ECI_ANNOTATION: "eci-b"}), deleted=False)
     assert members(rec)["uid-b"]["server"] == "Eci:eci-b:80"
+
+
+async def test_a_pod_seen_terminating_after_its_removal_is_not_removed_again(
+    rec: RecordingReconciler, view: View
+) -> None:
+    """A pod stays Terminating for its grace period; every update of it after its job succeeded is old news."""
+    view.pod_list = [pod("a")]
+    state = rec.start(selected(), repair=False)
+    rec.pod_changed(pod("a", deleting=True), deleted=False)
+    ledger = rec.ledger(state.group)
+    ledger.finished(ledger.pending()[0].server)
+    view.put(pod("a", deleting=True))
+    rec.pod_changed(pod("a", deleting=True), deleted=False)
+    rec.start(selected(), repair=True)  # a sync sees it too
+    assert rec.sent() == ["Ip:10.0.0.1:8080"] and pending(rec) == {}
+    rec.pod_changed(pod("a", deleting=True), deleted=True)
+    assert ledger.done_ids(UID) == [], "the marker goes with the pod"

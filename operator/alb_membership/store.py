@@ -1,0 +1,189 @@
+"""The operator's own view of the cluster: ServerGroupMemberships, and the pods and EndpointSlices of the
+namespaces that have at least one, kept current by lean watches (alb_membership.informer).
+
+It runs from process start on every replica, leader or not: a standby's view is as current as the leader's, so a
+replica that takes over acts on the first event, not after listing the cluster. Pods of namespaces without a
+ServerGroupMembership cost one JSON parse per event and nothing kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+from kubernetes_asyncio import client
+
+from alb_membership.informer import Informer, Source
+from alb_membership.membership import EndpointView, PodView, endpoints_of
+from alb_membership.spec import GROUP, PLURAL, VERSION
+from alb_membership.view import slim
+
+log = logging.getLogger(__name__)
+SERVICE_LABEL = "kubernetes.io/service-name"
+
+
+class SliceRecord:
+    """An EndpointSlice as the operator needs it: its Service and endpoints."""
+
+    __slots__ = ("endpoints", "namespace", "service")
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        self.namespace: str = meta.get("namespace", "")
+        self.service: str = (meta.get("labels") or {}).get(SERVICE_LABEL, "")
+        self.endpoints: list[EndpointView] = endpoints_of(body)
+
+
+class ClusterStore:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespaces: tuple[str, ...],
+        eni_annotation: str,
+        on_pod: Callable[[PodView | None, PodView | None], None],
+        on_slice: Callable[[str, str], None],
+        on_relist: Callable[[], None],
+    ) -> None:
+        core, discovery, custom = client.CoreV1Api(api), client.DiscoveryV1Api(api), client.CustomObjectsApi(api)
+        self._namespaces = namespaces
+        self._interest: dict[str, int] = {}  # namespace -> ServerGroupMemberships in it
+        self._fills: dict[str, asyncio.Task[None]] = {}
+        self._list_pods = core.list_namespaced_pod
+        self._list_slices = discovery.list_namespaced_endpoint_slice
+        self._on_slice = on_slice
+        if namespaces:  # one watch per namespace, as the Roles allow
+            sgm_calls: list[Callable[..., Awaitable[Any]]] = [
+                functools.partial(custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL) for ns in namespaces
+            ]
+            pod_calls: list[Callable[..., Awaitable[Any]]] = [
+                functools.partial(core.list_namespaced_pod, ns) for ns in namespaces
+            ]
+            slice_calls: list[Callable[..., Awaitable[Any]]] = [
+                functools.partial(discovery.list_namespaced_endpoint_slice, ns) for ns in namespaces
+            ]
+        else:
+            sgm_calls = [functools.partial(custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)]
+            pod_calls = [core.list_pod_for_all_namespaces]
+            slice_calls = [discovery.list_endpoint_slice_for_all_namespaces]
+        self.sgm_watches: list[Informer[dict[str, Any]]] = [
+            Informer(Source(call, describe="ServerGroupMemberships"), slim, lambda _ns: True, self._sgm_changed)
+            for call in sgm_calls
+        ]
+        pod_view = functools.partial(PodView.from_body, eni_annotation=eni_annotation)
+        self.pod_watches: list[Informer[PodView]] = [
+            Informer(Source(call, describe="pods"), pod_view, self.interesting, on_pod, on_relist) for call in pod_calls
+        ]
+        self.slice_watches: list[Informer[SliceRecord]] = [
+            Informer(
+                Source(call, label_selector=SERVICE_LABEL, describe="EndpointSlices"),
+                SliceRecord,
+                self.interesting,
+                self._slice_changed,
+                on_relist,
+            )
+            for call in slice_calls
+        ]
+        self.synced = asyncio.Event()
+
+    async def run(self) -> None:
+        """ServerGroupMemberships first (they say which namespaces matter), then pods and EndpointSlices."""
+        tasks = [asyncio.create_task(i.run(), name="watch-sgm") for i in self.sgm_watches]
+        try:
+            await asyncio.gather(*(i.synced.wait() for i in self.sgm_watches))
+            for body in self.memberships():  # listed: from now on, changes come through _sgm_changed
+                namespace = body["metadata"]["namespace"]
+                self._interest[namespace] = self._interest.get(namespace, 0) + 1
+            others: list[Informer[Any]] = [*self.pod_watches, *self.slice_watches]
+            tasks += [asyncio.create_task(i.run(), name="watch") for i in others]
+            await asyncio.gather(*(i.synced.wait() for i in others))
+            self.synced.set()
+            log.info(
+                "watching %d pod(s) in %d namespace(s) with ServerGroupMemberships",
+                self.pod_count(),
+                len(self._interest),
+            )
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, *self._fills.values(), return_exceptions=True)
+
+    # -- interest -------------------------------------------------------------------------------------------------
+
+    def interesting(self, namespace: str) -> bool:
+        return namespace in self._interest
+
+    async def ensure(self, namespace: str) -> None:
+        """Once this returns, the namespace's pods and EndpointSlices are held (a ServerGroupMembership there may
+        be newer than what the watch of ServerGroupMemberships has shown yet)."""
+        await self.synced.wait()
+        if namespace not in self._interest:
+            self._interest[namespace] = 0
+            self._start_fill(namespace)
+        fill = self._fills.get(namespace)
+        if fill is not None:
+            await asyncio.shield(fill)
+
+    def _sgm_changed(self, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if old is None and new is not None:
+            namespace = new["metadata"]["namespace"]
+            first = namespace not in self._interest
+            self._interest[namespace] = self._interest.get(namespace, 0) + 1
+            if first and self.synced.is_set():
+                self._start_fill(namespace)
+        elif old is not None and new is None:
+            namespace = old["metadata"]["namespace"]
+            left = self._interest.get(namespace, 1) - 1
+            if left > 0:
+                self._interest[namespace] = left
+            else:
+                self._interest.pop(namespace, None)
+                for watch in self.pod_watches:
+                    watch.forget_namespace(namespace)
+                for sliced in self.slice_watches:
+                    sliced.forget_namespace(namespace)
+
+    def _start_fill(self, namespace: str) -> None:
+        index = self._namespaces.index(namespace) if namespace in self._namespaces else 0
+        pods, slices = self.pod_watches[index], self.slice_watches[index]
+
+        async def fill() -> None:
+            try:
+                await pods.fill(namespace, functools.partial(self._list_pods, namespace))
+                await slices.fill(namespace, functools.partial(self._list_slices, namespace))
+            finally:
+                self._fills.pop(namespace, None)
+
+        self._fills[namespace] = asyncio.create_task(fill(), name=f"fill-{namespace}")
+
+    def _slice_changed(self, old: SliceRecord | None, new: SliceRecord | None) -> None:
+        record = new or old
+        if record is not None and record.service:
+            self._on_slice(record.namespace, record.service)
+
+    # -- the view (reconciler.LiveView) ------------------------------------------------------------------------
+
+    def pods(self, namespace: str) -> Iterable[PodView]:
+        return [p for informer in self.pod_watches for p in informer.records.get(namespace, {}).values()]
+
+    def endpoints(self, namespace: str, service: str) -> list[EndpointView]:
+        return [
+            ep
+            for informer in self.slice_watches
+            for record in informer.records.get(namespace, {}).values()
+            if record.service == service
+            for ep in record.endpoints
+        ]
+
+    def memberships(self) -> Iterable[Mapping[str, Any]]:
+        return [body for i in self.sgm_watches for named in i.records.values() for body in named.values()]
+
+    def event_count(self) -> int:
+        watches: list[Informer[Any]] = [*self.sgm_watches, *self.pod_watches, *self.slice_watches]
+        return sum(i.events for i in watches)
+
+    def pod_count(self) -> int:
+        return sum(i.count() for i in self.pod_watches)
