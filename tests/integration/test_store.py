@@ -149,8 +149,7 @@ async def test_a_relist_turns_what_the_watch_missed_into_events(
         lambda: victim not in {p.metadata.name for p in core.list_namespaced_pod(namespace).items}, "the pod gone"
     )
     changes.pods.clear()
-    await store.pod_watches[0]._list()
-  # what a 410 Gone leads to
+    await store.pod_watches[0]._list()  # what a 410 Gone leads to
     gone = [old.name for old, new in changes.pods if new is None and old is not None]
     assert gone == [victim] and changes.relists == 1
     assert victim not in {p.name for p in store.pods(namespace)}
