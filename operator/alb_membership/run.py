@@ -73,6 +73,18 @@ async def _reinstall_when_ready(ready: asyncio.Event, shutdown: Shutdown) -> Non
     shutdown.install()
 
 
+async def _hand_over_on_shutdown(
+    shutdown: Shutdown, runtime: Runtime, elector: LeaderElector, keeper: asyncio.Task[None]
+) -> None:
+    """On SIGTERM, stop acting and give the Lease up first; kopf's own shutdown, slower, follows. A standby
+    acts within its poll interval instead of after this replica's whole shutdown."""
+    await shutdown.flag.wait()
+    keeper.cancel()  # no renewal may take the Lease back
+    await runtime.stop_work()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(elector.release(), timeout=3)
+
+
 async def serve(settings: Settings) -> None:
     shutdown = Shutdown()
     shutdown.install()
@@ -117,8 +129,9 @@ async def serve(settings: Settings) -> None:
             reinstall.cancel()
             return
         keeper = asyncio.create_task(elector.keep())
+        handover = asyncio.create_task(_hand_over_on_shutdown(shutdown, runtime, elector, keeper))
         done, _ = await asyncio.wait({operator, keeper}, return_when=asyncio.FIRST_COMPLETED)
-        if keeper in done:
+        if keeper in done and not shutdown.flag.is_set():
             # Another replica may act from now on: stop at once rather than after a graceful shutdown.
             log.error("lost leadership (%s); exiting", keeper.exception())
             logging.shutdown()
@@ -126,6 +139,9 @@ async def serve(settings: Settings) -> None:
         keeper.cancel()
         reinstall.cancel()
         await operator
+        if not shutdown.flag.is_set():
+            handover.cancel()
+        await asyncio.gather(handover, return_exceptions=True)
     finally:
         if elector is not None and elector.is_leader:
             # Before the client closes, and bounded: a standby takes over at once, or after the Lease expires.
