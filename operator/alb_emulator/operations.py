@@ -180,23 +180,27 @@ class Operations:
         return group
 
     def _existing(self, group: Group, servers: list[Member]) -> list[str]:
+        """A server that is Draining has been removed already: removing it again finds nothing (UNCONFIRMED)."""
         ids = []
         for s in servers:
             found = group.find(s)
-            if found is None:
+            if found is None or found.status == "Draining":
                 raise error("ResourceNotFound.BackendServer", f"The specified resource {s.server_id} is not found.")
             ids.append(member_id(found))
         return ids
 
     def _check_new(self, group: Group, servers: list[Member], leaving: int = 0) -> None:
+        """A server that is Draining may be added again (Draining -> Adding -> Available, as GWLB documents)."""
         for s in servers:
-            if group.find(s) is not None:
+            found = group.find(s)
+            if found is not None and found.status != "Draining":
                 raise error(
                     "ResourceAlreadyAssociated.BackendServer",
                     f"The backend server {s.server_id} is already in ServerGroup {group.id}.",
                 )
         limit = self.state.behaviour.max_servers_per_group
-        if len(group.members) - leaving + len(servers) > limit:
+        staying = sum(1 for m in group.members.values() if m.status != "Draining")
+        if staying - leaving + len(servers) > limit:
             raise error("QuotaExceeded.ServersNum", f"ServerGroup {group.id} would exceed {limit} servers.")
 
     def _submit(
@@ -206,6 +210,9 @@ class Operations:
             raise error("DryRunOperation")
         for m in add:
             m.status = "Adding"
+            draining = group.find(m)
+            if draining is not None and draining.status == "Draining":
+                self.state.end_drain(group, draining, now, "readded")
         job = self.state.start_job(action, group, now, remove, add)
         return {"JobId": job.id}
 

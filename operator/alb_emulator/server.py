@@ -47,7 +47,7 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def group_from_json(raw: dict[str, Any]) -> Group:
-    unknown = set(raw) - {"id", "type", "name", "status", "vpc_id", "servers"}
+    unknown = set(raw) - {"id", "type", "name", "status", "vpc_id", "servers", "connection_drain"}
     if unknown or not raw.get("id"):
         raise ValueError(f"a server group needs an id and takes no {', '.join(sorted(unknown))}")
     members = [Member(**s) for s in raw.get("servers", [])]
@@ -58,6 +58,8 @@ def group_from_json(raw: dict[str, Any]) -> Group:
         status=raw.get("status", "Available"),
         vpc_id=raw.get("vpc_id", "vpc-emulator"),
     )
+    if "connection_drain" in raw:
+        group.set_connection_drain(raw["connection_drain"])
     group.members = {member_id(m): m for m in members}
     return group
 
@@ -179,7 +181,10 @@ class Emulator:
             web.get(f"{ADMIN}/server-groups", self.list_groups),
             web.post(f"{ADMIN}/server-groups", self.put_group),
             web.get(f"{ADMIN}/server-groups/{{id}}", self.get_group),
+            web.put(f"{ADMIN}/server-groups/{{id}}", self.update_group),
             web.delete(f"{ADMIN}/server-groups/{{id}}", self.delete_group),
+            web.post(f"{ADMIN}/server-groups/{{id}}/idle", self.idle),
+            web.get(f"{ADMIN}/server-groups/{{id}}/history", self.history),
             web.get(f"{ADMIN}/jobs", self.list_jobs),
             web.post(f"{ADMIN}/credentials", self.add_credential),
             web.get(f"{ADMIN}/faults", self.get_faults),
@@ -215,6 +220,54 @@ class Emulator:
         if group is None:
             return _json({"error": "no such server group"}, status=404)
         return _json(self._group_view(group))
+
+    async def update_group(self, http: web.Request) -> web.Response:
+        """Changes a group's attributes (``connection_drain``, ``name``); its servers are left as they are."""
+        self.state.advance(time.time())
+        group = self.state.groups.get(http.match_info["id"])
+        if group is None:
+            return _json({"error": "no such server group"}, status=404)
+        try:
+            raw = await http.json()
+            if not isinstance(raw, dict) or set(raw) - {"connection_drain", "name"}:
+                raise ValueError("a group update takes only connection_drain and name (POST replaces a group)")
+            if "connection_drain" in raw:
+                group.set_connection_drain(raw["connection_drain"])
+            group.name = str(raw.get("name", group.name))
+        except (ValueError, TypeError) as exc:
+            return _json({"error": str(exc)}, status=400)
+        self.state.changed()
+        return _json(self._group_view(group))
+
+    async def idle(self, http: web.Request) -> web.Response:
+        """Marks servers idle (no connections): ``{"server_ids": [...]}``, or every server when none are given.
+        Draining ends at once for those Draining now, and on entry for the others."""
+        group = self.state.groups.get(http.match_info["id"])
+        if group is None:
+            return _json({"error": "no such server group"}, status=404)
+        raw = await http.json() if http.can_read_body else {}
+        ids = raw.get("server_ids") if isinstance(raw, dict) else None
+        if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)):
+            return _json({"error": "server_ids must be a list of ServerIds"}, status=400)
+        return _json(self.state.mark_idle(group, ids, time.time()))
+
+    async def history(self, http: web.Request) -> web.Response:
+        """One record per removal, oldest first: removing_at, draining_at, gone_at, out_of_rotation_at (Unix
+        seconds; Draining or gone, whichever came first) and how it ended. ``?since=`` keeps records started then
+        or later, ``?server_id=`` one server's."""
+        self.state.advance(time.time())
+        group = self.state.groups.get(http.match_info["id"])
+        if group is None:
+            return _json({"error": "no such server group"}, status=404)
+        since = float(http.query.get("since", 0))
+        server_id = http.query.get("server_id")
+        return _json(
+            [
+                r
+                for r in group.history
+                if r["removing_at"] >= since and (server_id is None or r["ServerId"] == server_id)
+            ]
+        )
 
     async def delete_group(self, http: web.Request) -> web.Response:
         removed = self.state.groups.pop(http.match_info["id"], None)
@@ -285,6 +338,7 @@ class Emulator:
         self.state.groups.clear()
         self.state.jobs.clear()
         self.state.tokens.clear()
+        self.state.forget_drains()
         self.state.behaviour = behaviour
         self.state.changed()
         self.faults = Faults()
@@ -294,7 +348,15 @@ class Emulator:
         return _json({"ok": True})
 
     def _group_view(self, group: Group) -> dict[str, Any]:
-        return {**group.to_api(), "Servers": [m.to_api(group.id) for m in group.members.values()]}
+        servers = []
+        for m in group.members.values():
+            server = m.to_api(group.id)
+            if m.status == "Draining":
+                server["DrainingUntil"] = m.drain_until
+            if m.idle:
+                server["Idle"] = True
+            servers.append(server)
+        return {**group.to_api(), "connection_drain": group.connection_drain(), "Servers": servers}
 
     # -- persistence -------------------------------------------------------------------------------------------
 

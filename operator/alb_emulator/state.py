@@ -3,10 +3,16 @@
 Jobs finish by the clock, not by a background task: every access first calls ``advance(now)``, which completes
 the jobs whose time has come. So state is always consistent with wall time, survives a restart from a file,
 and tests can reason about it without racing a scheduler.
+
+Connection draining follows the same clock. With ``ConnectionDrainConfig`` enabled on a group, a server whose
+removal job succeeds goes ``Removing -> Draining`` at the job's end and leaves the group when its drain timeout
+ends, or at once when the admin API marks it idle (no connections). Each event happens at its scheduled time,
+whenever the next access notices it, and is written to the group's ``history`` with that time.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -21,7 +27,9 @@ class Member:
     server_ip: str | None = None
     weight: int = 100
     description: str = ""
-    status: str = "Available"  # Adding | Available | Configuring | Removing
+    status: str = "Available"  # Adding | Available | Configuring | Removing | Draining
+    drain_until: float | None = None  # while Draining: when the drain timeout ends
+    idle: bool = False  # no connections (admin API): draining ends at once
 
     @property
     def key(self) -> tuple[str, str, int, str]:
@@ -50,7 +58,11 @@ class Group:
     name: str = ""
     status: str = "Available"  # Creating | Available | Configuring
     vpc_id: str = "vpc-emulator"
+    drain_enabled: bool = False
+    drain_timeout_seconds: float = 300.0  # the API's range is 0-900 whole seconds; fractions are for tests
     members: dict[str, Member] = field(default_factory=dict)  # "|".join(key) -> member
+    # One record per removal: when it started, entered Draining, left the group (admin API only).
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     def find(self, wanted: Member) -> Member | None:
         """A member matches on type, id and port; ServerIp only when the request gives one."""
@@ -71,7 +83,55 @@ class Group:
             "ServerCount": len(self.members),
             "RelatedLoadBalancerIds": [],
             "Tags": [],
+            "ConnectionDrainConfig": {
+                "ConnectionDrainEnabled": self.drain_enabled,
+                # An integer in the API: a fractional test timeout shows rounded up.
+                "ConnectionDrainTimeout": math.ceil(self.drain_timeout_seconds),
+            },
         }
+
+    def set_connection_drain(self, raw: Any) -> None:
+        """``{enabled: bool, timeout_seconds: 0..900}``, either key optional; applies to drains that start later."""
+        if not isinstance(raw, dict) or set(raw) - {"enabled", "timeout_seconds"}:
+            raise ValueError("connection_drain takes only enabled and timeout_seconds")
+        enabled = raw.get("enabled", self.drain_enabled)
+        timeout = raw.get("timeout_seconds", self.drain_timeout_seconds)
+        if not isinstance(enabled, bool):
+            raise ValueError("connection_drain.enabled must be true or false")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout <= 900:
+            raise ValueError("connection_drain.timeout_seconds must be a number from 0 to 900")
+        self.drain_enabled, self.drain_timeout_seconds = enabled, float(timeout)
+
+    def connection_drain(self) -> dict[str, Any]:
+        return {"enabled": self.drain_enabled, "timeout_seconds": self.drain_timeout_seconds}
+
+    def record(self, member: Member, job_id: str, removing_at: float) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "ServerId": member.server_id,
+            "ServerType": member.server_type,
+            "Port": member.port,
+            "ServerIp": member.server_ip,
+            "member": member_id(member),
+            "job_id": job_id,
+            "removing_at": removing_at,
+            "draining_at": None,
+            "gone_at": None,
+            "out_of_rotation_at": None,  # Draining or gone, whichever came first
+            "ended": None,  # drain_timeout | idle | no_draining | job_failed | readded
+        }
+        self.history.append(entry)
+        if len(self.history) > HISTORY_LIMIT:
+            del self.history[: len(self.history) - HISTORY_LIMIT]
+        return entry
+
+    def open_record(self, mid: str) -> dict[str, Any] | None:
+        for entry in reversed(self.history):
+            if entry["member"] == mid:
+                return entry if entry["ended"] is None else None
+        return None
+
+
+HISTORY_LIMIT = 100_000
 
 
 def member_id(member: Member) -> str:
@@ -92,6 +152,7 @@ class Job:
     fail_with: tuple[str, str] | None = None  # decided at submission by the failure knob
     error_code: str | None = None
     error_message: str | None = None
+    waiting_drain: bool = False  # job_ends=after_draining: done, Processing until its servers have drained
 
     def to_api(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -116,6 +177,9 @@ class TokenRecord:
     response: dict[str, Any] | None = None  # None while the first request is still being processed
 
 
+JOB_ENDS = ("before_draining", "after_draining")
+
+
 @dataclass
 class Behaviour:
     job_seconds: float = 2.0
@@ -127,6 +191,11 @@ class Behaviour:
     # action -> (calls, seconds); an empty dict means no flow control.
     rate_limits: dict[str, tuple[int, float]] = field(default_factory=dict)
     retry_after_ms: int | None = None  # sent as x-acs-retry-after on throttling when set
+    # Connection draining, where the cloud's behaviour is UNCONFIRMED (see the README): does a removal job report
+    # Succeeded when its servers enter Draining, or only when they are gone; does the group stay Configuring
+    # (refusing changes with IncorrectStatus.ServerGroup) while any of its servers drains.
+    job_ends: str = "before_draining"  # before_draining | after_draining
+    configuring_while_draining: bool = False
 
     @classmethod
     def from_config(cls, raw: dict[str, Any]) -> Behaviour:
@@ -140,6 +209,10 @@ class Behaviour:
         behaviour = cls(**values)
         if not 1 <= behaviour.max_servers_per_call <= 200:
             raise ValueError("max_servers_per_call must be between 1 and 200")
+        if behaviour.job_ends not in JOB_ENDS:
+            raise ValueError(f"job_ends must be one of {', '.join(JOB_ENDS)}")
+        if not isinstance(behaviour.configuring_while_draining, bool):
+            raise ValueError("configuring_while_draining must be true or false")
         return behaviour
 
 
@@ -150,16 +223,25 @@ class State:
         self.jobs: dict[str, Job] = {}
         self.tokens: dict[tuple[str, str], TokenRecord] = {}  # (action, ClientToken)
         self.random = random.Random(seed)
+        self.draining: dict[tuple[str, str], float] = {}  # (group id, member id) -> when its drain timeout ends
         self.version = 0  # bumped on every change, so persistence knows when to write
 
     def changed(self) -> None:
         self.version += 1
 
     def advance(self, now: float) -> None:
-        """Finishes every job whose time has come."""
-        for job in self.jobs.values():
-            if job.status == "Processing" and job.finish_at <= now:
-                self._finish(job, now)
+        """Finishes every job whose time has come, then ends the drains whose time has come, each at its time."""
+        touched: set[str] = set()
+        due = [j for j in self.jobs.values() if j.status == "Processing" and not j.waiting_drain and j.finish_at <= now]
+        for job in sorted(due, key=lambda j: j.finish_at):
+            self._finish(job, now)
+            touched.add(job.group_id)
+        for (group_id, mid), until in sorted(self.draining.items(), key=lambda item: item[1]):
+            if until <= now:
+                self._drained(group_id, mid, until, "drain_timeout")
+                touched.add(group_id)
+        if touched:
+            self._settle(touched)
 
     def _finish(self, job: Job, now: float) -> None:
         group = self.groups.get(job.group_id)
@@ -171,17 +253,120 @@ class State:
             job.status = "Succeeded"
         if group is not None:
             for mid in job.remove:
-                if job.status == "Succeeded":
+                record = group.open_record(mid)
+                if job.status == "Succeeded" and group.drain_enabled and mid in group.members:
+                    self._start_draining(group, group.members[mid], record, job.finish_at)
+                elif job.status == "Succeeded":
                     group.members.pop(mid, None)
-                elif mid in group.members:
-                    group.members[mid].status = "Available"
+                    if record is not None:
+                        record.update(gone_at=job.finish_at, out_of_rotation_at=job.finish_at, ended="no_draining")
+                else:
+                    if mid in group.members:
+                        group.members[mid].status = "Available"
+                    if record is not None:
+                        record["ended"] = "job_failed"
             for member in job.add:
                 if job.status == "Succeeded":
                     member.status = "Available"
                     group.members[member_id(member)] = member
-            if not any(j.status == "Processing" and j.group_id == group.id for j in self.jobs.values()):
-                group.status = "Available"
+                elif (old := group.members.get(member_id(member))) is not None and old.status == "Adding":
+                    group.members.pop(member_id(member))  # re-added while Draining, and the add failed
+            if (
+                job.status == "Succeeded"
+                and self.behaviour.job_ends == "after_draining"
+                and any((m := group.members.get(mid)) is not None and m.status == "Draining" for mid in job.remove)
+            ):
+                job.status = "Processing"
+                job.waiting_drain = True
         self.changed()
+
+    def _start_draining(self, group: Group, member: Member, record: dict[str, Any] | None, at: float) -> None:
+        member.status = "Draining"
+        member.drain_until = at + group.drain_timeout_seconds
+        if record is not None:
+            record.update(draining_at=at, out_of_rotation_at=at)
+        mid = member_id(member)
+        self.draining[(group.id, mid)] = member.drain_until
+        if member.idle or group.drain_timeout_seconds <= 0:
+            self._drained(group.id, mid, at, "idle" if member.idle else "drain_timeout")
+
+    def _drained(self, group_id: str, mid: str, at: float, why: str) -> None:
+        """Draining ends at ``at``: the server leaves the group."""
+        self.draining.pop((group_id, mid), None)
+        group = self.groups.get(group_id)
+        member = group.members.get(mid) if group else None
+        if group is None or member is None or member.status != "Draining":
+            return
+        del group.members[mid]
+        record = group.open_record(mid)
+        if record is not None:
+            record.update(gone_at=at, ended=why)
+        self.changed()
+
+    def end_drain(self, group: Group, member: Member, now: float, why: str) -> None:
+        """Draining cut short: idle (gone now), or re-added (Draining -> Adding, the server never left)."""
+        mid = member_id(member)
+        if why == "readded":
+            self.draining.pop((group.id, mid), None)
+            member.status, member.drain_until = "Adding", None
+            record = group.open_record(mid)
+            if record is not None:
+                record["ended"] = "readded"
+            self.changed()
+        else:
+            self._drained(group.id, mid, now, why)
+        self._settle({group.id})
+
+    def _settle(self, group_ids: set[str]) -> None:
+        """Jobs waiting for drains that are over end; groups with nothing under way become Available."""
+        for job in self.jobs.values():
+            if job.waiting_drain and job.status == "Processing" and job.group_id in group_ids:
+                group = self.groups.get(job.group_id)
+                if group is None or not any(
+                    (m := group.members.get(mid)) is not None and m.status == "Draining" for mid in job.remove
+                ):
+                    ended = [
+                        r["gone_at"] or r["draining_at"] or 0.0
+                        for r in (group.history if group else [])
+                        if r["job_id"] == job.id
+                    ]
+                    job.status, job.waiting_drain = "Succeeded", False
+                    job.modified_ms = int(max(ended, default=job.finish_at) * 1000)
+                    self.changed()
+        for group_id in group_ids:
+            group = self.groups.get(group_id)
+            if group is None or group.status not in ("Configuring", "Available"):
+                continue
+            busy = any(
+                j.status == "Processing" and not j.waiting_drain and j.group_id == group_id for j in self.jobs.values()
+            ) or (
+                self.behaviour.configuring_while_draining
+                and any(m.status == "Draining" for m in group.members.values())
+            )
+            status = "Configuring" if busy else "Available"
+            if status != group.status:
+                group.status = status
+                self.changed()
+
+    def mark_idle(self, group: Group, server_ids: list[str] | None, now: float) -> dict[str, list[str]]:
+        """Marks servers idle (all when ``server_ids`` is None); those Draining leave the group now."""
+        self.advance(now)
+        marked: list[str] = []
+        ended: list[str] = []
+        for member in list(group.members.values()):
+            if server_ids is not None and member.server_id not in server_ids:
+                continue
+            member.idle = True
+            marked.append(member.server_id)
+            if member.status == "Draining":
+                self._drained(group.id, member_id(member), now, "idle")
+                ended.append(member.server_id)
+        self._settle({group.id})
+        self.changed()
+        return {"idle": marked, "drain_ended": ended}
+
+    def forget_drains(self) -> None:
+        self.draining.clear()
 
     def start_job(self, api_name: str, group: Group, now: float, remove: list[str], add: list[Member]) -> Job:
         b = self.behaviour
@@ -201,8 +386,10 @@ class State:
         group.status = "Configuring"
         for mid in remove:
             group.members[mid].status = "Removing"
+            group.record(group.members[mid], job.id, now)
         if duration <= 0:
             self._finish(job, now)
+            self._settle({group.id})
         self.changed()
         return job
 
@@ -227,6 +414,9 @@ class State:
             group = Group(**g)
             group.members = {member_id(m): m for m in members}
             self.groups[group.id] = group
+            for mid, m in group.members.items():
+                if m.status == "Draining" and m.drain_until is not None:
+                    self.draining[(group.id, mid)] = m.drain_until
         for j in raw.get("jobs", []):
             j["add"] = [Member(**m) for m in j.get("add", [])]
             j["fail_with"] = tuple(j["fail_with"]) if j.get("fail_with") else None
