@@ -2,9 +2,9 @@
 groups, read fresh from both (never from the watches, which it exists to distrust: a relist after 410 Gone drops
 the deletions in its gap).
 
-- Cluster: every resource is synced against pods and EndpointSlices listed from the API server; an owner that
-  went away unseen (a pod deleted in a watch gap, a static server dropped while no operator ran) leaves, and
-  that is a leak repaired (metric and Event).
+- Cluster: the pods of every namespace with a resource are listed from the API server; a pod the operator had
+  recorded and the list no longer has was deleted unseen (in a watch gap): it leaves, and that is a leak repaired
+  (metric and Event). Only absence counts, never presence: the list may be older than the latest watch event.
 - Groups: removals pending and not in flight whose servers are no longer in the group are forgotten (already
   out). Servers the operator never recorded are never looked at: they are someone else's.
 """
@@ -21,9 +21,9 @@ from alb_membership.alb.client import AlbClient
 from alb_membership.alb.models import Server
 from alb_membership.kube import Kube
 from alb_membership.ledger import GroupKey
+from alb_membership.membership import PodView
 from alb_membership.metrics import Metrics
 from alb_membership.reconciler import Reconciler
-from alb_membership.view import ListedView
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,12 @@ class AntiEntropy:
     async def run(self, ready: asyncio.Event) -> None:
         await ready.wait()
         while True:
+            self._wakeup.clear()  # a relist signalled during the round below starts another one
             try:
                 await self.check()
             except Exception as exc:  # the next round may do better; the operator goes on meanwhile
                 log.warning("anti-entropy round failed (%s: %s)", type(exc).__name__, exc)
                 self._metrics.internal_errors.labels("anti-entropy").inc()
-            self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.interval)
 
@@ -66,16 +66,14 @@ class AntiEntropy:
 
     async def check_cluster(self) -> None:
         states = [s for s in self._reconciler.resources.values() if not s.deleting]
-        view = ListedView()
+        # Owners recorded before the lists begin: one recorded later may be a pod newer than the list.
+        before = {s.ref.uid: set(self._reconciler.ledger(s.group).owner_ids(s.ref.uid)) for s in states}
+        listed: dict[str, list[PodView]] = {}
         for namespace in sorted({s.ref.namespace for s in states}):
-            view.pods_by_namespace[namespace] = await self._kube.list_pods(
-                namespace, self._reconciler.settings.eni_annotation
-            )
-        for service in sorted({(s.ref.namespace, s.spec.service_name) for s in states if s.spec.service_name}):
-            view.endpoints_by_service[service] = await self._kube.list_endpoints(*service)
+            listed[namespace] = await self._kube.list_pods(namespace, self._reconciler.settings.eni_annotation)
         for state in states:
             if self._reconciler.resources.get(state.ref.uid) is state:
-                self._reconciler.sync(state, view, repair=True)
+                self._reconciler.repair(state, listed[state.ref.namespace], before[state.ref.uid])
 
     async def check_groups(self) -> None:
         for key, ledger in list(self._reconciler.ledgers.items()):
@@ -83,14 +81,22 @@ class AntiEntropy:
             if not idle:
                 continue
             listed = await self._client_for(key[0]).list_server_group_servers(ledger.group_id)
-            present = {Server.from_api(x) for x in listed}
+            present = Server.in_rotation(listed)
             # In flight may have changed during the listing: a batch taken up meanwhile is the pipeline's.
             gone = [e for e in idle if e.server not in present and e.server not in self._in_flight(key)]
             if not gone:
                 continue
             states = self._reconciler.states_of(gone)
-            outcomes.record_removed(gone, ledger, states)
+            overtaken = outcomes.record_removed(gone, ledger, states)
             self._metrics.forgotten.inc(len(gone))
+            if overtaken:
+                self._reconciler.notices.post(
+                    states,
+                    "Warning",
+                    "ServerHeldAfterRemoval",
+                    "servers out of the group although a pod holds them now; the ingress must add them again: "
+                    + ", ".join(str(e.server) for e in overtaken[:10]),
+                )
             self._reconciler.changed(states)
             log.info("%d pending removal(s) from %s were out of the group already", len(gone), ledger.group_id)
 

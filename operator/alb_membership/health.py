@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alb_membership.alb.errors import AlbError
+from alb_membership.alb.errors import CREDENTIALS_UNAVAILABLE, AlbError
 from alb_membership.state import ResourceState
 
 
@@ -26,6 +26,8 @@ def advice(exc: AlbError, group_id: str) -> str:
         return f"server group {group_id} does not exist in this region: check spec.serverGroupId and spec.region"
     if exc.code.startswith(("Forbidden", "NoPermission")) or exc.http_status == 403:
         return f"the operator's credentials may not change {group_id}: grant alb:RemoveServersFromServerGroup"
+    if exc.code == CREDENTIALS_UNAVAILABLE:
+        return "the operator has no usable credentials (Secret, RRSA token or instance role): check its configuration"
     if exc.code.startswith(("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidSecurityToken")):
         return "the operator's credentials are not accepted: check the AccessKey, RRSA role or instance role"
     return "the cloud refused the removal; fix the cause named here, the operator retries every minute"

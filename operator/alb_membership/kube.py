@@ -13,7 +13,7 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 
-from alb_membership.membership import EndpointView, PodView, endpoints_of
+from alb_membership.membership import PodView
 from alb_membership.spec import GROUP, PLURAL, VERSION, Ref
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,6 @@ class Kube:
         self.api = api
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
-        self._discovery = client.DiscoveryV1Api(api)
         self._host = os.environ.get("POD_NAME") or os.uname().nodename
 
     @classmethod
@@ -60,16 +59,17 @@ class Kube:
         return True
 
     async def list_pods(self, namespace: str, eni_annotation: str) -> list[PodView]:
-        # Raw JSON: building the client's model objects for thousands of pods costs far more than the list.
-        resp: Any = await self._core.list_namespaced_pod(namespace, _preload_content=False)
-        items = json.loads(await resp.read())["items"]
-        return [PodView.from_body(p, eni_annotation) for p in items]
-
-    async def list_endpoints(self, namespace: str, service: str) -> list[EndpointView]:
-        resp: Any = await self._discovery.list_namespaced_endpoint_slice(
-            namespace, label_selector=f"kubernetes.io/service-name={service}", _preload_content=False
-        )
-        return [ep for s in json.loads(await resp.read())["items"] for ep in endpoints_of(s)]
+        """Paged, as raw JSON: building the client's model objects for thousands of pods costs far more."""
+        out: list[PodView] = []
+        token: str | None = None
+        while True:
+            more: dict[str, Any] = {"_continue": token} if token else {}
+            resp: Any = await self._core.list_namespaced_pod(namespace, limit=500, _preload_content=False, **more)
+            page = json.loads(await resp.read())
+            out += [PodView.from_body(p, eni_annotation) for p in page["items"]]
+            token = page["metadata"].get("continue")
+            if not token:
+                return out
 
     async def event(self, ref: Ref, kind: str, reason: str, message: str) -> None:
         """Posts a core/v1 Event on the resource. Failures are logged, never raised: an Event is a courtesy."""

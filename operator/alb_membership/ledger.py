@@ -17,13 +17,12 @@ Invariants (PRODUCT.md 3.7, 3.9):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from alb_membership.alb.models import Server
 
-# (resource UID, owner id): the owner id is the pod UID for pods, endpoint/<pod UID or address> for endpoints and
-# static/<server> for static servers, so the same pod selected by two resources is two owners.
+# (resource UID, owner id): the owner id is the pod UID for pods, endpoint/<service>/<pod UID or address> for
+# endpoints and static/<server> for static servers, so the same pod selected by two resources is two owners.
 OwnerKey = tuple[str, str]
 MAX_DONE = 100_000
 GroupKey = tuple[str, str]  # (region, server group id)
@@ -109,8 +108,8 @@ class GroupLedger:
         owner = entry.owners.get(key)
         if owner is not None and not owner.leaving and owner.name == name:
             return False
-        if owner is not None and owner.leaving:
-            return False  # a pod or endpoint that started leaving does not come back
+        if owner is not None and owner.leaving and source != "static":
+            return False  # a pod or endpoint that started leaving does not come back; a static server put back does
         entry.owners[key] = Owner(source, name)
         self._index(key, server)
         if entry.removal is not None and not entry.removal.sent:
@@ -234,12 +233,6 @@ class GroupLedger:
                 if not entry.owners:
                     self.entries.pop(server, None)  # a removal nobody waits for (its group does not exist)
         self._done = {k: v for k, v in self._done.items() if k[0] != resource_uid}
-
-    def resources_of(self, entry: Entry) -> set[str]:
-        return {uid for uid, _ in entry.owners}
-
-    def __iter__(self) -> Iterator[Entry]:
-        return iter(list(self.entries.values()))
 
     # -- internals ---------------------------------------------------------------------------------------------
 

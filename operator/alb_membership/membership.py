@@ -148,8 +148,15 @@ def pod_owner(spec: Spec, pod: PodView, map_server: MapServer) -> Seen | None:
     )
 
 
-def endpoint_id(ep: EndpointView) -> str:
-    return f"endpoint/{ep.pod_uid or ep.address}"
+def endpoint_id(service: str, ep: EndpointView) -> str:
+    """The Service is part of the id: an endpoint of a Service no longer referenced is another owner."""
+    return f"endpoint/{service}/{ep.pod_uid or ep.address}"
+
+
+def endpoint_parts(owner_id: str) -> tuple[str, str]:
+    """(Service, pod UID or address) of an endpoint owner id."""
+    service, _, rest = owner_id.removeprefix("endpoint/").partition("/")
+    return service, rest
 
 
 def endpoint_owners(
@@ -169,7 +176,7 @@ def endpoint_owners(
             continue
         leaving = ep.terminating or (pod is not None and pod.going_away)
         seen = Seen(
-            endpoint_id(ep),
+            endpoint_id(spec.service_name, ep),
             server,
             "endpoint",
             ep.pod_name,
@@ -177,8 +184,8 @@ def endpoint_owners(
             trigger="endpoint-terminating" if leaving else None,
             deletion_started=pod.deletion_started if pod is not None else None,
         )
-        if endpoint_id(ep) not in out or not leaving:  # an address in two slices counts as live if one says so
-            out[endpoint_id(ep)] = seen
+        if seen.owner_id not in out or not leaving:  # an address in two slices counts as live if one says so
+            out[seen.owner_id] = seen
     return out
 
 

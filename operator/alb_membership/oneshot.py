@@ -12,7 +12,7 @@ import aiohttp
 
 from alb_membership.alb.batching import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, Batch, batches
 from alb_membership.alb.client import AlbClient
-from alb_membership.alb.credentials import CredentialsError, DefaultChain
+from alb_membership.alb.credentials import DefaultChain
 from alb_membership.alb.errors import AlbError
 from alb_membership.alb.models import Server
 from alb_membership.jobs import JobTracker
@@ -86,6 +86,6 @@ def remove_servers(args: argparse.Namespace) -> int:
     except AlbError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CLOUD_ERROR
-    except (CredentialsError, ValueError) as exc:
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CLOUD_ERROR

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from alb_membership.alb.errors import AlbError
+from alb_membership.alb.errors import CREDENTIALS_UNAVAILABLE, IDEMPOTENCE_MISMATCH, AlbError
 from alb_membership.alb.models import Server
 from alb_membership.health import advice, set_health
 from alb_membership.ledger import Entry, GroupLedger, now
@@ -82,10 +82,21 @@ def split_gone(batch: list[Entry], present: set[Server]) -> tuple[list[Entry], l
     return gone, [e for e in batch if e.server in present]
 
 
+def retry_soon(exc: AlbError) -> bool:
+    """Worth another try in seconds rather than a minute: the cloud was busy, credentials were refreshing, or the
+    token needs renewing."""
+    return exc.retryable or exc.code in (CREDENTIALS_UNAVAILABLE, IDEMPOTENCE_MISMATCH)
+
+
 def record_refused(batch: list[Entry], ledger: GroupLedger, states: Iterable[ResourceState], exc: AlbError) -> str:
     """A call refused without a job. Retryable: the client's own retries ran out, the token stays. Otherwise the
     call started nothing, so its token may go with other servers next time. Returns what Degraded says."""
     group_id = ledger.group_id
+    if exc.code == IDEMPOTENCE_MISMATCH:
+        # The token was used before with other servers (a batch changed after it was written ahead): a new attempt.
+        for entry in batch:
+            ledger.retry(entry.server)
+        return f"the cloud saw this ClientToken with other servers ({exc}); sending under a new one"
     if exc.retryable:
         degraded = ("CloudUnavailable", f"the ALB API keeps failing ({exc}); retrying")
     else:

@@ -88,12 +88,15 @@ class GroupPipeline:
         self._task: asyncio.Task[None] | None = None
         self._retries: set[asyncio.TimerHandle] = set()
         self.in_flight: set[Server] = set()  # the batch being processed: anti-entropy leaves these alone
+        self._closed = False
 
     @property
     def group_id(self) -> str:
         return self.ledger.group_id
 
     def enqueue(self, servers: Iterable[Server]) -> None:
+        if self._closed:
+            return  # this replica stopped acting; what was decided is in status for the next one
         for server in servers:
             self._queue[server] = None
         self._s.metrics.queue_depth.labels(self.group_id).set(len(self._queue))
@@ -114,6 +117,7 @@ class GroupPipeline:
         self._retries.add(handle)
 
     async def close(self) -> None:
+        self._closed = True
         for handle in self._retries:
             handle.cancel()
         if self._task is not None:
@@ -213,8 +217,15 @@ class GroupPipeline:
         if not held:
             return batch
         states = self._dir.states_of(held)
+        written = {e.removal.client_token for e in held if e.removal is not None and e.removal.client_token}
         for entry in held:
             self.ledger.cancel_held(entry.server, holders[entry.server])
+        for entry in batch:
+            if entry not in held and entry.removal is not None and entry.removal.client_token in written:
+                # Its token was written ahead with the called-off servers: reused with fewer servers, the cloud
+                # would refuse it (IdempotenceSignatureMismatch). If that call did go out, its job took all of
+                # them, and the rest are found gone.
+                self.ledger.retry(entry.server)
         self._s.metrics.called_off.inc(len(held))
         self._dir.changed(states)
         self._s.notices.post(
@@ -247,7 +258,7 @@ class GroupPipeline:
             gone = batch
         else:
             listed = await self._s.client.list_server_group_servers(self.group_id)
-            gone, rest = outcomes.split_gone(batch, {Server.from_api(x) for x in listed})
+            gone, rest = outcomes.split_gone(batch, Server.in_rotation(listed))
         if gone:
             self._removed(gone, states, None, f"{len(gone)} server(s) were no longer in {self.group_id}")
         for entry in rest:
@@ -259,7 +270,7 @@ class GroupPipeline:
     async def _refused(self, batch: list[Entry], states: list[ResourceState], exc: AlbError) -> None:
         s = self._s
         message = outcomes.record_refused(batch, self.ledger, states, exc)
-        delay = s.settings.transient_retry_seconds if exc.retryable else s.settings.error_retry_seconds
+        delay = s.settings.transient_retry_seconds if outcomes.retry_soon(exc) else s.settings.error_retry_seconds
         self._dir.changed(states)
         s.notices.post(states, "Warning", "RemovalRefused", f"{message}; next try in {delay:.0f}s")
         self.enqueue_later(delay, [e.server for e in batch])

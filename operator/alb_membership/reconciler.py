@@ -29,6 +29,7 @@ from alb_membership.membership import (
     Seen,
     UnmappablePod,
     endpoint_owners,
+    endpoint_parts,
     pod_owner,
     server_for,
     static_owners,
@@ -85,10 +86,13 @@ class Reconciler:
         self.view: LiveView | None = None
         self.writer = StatusWriter(writer_kube, self._project)
         self._services_for = services_for
-        self._notices = notices
+        self.notices = notices
         self._metrics = metrics
         self._warned: set[tuple[str, str]] = set()
         self._missing: dict[OwnerKey, float] = {}  # endpoint owners absent from every slice, since when
+        self._rechecks: dict[str, asyncio.TimerHandle] = {}  # resource UID -> its endpoints' next look
+        # Set once this replica stops acting (shutdown, Lease given up): events still arriving change nothing.
+        self.stopped = False
 
     # -- resources -------------------------------------------------------------------------------------------
 
@@ -137,6 +141,8 @@ class Reconciler:
         state.spec = Spec.parse(body["spec"])
         state.generation = int(body["metadata"].get("generation", 0))
         assert self.view is not None, "the view is set at startup"
+        if self.stopped:
+            return state
         self.sync(state, self.view, repair)
         if "Ready" not in state.conditions:
             set_health(state, None)
@@ -145,18 +151,35 @@ class Reconciler:
 
     def sync(self, state: ResourceState, view: ClusterView, repair: bool) -> None:
         """Compares everything the resource owns with the cluster: every source, every recorded owner."""
-        if state.deleting:
+        if state.deleting or self.stopped:
             return
         pods = list(view.pods(state.ref.namespace))
-        seen = self._pod_owners(state, pods)
-        seen.update(self._endpoint_owners(state, view, pods))
-        seen.update(static_owners(state.spec))
-        self._reconcile(state, seen, {"pod", "endpoint", "static"}, pods, repair)
+        self._reconcile(state, self._current_owners(state, view, pods), {"pod", "endpoint", "static"}, pods, repair)
+
+    def repair(self, state: ResourceState, listed: Iterable[PodView], recorded_before: set[str]) -> None:
+        """Anti-entropy, from pods listed afresh: a pod recorded before the list began and absent from it was
+        deleted unseen, and leaves. Only absence counts: a list is older than the watches' latest events, so
+        nothing it shows as present is recorded from it."""
+        if state.deleting or self.stopped:
+            return
+        present = {p.uid for p in listed}
+        ledger = self.ledger(state.group)
+        round_ = _Round([], [])
+        for owner_id in ledger.owner_ids(state.ref.uid):
+            owner = ledger.owner((state.ref.uid, owner_id))
+            if owner is None or owner.leaving or owner_id not in recorded_before:
+                continue
+            pod_uid = owner_id if owner.source == "pod" else endpoint_parts(owner_id)[1] if owner.name else None
+            if pod_uid is not None and pod_uid not in present:
+                self._leave(ledger, (state.ref.uid, owner_id), "pod-gone", None, round_)
+        self._finish_round(state, round_, repair=True)
 
     def deleting(self, body: Mapping[str, Any]) -> bool:
         """The resource is being deleted: with Remove every member leaves, with Retain every live member is
         released; removals already decided go on either way (a terminating pod still leaves). True once nothing
         is left to do. Reads the spec of the delete itself (a policy change may come with it)."""
+        if self.stopped:
+            return False  # this replica no longer acts: the finalizer stays for the next one
         state = self.load(body)
         state.spec = Spec.parse(body["spec"])
         state.deleting = True
@@ -170,7 +193,7 @@ class Reconciler:
             if state.spec.deletion_policy == "Remove":
                 self._leave(ledger, (uid, owner_id), "resource-deleted", None, round_)
             else:
-                ledger.release((uid, owner_id))
+                self._release(ledger, (uid, owner_id), owner.name, round_)
         self._finish_round(state, round_, repair=False)
         self.writer.soon(state)
         if group_missing(state):
@@ -185,10 +208,15 @@ class Reconciler:
         self.writer.forget(state)
         self._warned = {w for w in self._warned if w[0] != uid}
         self._missing = {k: v for k, v in self._missing.items() if k[0] != uid}
+        recheck = self._rechecks.pop(uid, None)
+        if recheck is not None:
+            recheck.cancel()
 
     # -- events -----------------------------------------------------------------------------------------------
 
     def pod_changed(self, pod: PodView, deleted: bool) -> None:
+        if self.stopped:
+            return
         for state in self._in_namespace(pod.namespace):
             seen = pod_owner(state.spec, pod, self._mapper(state))
             key = (state.ref.uid, pod.uid)
@@ -206,6 +234,8 @@ class Reconciler:
             self._finish_round(state, round_, repair=False)
 
     def endpoints_changed(self, namespace: str, service: str) -> None:
+        if self.stopped:
+            return
         for state in self._in_namespace(namespace):
             if state.spec.service_name == service:
                 round_ = _Round([], [])
@@ -231,10 +261,7 @@ class Reconciler:
                 continue
             state = ResourceState(Ref(meta["namespace"], meta["name"], meta["uid"]), spec, ledger.key)
             pods = list(self.view.pods(state.ref.namespace))
-            seen = self._pod_owners(state, pods)
-            seen.update(self._endpoint_owners(state, self.view, pods))
-            seen.update(static_owners(spec))
-            for owner in seen.values():
+            for owner in self._current_owners(state, self.view, pods).values():
                 if not owner.leaving:
                     out.setdefault(owner.server, {})[(state.ref.uid, owner.owner_id)] = (owner.source, owner.name)
         return out
@@ -258,6 +285,13 @@ class Reconciler:
 
     def _in_namespace(self, namespace: str) -> list[ResourceState]:
         return [s for s in self.resources.values() if s.ref.namespace == namespace and not s.deleting]
+
+    def _current_owners(self, state: ResourceState, view: ClusterView, pods: list[PodView]) -> dict[str, Seen]:
+        """Every owner the resource's spec picks in the cluster now: pods, endpoints, static servers."""
+        seen = self._pod_owners(state, pods)
+        seen.update(self._endpoint_owners(state, view, pods))
+        seen.update(static_owners(state.spec))
+        return seen
 
     def _pod_owners(self, state: ResourceState, pods: Iterable[PodView]) -> dict[str, Seen]:
         mapper = self._mapper(state)
@@ -312,6 +346,9 @@ class Reconciler:
         key = (state.ref.uid, seen.owner_id)
         self._missing.pop(key, None)
         if not seen.leaving:
+            known = ledger.server_of(key)
+            if known is not None and known != seen.server:
+                round_.released.append(f"{seen.name or seen.owner_id} ({known}, now {seen.server})")
             round_.changed |= ledger.hold(key, seen.server, seen.source, seen.name)
         elif ledger.server_of(key) is None and seen.terminal:
             return  # never recorded while it held the IP, and the IP may be someone else's now
@@ -339,10 +376,10 @@ class Reconciler:
         pods_by_uid: Mapping[str, PodView],
         round_: _Round,
     ) -> None:
-        if state.spec.service_name is None or state.spec.backend is None:
-            self._release(ledger, key, pod_name or key[1], round_)
+        service, pod_uid = endpoint_parts(key[1])
+        if state.spec.service_name != service or state.spec.backend is None:
+            self._release(ledger, key, pod_name or key[1], round_)  # its Service is no longer referenced
             return
-        pod_uid = key[1].removeprefix("endpoint/")
         pod = pods_by_uid.get(pod_uid)
         if pod_name and pod is None:
             self._leave(ledger, key, "endpoint-gone", None, round_)  # its pod is gone
@@ -362,11 +399,16 @@ class Reconciler:
             self._leave(ledger, key, "endpoint-gone", None, round_)
 
     def _recheck_endpoints_later(self, state: ResourceState, delay: float) -> None:
+        """One look per resource, however many endpoints are missing."""
+        if state.ref.uid in self._rechecks:
+            return
+
         def recheck() -> None:
+            self._rechecks.pop(state.ref.uid, None)
             if self.resources.get(state.ref.uid) is state and state.spec.service_name:
                 self.endpoints_changed(state.ref.namespace, state.spec.service_name)
 
-        asyncio.get_running_loop().call_later(delay + 0.05, recheck)
+        self._rechecks[state.ref.uid] = asyncio.get_running_loop().call_later(delay + 0.05, recheck)
 
     def _leave(self, ledger: GroupLedger, key: OwnerKey, trigger: str, started: Any, round_: _Round) -> None:
         server = ledger.server_of(key)
@@ -396,7 +438,7 @@ class Reconciler:
             ]
             if repair and leaks:
                 self._metrics.leaks_repaired.inc(len(leaks))
-                self._notices.post(
+                self.notices.post(
                     [state],
                     "Normal",
                     "LeakRepaired",
@@ -405,7 +447,7 @@ class Reconciler:
                 )
         if round_.released:
             self._metrics.released.inc(len(round_.released))
-            self._notices.post(
+            self.notices.post(
                 [state],
                 "Normal",
                 "MemberReleased",
@@ -428,7 +470,7 @@ class Reconciler:
                     if len(self._warned) >= MAX_WARNED:
                         self._warned.clear()
                     self._warned.add((state.ref.uid, name))
-                    self._notices.post(
+                    self.notices.post(
                         [state], "Warning", "UnmappablePod", f"pod {name} cannot be mapped to an ALB server: {exc}"
                     )
                 return None

@@ -96,17 +96,20 @@ class Runtime:
         self._store_task = asyncio.create_task(self.store.run(), name="store")
 
     def _pod_changed(self, old: PodView | None, new: PodView | None) -> None:
+        if old is not None and (new is None or new.uid != old.uid):
+            # Gone, or replaced under the same name (a StatefulSet's pod, seen across a relist): the old one left.
+            self.reconciler.pod_changed(old, deleted=True)
         if new is not None:
             self.reconciler.pod_changed(new, deleted=False)
-        elif old is not None:
-            self.reconciler.pod_changed(old, deleted=True)
 
     def start_work(self) -> None:
         self._anti_entropy_task = asyncio.create_task(self.anti_entropy.run(self.ready), name="anti-entropy")
 
     async def stop_work(self) -> None:
         """Stops the pipelines, job trackers and pending status writes (kopf waits for such tasks otherwise).
-        Whatever was in flight is in status already and the next operator sends it again."""
+        Whatever was in flight is in status already and the next operator sends it again. From here on, events
+        still arriving (the watches run until the process ends) change nothing."""
+        self.reconciler.stopped = True
         if self._anti_entropy_task is not None:
             self._anti_entropy_task.cancel()
             await asyncio.gather(self._anti_entropy_task, return_exceptions=True)

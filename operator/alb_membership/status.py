@@ -7,16 +7,23 @@ its size follows the workload's size now, never its history (PRODUCT.md 3.9).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
 from alb_membership.alb.models import Server
 from alb_membership.ledger import GroupLedger, OwnerKey, Removal, now
-from alb_membership.state import ResourceState, stamp, unstamp
+from alb_membership.state import ResourceState, unstamp
 
-# Beyond this many bytes of members, status records only part of them (etcd refuses objects over 1.5 MiB;
-# pending removals and jobs come first). The rest are protected while this operator runs, not across restarts.
-MEMBERS_BUDGET_BYTES = 900 * 1024
+# Beyond this many bytes of members and pending removals together, status records only part of them (etcd
+# refuses objects over 1.5 MiB). Removals whose token was written ahead of a call come first, then the other
+# pending removals, then live members. What does not fit is protected while this operator runs, not across a
+# restart, and a condition says so.
+STATUS_BUDGET_BYTES = 900 * 1024
+
+
+def source_of(owner_id: str) -> str:
+    return "static" if owner_id.startswith("static/") else "endpoint" if owner_id.startswith("endpoint/") else "pod"
 
 
 def members_status(ledger: GroupLedger, uid: str) -> dict[str, dict[str, Any]]:
@@ -34,6 +41,7 @@ def members_status(ledger: GroupLedger, uid: str) -> dict[str, dict[str, Any]]:
 
 
 def pending_status(ledger: GroupLedger, uid: str) -> dict[str, dict[str, Any]]:
+    """Compact (about 100 bytes a removal, 200 with its token and job): a mass removal must fit too."""
     out: dict[str, dict[str, Any]] = {}
     for owner_id in ledger.owner_ids(uid):
         owner = ledger.owner((uid, owner_id))
@@ -46,62 +54,71 @@ def pending_status(ledger: GroupLedger, uid: str) -> dict[str, dict[str, Any]]:
         item = out.get(server.compact)
         if item is None:
             item = out[server.compact] = _removal_status(removal)
-            item["owners"] = []
-        item["owners"].append({"id": owner_id, "source": owner.source, **({"pod": owner.name} if owner.name else {})})
+        item["owners"].append(owner_id)
     return out
 
 
 def _removal_status(removal: Removal) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "trigger": removal.trigger,
-        "decidedAt": stamp(removal.decided_at),
-        "attempt": removal.attempt,
-    }
+    out: dict[str, Any] = {"owners": [], "trigger": removal.trigger, "decidedAt": _seconds(removal.decided_at)}
+    if removal.attempt:
+        out["attempt"] = removal.attempt
     if removal.client_token:
         out["clientToken"] = removal.client_token
     if removal.job_id:
         out["jobId"] = removal.job_id
-    if removal.deletion_started:
-        out["deletionStartedAt"] = stamp(removal.deletion_started)
     return out
 
 
-def fit(members: dict[str, dict[str, Any]], budget: int) -> dict[str, dict[str, Any]]:
-    """The members that fit in ``budget`` bytes of JSON, in owner-id order."""
-    if len(json.dumps(members)) <= budget:
-        return members
-    out: dict[str, dict[str, Any]] = {}
-    used = 2
-    for owner_id, member in sorted(members.items()):
-        used += len(json.dumps({owner_id: member}))
-        if used > budget:
-            break
-        out[owner_id] = member
-    return out
+def _seconds(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def to_status(state: ResourceState, ledger: GroupLedger, budget: int = MEMBERS_BUDGET_BYTES) -> dict[str, Any]:
+def _size(key: str, value: Any) -> int:
+    return len(json.dumps({key: value})) - 1  # as one more entry of a map: its key, value and a separator
+
+
+def fit(
+    pending: dict[str, dict[str, Any]], members: dict[str, dict[str, Any]], budget: int
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """What of ``pending`` and ``members`` fits in ``budget`` bytes of JSON, in that order of importance."""
+    if len(json.dumps(pending)) + len(json.dumps(members)) <= budget:
+        return pending, members
+    kept_pending: dict[str, dict[str, Any]] = {}
+    kept_members: dict[str, dict[str, Any]] = {}
+    used = 4
+    ordered = sorted(pending.items(), key=lambda kv: "clientToken" not in kv[1])
+    for target, items in ((kept_pending, ordered), (kept_members, sorted(members.items()))):
+        for key, value in items:
+            used += _size(key, value)
+            if used > budget:
+                return kept_pending, kept_members
+            target[key] = value
+    return kept_pending, kept_members
+
+
+def to_status(state: ResourceState, ledger: GroupLedger, budget: int = STATUS_BUDGET_BYTES) -> dict[str, Any]:
     members = members_status(ledger, state.ref.uid)
-    recorded = fit(members, budget)
-    if len(recorded) < len(members):
+    pending = pending_status(ledger, state.ref.uid)
+    kept_pending, kept_members = fit(pending, members, budget)
+    if len(kept_members) < len(members) or len(kept_pending) < len(pending):
         state.set_condition(
-            "MembersRecorded",
+            "StatusComplete",
             "False",
             "StatusBudgetExceeded",
-            f"{len(recorded)} of {len(members)} live members fit in status; the rest are protected while this "
-            "operator runs but not across a restart: split the resource (e.g. by label) into smaller ones",
+            f"{len(kept_members)} of {len(members)} live members and {len(kept_pending)} of {len(pending)} pending "
+            "removals fit in status; the rest are protected while this operator runs but not across a restart: "
+            "split the resource (e.g. by label) into smaller ones",
         )
     else:
-        state.conditions.pop("MembersRecorded", None)
-    pending = pending_status(ledger, state.ref.uid)
+        state.conditions.pop("StatusComplete", None)
     return {
         "observedGeneration": state.generation,
         "memberCount": len(members),
         "pendingCount": len(pending),
         "removedCount": state.removed_count,
         "lastJob": f"{state.jobs[0].job_id or '-'} {state.jobs[0].status}" if state.jobs else "",
-        "members": recorded,
-        "pending": pending,
+        "members": kept_members,
+        "pending": kept_pending,
         "jobs": [j.to_status() for j in state.jobs],
         "conditions": state.conditions_status(),
     }
@@ -122,20 +139,19 @@ def restore(ledger: GroupLedger, uid: str, status: dict[str, Any]) -> list[Serve
         ledger.hold((uid, owner_id), Server.parse(raw["server"]), raw.get("source", "pod"), raw.get("pod"))
     pending = status.get("pending") or {}
     if isinstance(pending, list):
-        pending = {Server.from_status(p["server"]).compact: {**p, "owners": [{"id": p["id"]}]} for p in pending}
+        pending = {Server.from_status(p["server"]).compact: {**p, "owners": [p["id"]]} for p in pending}
     servers = []
     for compact, raw in pending.items():
         server = Server.parse(compact)
         removal = Removal(
             trigger=raw.get("trigger", "unknown"),
             decided_at=unstamp(raw.get("decidedAt")) or now(),
-            deletion_started=unstamp(raw.get("deletionStartedAt")),
             attempt=int(raw.get("attempt", 0)),
             client_token=raw.get("clientToken"),
             job_id=raw.get("jobId"),
         )
-        for owner in raw.get("owners") or []:
-            key: OwnerKey = (uid, owner["id"])
-            ledger.restore(key, server, owner.get("source", "pod"), owner.get("pod"), removal)
+        for owner_id in raw.get("owners") or []:
+            key: OwnerKey = (uid, owner_id)
+            ledger.restore(key, server, source_of(owner_id), None, removal)
         servers.append(server)
     return servers

@@ -40,12 +40,15 @@ class StatusWriter:
         self._written: dict[str, dict[str, Any]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._scheduled: dict[str, asyncio.Task[None]] = {}
+        self._closed = False
 
     def known(self, state: ResourceState, status: dict[str, Any]) -> None:
         """What the resource's status is now, as read from the API server."""
         self._written.setdefault(state.ref.uid, status)
 
     def soon(self, state: ResourceState) -> None:
+        if self._closed:
+            return
         uid = state.ref.uid
         if uid not in self._scheduled or self._scheduled[uid].done():
             self._scheduled[uid] = asyncio.create_task(self._later(state), name=f"status-{state.ref}")
@@ -84,6 +87,7 @@ class StatusWriter:
             task.cancel()
 
     async def close(self) -> None:
+        self._closed = True
         tasks = [t for t in self._scheduled.values() if not t.done()]
         for task in tasks:
             task.cancel()

@@ -17,9 +17,8 @@ from alb_membership.antientropy import AntiEntropy
 from alb_membership.kube import Kube
 from alb_membership.membership import EndpointView, PodView
 from alb_membership.metrics import Metrics
-from alb_membership.spec import Spec
 from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET, EmulatorProcess, server
-from tests.unit.fakes import RecordingKube, RecordingReconciler, View, pod, resource, selected
+from tests.unit.fakes import RecordingKube, RecordingReconciler, View, pod, selected
 
 
 class ListingKube(RecordingKube):
@@ -78,14 +77,33 @@ async def test_pending_removals_already_out_of_the_group_are_forgotten(
     assert emulator.requests("RemoveServersFromServerGroup") == [], "anti-entropy only reads"
 
 
-async def test_static_servers_dropped_while_no_operator_ran(client: AlbClient) -> None:
+class RacingKube(ListingKube):
+    """A list answered while the watches go on: pod ``late`` appears during it, and the list, read before, lacks
+    it; pod ``gone`` was deleted and removed, and the list, read before, still has it."""
+
+    def __init__(self, listed: list[PodView], rec: RecordingReconciler, view: View, late: PodView) -> None:
+        super().__init__(listed)
+        self.rec, self.view, self.late = rec, view, late
+
+    async def list_pods(self, namespace: str, eni_annotation: str) -> list[PodView]:
+        listed = await super().list_pods(namespace, eni_annotation)
+        self.view.put(self.late)
+        self.rec.pod_changed(self.late, deleted=False)
+        return listed
+
+
+async def test_a_list_older_than_the_watches_neither_brings_back_nor_removes(client: AlbClient) -> None:
     view = View()
+    gone, late = pod("gone", ip="10.0.0.9"), pod("late", ip="10.0.0.7")
+    view.pod_list = [pod("a"), gone]
     kube = ListingKube([])
     rec = RecordingReconciler(view, kube)
-    body = resource(servers=[{"serverId": "i-1", "serverType": "Ecs", "port": 80}])
-    state = rec.start(body, repair=False)
-    # The spec as a restarted operator reads it: i-1 was dropped while none ran (start syncs as well; this is the
-    # periodic pass finding the same).
-    state.spec = Spec.parse(resource(servers=[{"serverId": "i-2", "serverType": "Ecs", "port": 80}])["spec"])
-    await AntiEntropy(rec, cast(Kube, kube), lambda _r: client, Metrics(), 60).check_cluster()
-    assert rec.sent() == ["Ecs:i-1:80"]
+    state = rec.start(selected(), repair=False)
+    rec.pod_changed(gone, deleted=True)  # the watch saw it go; its removal is decided
+    ledger = rec.ledger(state.group)
+    ledger.finished(ledger.pending()[0].server)
+    view.drop(gone.uid)
+    racing = RacingKube([pod("a"), gone], rec, view, late)
+    await AntiEntropy(rec, cast(Kube, racing), lambda _r: client, Metrics(), 60).check_cluster()
+    assert rec.sent() == ["Ip:10.0.0.9:8080"], "nothing more: the late pod stays, the gone one is not re-recorded"
+    assert set(ledger.owner_ids(state.ref.uid)) == {"uid-a", "uid-late"}

@@ -12,13 +12,13 @@ import aiohttp
 import pytest
 
 from alb_membership.alb.client import AlbClient
-from alb_membership.alb.credentials import Credentials, StaticCredentials
+from alb_membership.alb.credentials import Credentials, CredentialsError, StaticCredentials
 from alb_membership.alb.endpoints import Endpoint
 from alb_membership.alb.models import Job, Server
 from alb_membership.alb.retry import RetryPolicy
 from alb_membership.jobs import JobTracker
 from alb_membership.kube import Kube
-from alb_membership.ledger import Entry, GroupLedger, OwnerKey
+from alb_membership.ledger import Entry, GroupLedger, OwnerKey, Removal, now
 from alb_membership.metrics import Metrics
 from alb_membership.notices import Notices
 from alb_membership.pipeline import GroupPipeline, Holders, PipelineSettings, Services
@@ -205,3 +205,41 @@ async def test_the_tracker_outlives_errors_that_are_not_the_clouds(
     assert directory.state.jobs[0].status == "Succeeded"
     await tracker.close()
     await pipeline.close()
+
+
+async def test_a_server_called_off_from_a_batch_written_ahead_leaves_the_rest_a_new_token(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    """A successor's restored batch: one server is a live pod's now. The rest go under a new token (the old one,
+    with fewer servers, would be refused as IdempotenceSignatureMismatch)."""
+    emulator.add_group(GROUP, [server("10.0.0.1"), server("10.0.0.2")])
+    pipeline, directory, _ = setup(client)
+    held, other = Server("Ip", "10.0.0.1", 8080), Server("Ip", "10.0.0.2", 8080)
+    for i, s in enumerate((held, other)):
+        pipeline.ledger.restore((UID, f"pod-{i}"), s, "pod", None, Removal("pod-gone", now(), client_token="albm-old"))
+    directory.live = {held: {("sgm-uid-2", "uid-new"): ("pod", "new")}}
+    pipeline.enqueue([held, other])
+    await until(lambda: not pipeline.ledger.pending(), "the batch to settle")
+    assert [(r["servers"], r["code"]) for r in emulator.requests("RemoveServersFromServerGroup")] == [
+        (["10.0.0.2"], "OK")
+    ]
+    assert accepted(emulator)[0]["client_token"] != "albm-old"
+    await pipeline.close()
+
+
+class NoCredentials:
+    async def get(self) -> Credentials:
+        raise CredentialsError("no usable Alibaba Cloud credentials: the STS endpoint did not answer")
+
+
+async def test_missing_credentials_make_the_resource_degraded(emulator: EmulatorProcess) -> None:
+    emulator.add_group(GROUP, [server("10.0.0.1")])
+    async with aiohttp.ClientSession() as session:
+        broken = AlbClient(session, Endpoint.from_url(emulator.url), NoCredentials())
+        pipeline, directory, kube = setup(broken)
+        leaving(pipeline, Server("Ip", "10.0.0.1", 8080))
+        await until(lambda: "Degraded" in directory.state.conditions, "the Degraded condition")
+        degraded = directory.state.conditions["Degraded"]
+        assert (degraded.status, degraded.reason) == ("True", "CredentialsUnavailable")
+        assert "credentials" in degraded.message and "RemovalRefused" in [r for _, r, _ in kube.events]
+        await pipeline.close()

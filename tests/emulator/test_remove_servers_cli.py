@@ -118,7 +118,7 @@ def test_missing_credentials_are_reported_without_secrets(emulator: EmulatorProc
         env={"ALIBABA_CLOUD_CLI_PROFILE_DISABLED": "true", "ALIBABA_CLOUD_CREDENTIALS_FILE": "/nonexistent"},
     )
     assert proc.returncode == 1
-    assert proc.stderr.startswith("error: no usable Alibaba Cloud credentials")
+    assert proc.stderr.startswith("error: CredentialsUnavailable: no usable Alibaba Cloud credentials")
 
 
 def test_bad_server_spec_is_a_usage_error(emulator: EmulatorProcess) -> None:

@@ -177,7 +177,7 @@ async def test_two_resources_on_one_group_remove_a_shared_server_once(rec: Recor
         {"endpoints": [{"addresses": ["10.0.0.1"], "targetRef": {"kind": "Pod", "name": "a", "uid": "uid-a"}}]}
     )
     rec.endpoints_changed("shop", "web")
-    assert set(members(rec, "sgm-uid-2")) == {"endpoint/uid-a"}
+    assert set(members(rec, "sgm-uid-2")) == {"endpoint/web/uid-a"}
     rec.deleting(
         resource(
             uid="sgm-uid-2", name="web-svc", serviceRef={"name": "web"}, backend={"serverType": "Ip", "port": 8080}
@@ -211,7 +211,7 @@ async def test_endpoint_moving_between_slices_is_not_removed(rec: RecordingRecon
     view.pod_list = [pod("a")]
     view.slices[("shop", "web")] = endpoints_of({"endpoints": [bare, with_pod]})
     rec.start(body, repair=False)
-    assert set(members(rec)) == {"endpoint/10.0.0.7", "endpoint/uid-a"}
+    assert set(members(rec)) == {"endpoint/web/10.0.0.7", "endpoint/web/uid-a"}
     view.slices[("shop", "web")] = []  # removed from slice A; slice B's update has not arrived yet
     rec.endpoints_changed("shop", "web")
     assert rec.sent() == []
@@ -275,3 +275,29 @@ async def test_a_pod_seen_terminating_after_its_removal_is_not_removed_again(
     assert rec.sent() == ["Ip:10.0.0.1:8080"] and pending(rec) == {}
     rec.pod_changed(pod("a", deleting=True), deleted=True)
     assert ledger.done_ids(UID) == [], "the marker goes with the pod"
+
+
+async def test_switching_service_ref_releases_address_only_endpoints(rec: RecordingReconciler, view: View) -> None:
+    view.slices[("shop", "web")] = endpoints_of({"endpoints": [{"addresses": ["10.0.0.7"]}]})
+    rec.start(resource(serviceRef={"name": "web"}, backend={"serverType": "Ip", "port": 8080}), repair=False)
+    rec.start(resource(serviceRef={"name": "api"}, backend={"serverType": "Ip", "port": 8080}), repair=False)
+    await asyncio.sleep(0.4)  # past the endpoints' grace period
+    assert rec.sent() == [] and members(rec) == {}
+
+
+async def test_a_static_server_put_back_before_its_removal_went_out_stays(rec: RecordingReconciler) -> None:
+    one = [{"serverId": "i-1", "serverType": "Ecs", "port": 80}]
+    rec.start(resource(servers=[*one, {"serverId": "i-2", "serverType": "Ecs", "port": 80}]), repair=False)
+    rec.start(resource(servers=one), repair=False)
+    assert rec.sent() == ["Ecs:i-2:80"]
+    rec.start(resource(servers=[*one, {"serverId": "i-2", "serverType": "Ecs", "port": 80}]), repair=False)
+    assert pending(rec) == {} and set(members(rec)) == {"static/Ecs:i-1:80", "static/Ecs:i-2:80"}
+
+
+async def test_a_replica_that_stopped_acting_changes_nothing(rec: RecordingReconciler, view: View) -> None:
+    view.pod_list = [pod("a")]
+    rec.start(selected(), repair=False)
+    rec.stopped = True
+    rec.pod_changed(pod("a", deleting=True), deleted=False)
+    rec.endpoints_changed("shop", "web")
+    assert rec.sent() == [] and not rec.deleting(selected())

@@ -80,10 +80,29 @@ def test_members_beyond_the_budget_are_left_out_with_a_condition() -> None:
     out = to_status(st, g, budget=10_000)
     assert out["memberCount"] == 300 and 0 < len(out["members"]) < 300
     assert len(json.dumps(out["members"])) <= 10_000
-    assert st.conditions["MembersRecorded"].reason == "StatusBudgetExceeded"
+    assert st.conditions["StatusComplete"].reason == "StatusBudgetExceeded"
     to_status(st, g)
-    assert "MembersRecorded" not in st.conditions
-    assert fit({"a": {"x": 1}}, 100) == {"a": {"x": 1}}
+    assert "StatusComplete" not in st.conditions
+    assert fit({}, {"a": {"x": 1}}, 100) == ({}, {"a": {"x": 1}})
+
+
+def test_a_mass_removal_at_the_largest_resource_supported_fits() -> None:
+    """The README's figure: 6,000 owners, all leaving at once (a scale to zero, a deletion with Remove), one batch
+    of 40 written ahead of its call, with long pod names."""
+    g, st = GroupLedger(KEY), state()
+    servers = [Server("Ip", f"10.{100 + i // 250}.{i % 250}.{i % 200}", 8080) for i in range(6000)]
+    for i, server in enumerate(servers):
+        g.hold((UID, pod_uid(i)), server, "pod", f"checkout-frontend-7d9f8b6c5d-{i:05d}")
+    assert len(json.dumps(to_status(st, g))) < 900 * 1024 and "StatusComplete" not in st.conditions
+    for i, server in enumerate(servers):
+        g.leave((UID, pod_uid(i)), "resource-deleted")
+        removal = g.entries[server].removal
+        if i < 40 and removal is not None:
+            removal.client_token, removal.job_id = "albm-" + "f" * 59, "3b1e2c4d-aaaa-bbbb-cccc-123456789012"
+    out = to_status(st, g)
+    assert out["pendingCount"] == 6000 and len(out["pending"]) == 6000 and "StatusComplete" not in st.conditions
+    print(f"6,000 pending removals: {len(json.dumps(out))} bytes of status")
+    assert len(json.dumps(out)) < 1024 * 1024
 
 
 def test_status_size_follows_the_workload_not_its_history() -> None:

@@ -11,9 +11,9 @@ import aiohttp
 from yarl import URL
 
 from alb_membership.alb import request as wire
-from alb_membership.alb.credentials import CredentialSource
+from alb_membership.alb.credentials import CredentialsError, CredentialSource
 from alb_membership.alb.endpoints import Endpoint
-from alb_membership.alb.errors import AlbError, AlbTransportError, from_response
+from alb_membership.alb.errors import CREDENTIALS_UNAVAILABLE, AlbError, AlbTransportError, from_response
 from alb_membership.alb.models import Job, Removal, Server
 from alb_membership.alb.ratelimit import SlidingWindowLimiter
 from alb_membership.alb.retry import RetryPolicy, with_retries
@@ -122,7 +122,11 @@ class AlbClient:
         limiter = self._limiters.get(action)
         if limiter is not None:
             await limiter.acquire()
-        credentials = await self._credentials.get()
+        try:
+            credentials = await self._credentials.get()
+        except CredentialsError as exc:
+            # An AlbError like any refusal, so the caller sets Degraded and says what to fix; not retried here.
+            raise AlbError(CREDENTIALS_UNAVAILABLE, str(exc), retryable=False) from None
         signed = wire.sign(action, query, form, self._endpoint.host, credentials)
         url = URL(f"{self._endpoint.base_url}/?{signed.query_string}", encoded=True)
         loop = asyncio.get_running_loop()

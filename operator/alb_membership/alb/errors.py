@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+# Not the cloud's: the operator's credential chain gave nothing usable (a refresh failed, nothing configured).
+CREDENTIALS_UNAVAILABLE = "CredentialsUnavailable"
+# The cloud's answer to one ClientToken sent with different parameters: the next try needs a new token.
+IDEMPOTENCE_MISMATCH = "IdempotenceSignatureMismatch"
+
 RETRYABLE_CODES = frozenset(
     {
         "IncorrectStatus.ServerGroup",

@@ -56,6 +56,12 @@ class Server:
             f":{self.server_ip}" if self.server_ip else ""
         )
 
+    @staticmethod
+    def in_rotation(listed: list[dict[str, Any]]) -> set[Server]:
+        """The servers of a ListServerGroupServers answer still in the group: a Draining one is out of rotation
+        already, and removing it again is refused as not found."""
+        return {Server.from_api(x) for x in listed if x.get("Status") != "Draining"}
+
     @classmethod
     def from_api(cls, raw: dict[str, Any]) -> Server:
         """A server as ListServerGroupServers returns it; ServerIp counts only for Eni, as in the API's identity."""
