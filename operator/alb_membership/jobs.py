@@ -31,10 +31,12 @@ class JobTracker:
         self._waiting: dict[str, tuple[asyncio.Future[Job], float]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    async def wait(self, job_id: str) -> Job:
-        """The job's final state; status "Unknown" if the cloud never confirmed it within ``unknown_after``."""
+    async def wait(self, job_id: str, extra_seconds: float = 0.0) -> Job:
+        """The job's final state; status "Unknown" if the cloud never confirmed it within ``unknown_after`` plus
+        ``extra_seconds`` (a removal's job may last the group's whole connection drain)."""
         if job_id not in self._waiting:
-            self._waiting[job_id] = (asyncio.get_running_loop().create_future(), time.monotonic())
+            deadline = time.monotonic() + self._unknown_after + extra_seconds
+            self._waiting[job_id] = (asyncio.get_running_loop().create_future(), deadline)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="job-tracker")
         return await asyncio.shield(self._waiting[job_id][0])
@@ -65,10 +67,10 @@ class JobTracker:
 
     def _settle(self, found: dict[str, Job]) -> None:
         now = time.monotonic()
-        for job_id, (future, since) in list(self._waiting.items()):
+        for job_id, (future, deadline) in list(self._waiting.items()):
             job = found.get(job_id)
             if job is None or job.status == "Processing":
-                if now - since <= self._unknown_after:
+                if now <= deadline:
                     continue
                 job = Job(
                     job_id,

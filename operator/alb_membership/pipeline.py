@@ -45,6 +45,8 @@ class PipelineSettings:
     error_retry_seconds: float = 60.0  # after a non-retryable error (permissions, group not found)
     transient_retry_seconds: float = 5.0  # after the client's own retries ran out
     max_job_attempts: int = 5
+    group_poll_seconds: float = 0.25  # while the group is Configuring with a job of ours running
+    group_wait_seconds: float = 30.0  # then the call goes out anyway, and its retries take over
 
 
 class Directory(Protocol):
@@ -87,12 +89,19 @@ class GroupPipeline:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._retries: set[asyncio.TimerHandle] = set()
-        self.in_flight: set[Server] = set()  # the batch being processed: anti-entropy leaves these alone
+        self._calling: set[Server] = set()  # the batch being sent now
+        self._jobs: dict[str, tuple[asyncio.Task[None], set[Server]]] = {}  # jobs followed, with their servers
+        self._drain_seconds: float | None = None  # the group's connection drain timeout, as last read
         self._closed = False
 
     @property
     def group_id(self) -> str:
         return self.ledger.group_id
+
+    @property
+    def in_flight(self) -> set[Server]:
+        """Servers of the call being sent and of the jobs followed: anti-entropy leaves these alone."""
+        return self._calling.union(*(servers for _, servers in self._jobs.values()))
 
     def enqueue(self, servers: Iterable[Server]) -> None:
         if self._closed:
@@ -120,6 +129,10 @@ class GroupPipeline:
         self._closed = True
         for handle in self._retries:
             handle.cancel()
+        followed = [task for task, _ in self._jobs.values()]
+        for task in followed:
+            task.cancel()
+        await asyncio.gather(*followed, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -136,7 +149,7 @@ class GroupPipeline:
                 self._s.metrics.queue_depth.labels(self.group_id).set(len(self._queue))
                 if not batch:
                     continue
-                self.in_flight = {e.server for e in batch}
+                self._calling = {e.server for e in batch}
                 try:
                     await self._process(batch)
                 except Exception:
@@ -144,7 +157,7 @@ class GroupPipeline:
                     self._s.metrics.internal_errors.labels("pipeline").inc()
                     self.enqueue_later(self._s.settings.transient_retry_seconds, [e.server for e in batch])
                 finally:
-                    self.in_flight = set()
+                    self._calling = set()
 
     async def _process(self, batch: list[Entry]) -> None:
         batch = self._call_off_held(batch)
@@ -157,6 +170,7 @@ class GroupPipeline:
             if entry.removal is not None:
                 entry.removal.client_token = token
         states = self._dir.states_of(batch)
+        await self._until_group_accepts()
         await self._dir.flush(states)  # durable before the call
         servers = sorted(e.server for e in batch)
         s.metrics.batch_servers.observe(len(servers))
@@ -189,7 +203,30 @@ class GroupPipeline:
             + ", ".join(str(x) for x in servers[:10])
             + (" ..." if len(servers) > 10 else ""),
         )
-        job = await s.tracker.wait(job_id)
+        self._follow(batch, states, job_id)
+
+    def _follow(self, batch: list[Entry], states: list[ResourceState], job_id: str) -> None:
+        """The job is followed on its own: the group's next call need not wait for it (a removal's job may last
+        a whole connection drain while the group already takes the next change)."""
+        servers = {e.server for e in batch}
+
+        async def follow() -> None:
+            try:
+                await self._job_ended(batch, states, job_id)
+            except Exception:
+                log.exception(
+                    "following job %s of %s failed unexpectedly; retrying its removals", job_id, self.group_id
+                )
+                self._s.metrics.internal_errors.labels("pipeline").inc()
+                self.enqueue_later(self._s.settings.transient_retry_seconds, servers)
+            finally:
+                del self._jobs[job_id]
+
+        self._jobs[job_id] = (asyncio.create_task(follow(), name=f"job-{job_id}"), servers)
+
+    async def _job_ended(self, batch: list[Entry], states: list[ResourceState], job_id: str) -> None:
+        s = self._s
+        job = await s.tracker.wait(job_id, extra_seconds=self._drain_seconds or 0.0)
         s.metrics.jobs.labels(job.status).inc()
         if job.status == "Succeeded":
             self._observe(s.metrics.succeeded_seconds, batch)
@@ -210,6 +247,28 @@ class GroupPipeline:
         self._dir.changed(states)
         s.notices.post(states, "Warning", "RemovalFailed", f"{failure.message}; trying again")
         self.enqueue_later(delay, [e.server for e in batch])
+
+    async def _until_group_accepts(self) -> None:
+        """While a job of this group runs, the cloud refuses other changes (IncorrectStatus.ServerGroup). Rather
+        than spend the region's write quota on refused calls, read the group's status (ListServerGroups, a read)
+        until it takes changes again or its jobs end; the call's own retries cover what is left."""
+        if self._drain_seconds is not None and not self._jobs:
+            return  # nothing of ours runs in the group: no reason to think it busy
+        deadline = asyncio.get_running_loop().time() + self._s.settings.group_wait_seconds
+        while True:
+            try:
+                [group] = await self._s.client.list_server_groups([self.group_id])
+            except Exception as exc:  # the call itself will tell what is wrong
+                log.debug("could not read the status of %s: %s", self.group_id, exc)
+                return
+            drain = group.get("ConnectionDrainConfig") or {}
+            enabled = drain.get("ConnectionDrainEnabled") in (True, "true")
+            self._drain_seconds = float(drain.get("ConnectionDrainTimeout") or 0) if enabled else 0.0
+            if group.get("ServerGroupStatus") != "Configuring" or not self._jobs:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(self._s.settings.group_poll_seconds)
 
     def _call_off_held(self, batch: list[Entry]) -> list[Entry]:
         holders = self._dir.holders(self.ledger)

@@ -349,22 +349,7 @@ async def client(drain: EmulatorProcess) -> AsyncIterator[AlbClient]:
         )
 
 
-PIPELINE_COMBINATIONS = [
-    pytest.param(
-        *combination.values,
-        id=combination.id,
-        marks=pytest.mark.xfail(
-            combination.values == ("after_draining", False),
-            reason="issue 12: the pipeline waits for a removal's job before its next call, so when the job ends only "
-            "after draining while the group takes changes, the next removal waits out the drain timeout",
-            strict=True,
-        ),
-    )
-    for combination in COMBINATIONS
-]
-
-
-@pytest.mark.parametrize(("job_ends", "configuring"), PIPELINE_COMBINATIONS)
+@pytest.mark.parametrize(("job_ends", "configuring"), COMBINATIONS)
 async def test_the_pipeline_removes_the_next_server_as_soon_as_the_cloud_allows(
     client: AlbClient, drain: EmulatorProcess, job_ends: str, configuring: bool
 ) -> None:

@@ -243,3 +243,15 @@ async def test_missing_credentials_make_the_resource_degraded(emulator: Emulator
         assert (degraded.status, degraded.reason) == ("True", "CredentialsUnavailable")
         assert "credentials" in degraded.message and "RemovalRefused" in [r for _, r, _ in kube.events]
         await pipeline.close()
+
+
+async def test_the_unknown_verdict_waits_out_the_groups_drain(client: AlbClient, emulator: EmulatorProcess) -> None:
+    """A job that ends only after a long connection drain is not declared Unknown before the drain could end."""
+    emulator.add_group(GROUP, [server("10.0.0.1")])
+    emulator.admin("PUT", "behaviour", {"job_seconds": 1.0})
+    tracker = JobTracker(client, interval=0.05, unknown_after=0.3)
+    removal = await client.remove_servers(GROUP, [Server("Ip", "10.0.0.1", 8080)], "albm-drain-test")
+    assert removal.job_id is not None
+    job = await tracker.wait(removal.job_id, extra_seconds=2.0)
+    assert job.status == "Succeeded"
+    await tracker.close()
