@@ -21,6 +21,9 @@ from kubernetes_asyncio.client.rest import ApiException
 log = logging.getLogger(__name__)
 
 
+ADVERTISE = "albmembership.io/webhook-url"
+
+
 class LeadershipLost(Exception):
     """The Lease could not be renewed in time; another replica may take over now."""
 
@@ -47,11 +50,18 @@ def _micro(when: dt.datetime) -> str:
 
 class LeaderElector:
     def __init__(
-        self, api: client.ApiClient, settings: LeaseSettings, identity: str, clock: Callable[[], dt.datetime] = _now
+        self,
+        api: client.ApiClient,
+        settings: LeaseSettings,
+        identity: str,
+        clock: Callable[[], dt.datetime] = _now,
+        advertise: str | None = None,
     ) -> None:
         self._api = client.CoordinationV1Api(api)
         self.settings = settings
         self.identity = identity
+        self._advertise = advertise  # written on the Lease while leading: where standbys forward gated reviews
+        self.leader_url: str | None = None  # the holder's, as last read
         self._clock = clock
         self.is_leader = False
         self._expires: dt.datetime | None = None  # when the other holder's lease runs out, as last seen
@@ -100,6 +110,9 @@ class LeaderElector:
             if lease.spec.holder_identity == self.identity:
                 lease.spec.holder_identity = ""
                 lease.spec.lease_duration_seconds = 1
+                lease.metadata.annotations = {
+                    k: v for k, v in (lease.metadata.annotations or {}).items() if k != ADVERTISE
+                }
                 await self._api.replace_namespaced_lease(self.settings.name, self.settings.namespace, lease)
         except ApiException as exc:
             log.warning("could not release the lease: %s", exc)
@@ -114,7 +127,11 @@ class LeaderElector:
             if exc.status != 404:
                 raise
             body: dict[str, Any] = {
-                "metadata": {"name": s.name, "namespace": s.namespace},
+                "metadata": {
+                    "name": s.name,
+                    "namespace": s.namespace,
+                    "annotations": {ADVERTISE: self._advertise} if self._advertise else {},
+                },
                 "spec": {
                     "holderIdentity": self.identity,
                     "leaseDurationSeconds": s.lease_seconds,
@@ -132,6 +149,7 @@ class LeaderElector:
             return True
         spec = lease.spec
         held_by_other = spec.holder_identity not in (None, "", self.identity)
+        self.leader_url = (lease.metadata.annotations or {}).get(ADVERTISE) if held_by_other else self._advertise
         if held_by_other:
             renewed = spec.renew_time or spec.acquire_time
             duration = spec.lease_duration_seconds or s.lease_seconds
@@ -145,6 +163,8 @@ class LeaderElector:
         spec.holder_identity = self.identity
         spec.lease_duration_seconds = s.lease_seconds
         spec.renew_time = now
+        if self._advertise:
+            lease.metadata.annotations = {**(lease.metadata.annotations or {}), ADVERTISE: self._advertise}
         try:
             await self._api.replace_namespaced_lease(s.name, s.namespace, lease)  # carries resourceVersion
         except ApiException as exc:

@@ -78,6 +78,26 @@ class Metrics:
             "all namespaces, kept or not)",
             registry=r,
         )
+        self.gate_outcomes = Counter(
+            "albm_gate_outcomes",
+            "Deletion gate answers: confirmed (out of rotation), timed-out, not-a-member, no-leader",
+            ["outcome"],
+            registry=r,
+        )
+        self.gate_hold_seconds = Histogram(
+            "albm_gate_hold_seconds",
+            "How long the deletion gate held a member pod's deletion",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.exposure_seconds = Histogram(
+            "albm_exposure_seconds",
+            "Seconds a pod was terminating while its server was still in rotation (0 with the gate confirmed; "
+            "without it, from the deletion's start to the removal job's success)",
+            ["gate"],
+            buckets=(0, *LATENCY_BUCKETS),
+            registry=r,
+        )
         self.leader = Gauge("albm_leader", "1 while this replica acts, 0 while it stands by", registry=r)
 
     def observe_call(self, action: str, code: str, seconds: float) -> None:

@@ -230,6 +230,7 @@ class GroupPipeline:
         s.metrics.jobs.labels(job.status).inc()
         if job.status == "Succeeded":
             self._observe(s.metrics.succeeded_seconds, batch)
+            self._observe_exposure(batch)
             self._removed(batch, states, job_id, f"job {job_id} removed {len(batch)} server(s) from {self.group_id}")
             return
         failure = outcomes.record_failed(
@@ -333,6 +334,14 @@ class GroupPipeline:
         self._dir.changed(states)
         s.notices.post(states, "Warning", "RemovalRefused", f"{message}; next try in {delay:.0f}s")
         self.enqueue_later(delay, [e.server for e in batch])
+
+    def _observe_exposure(self, batch: list[Entry]) -> None:
+        """Without the gate, a pod is exposed from its deletion's start until its server is out (the job's end)."""
+        when = now()
+        for entry in batch:
+            removal = entry.removal
+            if removal is not None and removal.deletion_started is not None and removal.trigger != "deletion-gate":
+                self._s.metrics.exposure_seconds.labels("false").observe(_seconds(when - removal.deletion_started))
 
     @staticmethod
     def _observe(histogram: Histogram, batch: list[Entry]) -> None:

@@ -45,6 +45,7 @@ from alb_membership.view import ClusterView
 log = logging.getLogger(__name__)
 
 MAX_WARNED = 10_000
+GATED_SECONDS = 60.0  # longer than any hold (25 s) plus the deletion's own way through the API server
 LEAK_TRIGGERS = frozenset({"pod-gone", "endpoint-gone", "spec-change"})
 
 
@@ -93,6 +94,9 @@ class Reconciler:
         self._rechecks: dict[str, asyncio.TimerHandle] = {}  # resource UID -> its endpoints' next look
         # Set once this replica stops acting (shutdown, Lease given up): events still arriving change nothing.
         self.stopped = False
+        # Pods whose deletion the gate holds: live still, but no longer holders of their servers. Pod UID -> until
+        # when (a deletion refused after the gate, by a PodDisruptionBudget say, lets its pod count again then).
+        self._gated: dict[str, float] = {}
 
     # -- resources -------------------------------------------------------------------------------------------
 
@@ -242,6 +246,49 @@ class Reconciler:
                 self._sync_endpoints(state, round_)
                 self._finish_round(state, round_, repair=False)
 
+    # -- the deletion gate -------------------------------------------------------------------------------------
+
+    def gate(self, pod: PodView) -> list[tuple[GroupLedger, Server]]:
+        """A gated resource's member pod is about to be deleted: its owners leave now, before the deletion exists
+        (trigger deletion-gate). Returns the servers to wait for."""
+        out: list[tuple[GroupLedger, Server]] = []
+        if self.stopped:
+            return out
+        self._gated[pod.uid] = time.monotonic() + GATED_SECONDS
+        for state in self._in_namespace(pod.namespace):
+            if state.spec.gate_seconds is None:
+                continue
+            ledger, uid, round_ = self.ledger(state.group), state.ref.uid, _Round([], [])
+            owner_ids = [pod.uid] + [
+                o for o in ledger.owner_ids(uid) if o.startswith("endpoint/") and endpoint_parts(o)[1] == pod.uid
+            ]
+            for owner_id in owner_ids:
+                server = ledger.server_of((uid, owner_id))
+                if server is not None:
+                    self._leave(ledger, (uid, owner_id), "deletion-gate", now(), round_)
+                    out.append((ledger, server))
+            self._finish_round(state, round_, repair=False)
+        return out
+
+    @staticmethod
+    def specs_in(bodies: Iterable[Mapping[str, Any]], namespace: str) -> list[tuple[str, Spec]]:
+        """(UID, spec) of the resources of ``namespace`` that are not being deleted."""
+        return [
+            (b["metadata"]["uid"], Spec.parse(b["spec"]))
+            for b in bodies
+            if b["metadata"]["namespace"] == namespace and not b["metadata"].get("deletionTimestamp")
+        ]
+
+    def picks(self, spec: Spec, namespace: str, pod: PodView) -> bool:
+        """Whether ``spec`` makes ``pod`` a member: by its selector, or as an endpoint of its Service."""
+        if spec.backend is None:
+            return False
+        if spec.pod_selector is not None and spec.pod_selector.matches(pod.labels):
+            return True
+        if spec.service_name is not None and self.view is not None:
+            return any(ep.pod_uid == pod.uid for ep in self.view.endpoints(namespace, spec.service_name))
+        return False
+
     # -- what the pipeline asks (pipeline.Directory) -------------------------------------------------------------
 
     def states_of(self, entries: Iterable[Entry]) -> list[ResourceState]:
@@ -252,6 +299,8 @@ class Reconciler:
         out: Holders = {}
         if self.view is None:
             return out
+        clock = time.monotonic()
+        self._gated = {uid: until for uid, until in self._gated.items() if until > clock}
         for body in self.view.memberships():
             meta = body["metadata"]
             if meta.get("deletionTimestamp"):
@@ -262,7 +311,8 @@ class Reconciler:
             state = ResourceState(Ref(meta["namespace"], meta["name"], meta["uid"]), spec, ledger.key)
             pods = list(self.view.pods(state.ref.namespace))
             for owner in self._current_owners(state, self.view, pods).values():
-                if not owner.leaving:
+                pod_uid = endpoint_parts(owner.owner_id)[1] if owner.source == "endpoint" else owner.owner_id
+                if not owner.leaving and pod_uid not in self._gated:
                     out.setdefault(owner.server, {})[(state.ref.uid, owner.owner_id)] = (owner.source, owner.name)
         return out
 

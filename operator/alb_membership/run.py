@@ -17,6 +17,9 @@ from alb_membership import handlers
 from alb_membership.leader import LeaderElector, LeaseSettings
 from alb_membership.runtime import Runtime
 from alb_membership.settings import Settings
+from alb_membership.webhook import PATH as WEBHOOK_PATH
+from alb_membership.webhook import Webhook
+from alb_membership.webhook_tls import Certificates, client_context, server_context
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,36 @@ async def _hand_over_on_shutdown(
         await asyncio.wait_for(elector.release(), timeout=3)
 
 
+async def _serve_webhook(settings: Settings, runtime: Runtime, elector: LeaderElector | None) -> web.AppRunner:
+    """The deletion gate's endpoint, on every replica from the start (a standby answers too)."""
+    certificates = Certificates(
+        runtime.kube.api,
+        settings.leader_election_namespace,
+        settings.webhook_secret,
+        list(settings.webhook_hosts),
+        settings.webhook_configuration,
+    )
+    bundle = await certificates.ensure()
+    context = server_context(bundle)
+    webhook = Webhook(
+        runtime.gate,
+        runtime.store,
+        runtime.reconciler,
+        runtime.metrics,
+        settings.eni_annotation,
+        leading=lambda: not runtime.standby and runtime.ready.is_set(),
+        leader_url=lambda: elector.leader_url if elector is not None else None,
+        session=runtime.session,
+        forward=(client_context(bundle), settings.webhook_hosts[0]),
+    )
+    runner = web.AppRunner(webhook.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.metrics_address, settings.webhook_port, ssl_context=context).start()
+    log.info("deletion gate on https://%s:%d%s", settings.metrics_address, settings.webhook_port, WEBHOOK_PATH)
+    runtime.keep_certificates(certificates, context)
+    return runner
+
+
 async def serve(settings: Settings) -> None:
     shutdown = Shutdown()
     shutdown.install()
@@ -99,14 +132,17 @@ async def serve(settings: Settings) -> None:
             "metrics and probes on %s:%d (/metrics /healthz /readyz)", settings.metrics_address, settings.metrics_port
         )
     elector = None
+    if settings.leader_elect:
+        identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        elector = LeaderElector(
+            runtime.kube.api,
+            LeaseSettings(settings.leader_election_namespace, settings.leader_election_name),
+            identity,
+            advertise=settings.webhook_advertise,
+        )
+    webhook_runner = await _serve_webhook(settings, runtime, elector) if settings.webhook_port else None
     try:
-        if settings.leader_elect:
-            identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-            elector = LeaderElector(
-                runtime.kube.api,
-                LeaseSettings(settings.leader_election_namespace, settings.leader_election_name),
-                identity,
-            )
+        if elector is not None:
             runtime.standby = True
             if not await _until(shutdown.flag, elector.acquire()):
                 return  # stopped while standing by: nothing to hand over
@@ -148,8 +184,9 @@ async def serve(settings: Settings) -> None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(elector.release(), timeout=3)
         await runtime.close()
-        if site_runner is not None:
-            await site_runner.cleanup()
+        for runner in (site_runner, webhook_runner):
+            if runner is not None:
+                await runner.cleanup()
 
 
 def run(settings: Settings) -> int:

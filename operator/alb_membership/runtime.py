@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 import aiohttp
 from aiohttp import web
@@ -14,6 +15,7 @@ from alb_membership.alb.client import AlbClient
 from alb_membership.alb.credentials import CredentialSource, DefaultChain
 from alb_membership.alb.ratelimit import SlidingWindowLimiter
 from alb_membership.antientropy import AntiEntropy
+from alb_membership.gate import Gate
 from alb_membership.jobs import JobTracker
 from alb_membership.kube import Kube
 from alb_membership.membership import PodView
@@ -23,8 +25,11 @@ from alb_membership.pipeline import PipelineSettings, Services
 from alb_membership.reconciler import Reconciler, ReconcilerSettings
 from alb_membership.settings import Settings
 from alb_membership.store import ClusterStore
+from alb_membership.webhook_tls import Certificates, load
 
 log = logging.getLogger(__name__)
+CERTIFICATE_CHECK_SECONDS = 6 * 3600
+CA_BUNDLE_RETRY_SECONDS = 5.0
 
 
 class Runtime:
@@ -58,6 +63,8 @@ class Runtime:
         metrics.watched_pods.set_function(self.store.pod_count)
         metrics.watch_events.set_function(self.store.event_count)
         self._store_task: asyncio.Task[None] | None = None
+        self._certificates_task: asyncio.Task[None] | None = None
+        self.gate = Gate(self.reconciler, self.store, self.clients_for, metrics, settings.eni_annotation)
         self._services: dict[str, Services] = {}
         self._anti_entropy_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()  # set by kopf once it watches everything
@@ -102,6 +109,21 @@ class Runtime:
         if new is not None:
             self.reconciler.pod_changed(new, deleted=False)
 
+    def keep_certificates(self, certificates: Certificates, context: ssl.SSLContext) -> None:
+        """Renews the webhook's certificate (a month before it expires) into the live server context."""
+
+        async def renew() -> None:
+            while True:
+                pending = not certificates.ca_bundle_written  # the configuration was not there yet
+                await asyncio.sleep(CA_BUNDLE_RETRY_SECONDS if pending else CERTIFICATE_CHECK_SECONDS)
+                try:
+                    load(context, await certificates.ensure())
+                except Exception as exc:  # the current certificate is good for a month more
+                    log.warning("webhook certificate not renewed (%s: %s)", type(exc).__name__, exc)
+                    self.metrics.internal_errors.labels("webhook-tls").inc()
+
+        self._certificates_task = asyncio.create_task(renew(), name="webhook-certificates")
+
     def start_work(self) -> None:
         self._anti_entropy_task = asyncio.create_task(self.anti_entropy.run(self.ready), name="anti-entropy")
 
@@ -121,9 +143,10 @@ class Runtime:
         await self.notices.close()
 
     async def close(self) -> None:
-        if self._store_task is not None:
-            self._store_task.cancel()
-            await asyncio.gather(self._store_task, return_exceptions=True)
+        for task in (self._store_task, self._certificates_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.session.close()
         await self.kube.close()
 

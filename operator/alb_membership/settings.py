@@ -121,6 +121,36 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="address the metrics port binds to [env ALBM_METRICS_ADDRESS]",
     )
     parser.add_argument(
+        "--webhook-port",
+        type=_positive(int, 0, 65535),
+        default=_env("WEBHOOK_PORT", "0"),
+        help="port of the deletion gate's HTTPS endpoint; 0 (the default) serves none [env ALBM_WEBHOOK_PORT]",
+    )
+    parser.add_argument(
+        "--webhook-hosts",
+        default=_env("WEBHOOK_HOSTS", ""),
+        help="names (and IPs) the webhook's certificate is for, comma-separated, e.g. the Service's DNS names "
+        "[env ALBM_WEBHOOK_HOSTS]",
+    )
+    parser.add_argument(
+        "--webhook-secret",
+        default=_env("WEBHOOK_SECRET", "alb-membership-operator-webhook-tls"),
+        help="Secret (in --leader-election-namespace) holding the webhook's CA and certificate; made on first "
+        "start (default %(default)s) [env ALBM_WEBHOOK_SECRET]",
+    )
+    parser.add_argument(
+        "--webhook-configuration",
+        default=_env("WEBHOOK_CONFIGURATION", ""),
+        help="ValidatingWebhookConfiguration whose caBundle the operator keeps in step "
+        "[env ALBM_WEBHOOK_CONFIGURATION]",
+    )
+    parser.add_argument(
+        "--webhook-advertise",
+        default=_env("WEBHOOK_ADVERTISE", ""),
+        help="this replica's webhook URL, e.g. https://POD_IP:9443, written on the Lease while it leads so that a "
+        "standby can forward gated reviews to it [env ALBM_WEBHOOK_ADVERTISE]",
+    )
+    parser.add_argument(
         "--leader-elect",
         action="store_true",
         default=_env("LEADER_ELECT") == "true",
@@ -158,6 +188,11 @@ class Settings:
     leader_elect: bool = False
     leader_election_namespace: str = "default"
     leader_election_name: str = "alb-membership-operator"
+    webhook_port: int = 0
+    webhook_hosts: tuple[str, ...] = ()
+    webhook_secret: str = "alb-membership-operator-webhook-tls"
+    webhook_configuration: str | None = None
+    webhook_advertise: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -179,7 +214,14 @@ class Settings:
             leader_elect=args.leader_elect,
             leader_election_namespace=args.leader_election_namespace,
             leader_election_name=args.leader_election_name,
+            webhook_port=int(args.webhook_port),
+            webhook_hosts=tuple(h for h in args.webhook_hosts.split(",") if h),
+            webhook_secret=args.webhook_secret,
+            webhook_configuration=args.webhook_configuration or None,
+            webhook_advertise=args.webhook_advertise or None,
         )
+        if settings.webhook_port and not settings.webhook_hosts:
+            raise ValueError("--webhook-port needs --webhook-hosts (the names its certificate is for)")
         if settings.region or settings.endpoint:  # a bad region or URL fails at start, not at the first removal
             settings.endpoint_for(settings.region)
         return settings

@@ -12,6 +12,7 @@ GROUP = "albmembership.io"
 VERSION = "v1alpha1"
 PLURAL = "servergroupmemberships"
 KIND = "ServerGroupMembership"
+DEFAULT_GATE_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class Spec:
     servers: tuple[Server, ...]
     deletion_policy: str
     dry_run: bool
+    # The deletion gate: the longest a member pod's deletion (or eviction) is held until its servers are out of
+    # rotation; None when the gate is off.
+    gate_seconds: float | None = None
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> Spec:
@@ -93,4 +97,7 @@ class Spec:
             ),
             deletion_policy=raw.get("deletionPolicy", "Remove"),
             dry_run=bool(raw.get("dryRun", False)),
+            gate_seconds=float((raw.get("deletionGate") or {}).get("maxWaitSeconds", DEFAULT_GATE_SECONDS))
+            if (raw.get("deletionGate") or {}).get("enabled")
+            else None,
         )

@@ -48,8 +48,9 @@ class EmulatorProcess:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
 
-    def add_group(self, group_id: str, servers: list[dict[str, Any]], type_: str = "Ip") -> None:
-        self.admin("POST", "server-groups", {"id": group_id, "type": type_, "servers": servers})
+    def add_group(self, group_id: str, servers: list[dict[str, Any]], type_: str = "Ip", **extra: Any) -> None:
+        """``extra``: more of the group, e.g. connection_drain={"enabled": True, "timeout_seconds": 30}."""
+        self.admin("POST", "server-groups", {"id": group_id, "type": type_, "servers": servers, **extra})
 
     def group(self, group_id: str) -> dict[str, Any]:
         return self.admin("GET", f"server-groups/{group_id}")  # type: ignore[no-any-return]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from localcluster.cluster import die_with_parent, free_port
 from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET
@@ -24,6 +27,14 @@ class OperatorProcess:
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
             return resp.read().decode()
+
+    def ready(self) -> dict[str, Any]:
+        """What /readyz says (ready, leader)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=5) as resp:
+                return json.loads(resp.read())  # type: ignore[no-any-return]
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read())  # type: ignore[no-any-return]
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no last status write; what a crashed node does to the operator."""
