@@ -20,6 +20,7 @@ import yaml
 from kubernetes.client.rest import ApiException
 
 from localcluster.binaries import locate_binaries
+from localcluster.cluster import free_port
 from tests.support.cluster import Cluster, wait_for
 from tests.support.emulator import EmulatorProcess
 from tests.support.operator import OperatorProcess, start_operator
@@ -233,6 +234,22 @@ def test_helm_install_then_the_operator_works_with_only_the_charts_rights(
             )
         assert lease_elsewhere.value.status == 403
 
+    # The deletion gate's rights as the chart gives them with deletionGate.enabled (its RBAC, applied beside the
+    # release; the webhook configuration at a URL, since the local API server cannot reach a Service).
+    gate = yaml.safe_load_all(
+        helm("template", name, str(CHART), "-n", ns, "--set", "region=cn-hangzhou", "--set",
+             "deletionGate.enabled=true", "--show-only", "templates/webhook.yaml").stdout
+    )  # fmt: skip
+    docs = [d for d in gate if d]
+    rbac = [d for d in docs if d["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+    [config] = [d for d in docs if d["kind"] == "ValidatingWebhookConfiguration"]
+    port = free_port()
+    config["webhooks"][0]["clientConfig"] = {"url": f"https://127.0.0.1:{port}/validate-pod-deletion"}
+    config["webhooks"][0]["namespaceSelector"] = {
+        "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]}]
+    }
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([*rbac, config]))
+
     # The operator, as a process, with exactly the chart's ServiceAccount rights (and its Lease).
     core = kubernetes.client.CoreV1Api(api_client)
     operator = start_operator(
@@ -245,15 +262,27 @@ def test_helm_install_then_the_operator_works_with_only_the_charts_rights(
         ns,
         "--leader-election-name",
         fullname,
+        "--webhook-port",
+        str(port),
+        "--webhook-hosts",
+        "127.0.0.1",
+        "--webhook-secret",
+        f"{fullname}-webhook-tls",
+        "--webhook-configuration",
+        fullname,
     )
     try:
         ips = pods_as_members(cluster, core, emulator, namespace, 2)
         victim = sorted(ips)[0]
-        core.delete_namespaced_pod(victim, namespace)
+        core.delete_namespaced_pod(victim, namespace)  # through the webhook: not gated, answered at once
         wait_for(lambda: ips[victim] not in in_group(emulator), "the removal, under least privilege")
+        assert core.read_namespaced_secret(f"{fullname}-webhook-tls", ns).data["ca.crt"]
+        admission = kubernetes.client.AdmissionregistrationV1Api(api_client)
+        assert admission.read_validating_webhook_configuration(fullname).webhooks[0].client_config.ca_bundle
         assert "Forbidden" not in operator.log.read_text()
     finally:
         operator.stop()
+        cluster.kubectl("delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all([*rbac, config]))
 
 
 @pytest.mark.integration
