@@ -3,6 +3,7 @@ Plain code: the pipeline calls these and then tells people (Events) and Promethe
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -35,7 +36,11 @@ def record_dry_run(batch: list[Entry], states: Iterable[ResourceState], ledger: 
 
 
 def record_removed(
-    batch: list[Entry], ledger: GroupLedger, states: Iterable[ResourceState], job_id: str | None = None
+    batch: list[Entry],
+    ledger: GroupLedger,
+    states: Iterable[ResourceState],
+    job_id: str | None = None,
+    drain_seconds: float = 0.0,
 ) -> list[Entry]:
     """The servers are out of the group (``job_id`` succeeded, or they were gone already). Returns the entries a
     live owner came to hold after the call went out (a pod that reused the IP): their server is gone although
@@ -44,6 +49,8 @@ def record_removed(
     if job_id:
         for state in by_uid.values():
             state.job_finished(job_id, "Succeeded", None)
+            if drain_seconds:  # UNCONFIRMED that the job ends as draining begins: then "until at most" holds
+                state.drained([e.server.compact for e in batch], now() + dt.timedelta(seconds=drain_seconds))
     for entry in batch:
         for uid in {uid for uid, _ in entry.leaving_owners()}:
             if uid in by_uid:

@@ -300,7 +300,7 @@ class GroupPipeline:
 
     def _removed(self, batch: list[Entry], states: list[ResourceState], job_id: str | None, message: str) -> None:
         reason = "RemovalSucceeded" if job_id else "AlreadyRemoved"
-        overtaken = outcomes.record_removed(batch, self.ledger, states, job_id)
+        overtaken = outcomes.record_removed(batch, self.ledger, states, job_id, self._drain_seconds or 0.0)
         self._dir.changed(states)
         self._s.notices.post(states, "Normal", reason, message)
         if overtaken:

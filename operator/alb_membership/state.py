@@ -12,6 +12,7 @@ from alb_membership.spec import Ref, Spec
 
 MAX_JOBS = 20
 MAX_JOB_SERVERS_SHOWN = 10  # a job's server list in status; serverCount has them all
+MAX_DRAINING_SHOWN = 200
 
 
 def stamp(when: dt.datetime | None) -> str | None:
@@ -84,6 +85,19 @@ class ResourceState:
     conditions: dict[str, Condition] = field(default_factory=dict)
     removed_count: int = 0
     deleting: bool = False
+    # Servers removed from a group with connection draining: out of rotation, Draining until at most then.
+    draining: dict[str, dt.datetime] = field(default_factory=dict)
+
+    def drained(self, servers: list[str], until: dt.datetime) -> None:
+        for server in servers:
+            self.draining[server] = until
+        while len(self.draining) > MAX_DRAINING_SHOWN:
+            del self.draining[min(self.draining, key=lambda s: self.draining[s])]
+
+    def still_draining(self) -> dict[str, str]:
+        now_ = now()
+        self.draining = {s: until for s, until in self.draining.items() if until > now_}
+        return {s: until.strftime("%Y-%m-%dT%H:%M:%SZ") for s, until in sorted(self.draining.items())}
 
     def add_job(self, job: JobRecord) -> None:
         if any(j.job_id == job.job_id and job.job_id for j in self.jobs):

@@ -119,6 +119,7 @@ def to_status(state: ResourceState, ledger: GroupLedger, budget: int = STATUS_BU
         "lastJob": f"{state.jobs[0].job_id or '-'} {state.jobs[0].status}" if state.jobs else "",
         "members": kept_members,
         "pending": kept_pending,
+        "draining": state.still_draining(),
         "jobs": [j.to_status() for j in state.jobs],
         "conditions": state.conditions_status(),
     }

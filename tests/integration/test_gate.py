@@ -264,3 +264,10 @@ def test_with_connection_draining_a_draining_server_is_out_of_rotation(gated: Ga
     [record] = gated.emulator.admin("GET", f"server-groups/{GROUP}/history?server_id={ips[victim]}")
     assert record["draining_at"] is not None and started < record["draining_at"] <= allowed
     assert record["gone_at"] is None or record["gone_at"] > allowed, "allowed while it drained, not after"
+    if job_ends == "before_draining":  # the job's end is the start of draining: status shows it
+        status_when(
+            gated.cluster,
+            gated.namespace,
+            lambda s: f"Ip:{ips[victim]}:8080" in (s.get("draining") or {}),
+            "the server shown Draining in status",
+        )
