@@ -249,15 +249,14 @@ class Reconciler:
     # -- the deletion gate -------------------------------------------------------------------------------------
 
     def gate(self, pod: PodView) -> list[tuple[GroupLedger, Server]]:
-        """A gated resource's member pod is about to be deleted: its owners leave now, before the deletion exists
-        (trigger deletion-gate). Returns the servers to wait for."""
+        """A gated resource's member pod is about to be deleted: it leaves now, before the deletion exists (trigger
+        deletion-gate), as an owner of every resource that picks it, gated or not (another resource's owner of
+        the same pod must not hold its server). Returns the servers to wait for."""
         out: list[tuple[GroupLedger, Server]] = []
         if self.stopped:
             return out
         self._gated[pod.uid] = time.monotonic() + GATED_SECONDS
         for state in self._in_namespace(pod.namespace):
-            if state.spec.gate_seconds is None:
-                continue
             ledger, uid, round_ = self.ledger(state.group), state.ref.uid, _Round([], [])
             owner_ids = [pod.uid] + [
                 o for o in ledger.owner_ids(uid) if o.startswith("endpoint/") and endpoint_parts(o)[1] == pod.uid

@@ -105,7 +105,8 @@ async def _serve_webhook(settings: Settings, runtime: Runtime, elector: LeaderEl
         runtime.reconciler,
         runtime.metrics,
         settings.eni_annotation,
-        leading=lambda: not runtime.standby and runtime.ready.is_set(),
+        # Leading from the moment the Lease is ours: the gate itself waits until kopf has loaded the resources.
+        leading=lambda: not runtime.standby,
         leader_url=lambda: elector.leader_url if elector is not None else None,
         session=runtime.session,
         forward=(client_context(bundle), settings.webhook_hosts[0]),

@@ -301,3 +301,27 @@ async def test_a_replica_that_stopped_acting_changes_nothing(rec: RecordingRecon
     rec.pod_changed(pod("a", deleting=True), deleted=False)
     rec.endpoints_changed("shop", "web")
     assert rec.sent() == [] and not rec.deleting(selected())
+
+
+async def test_the_gate_takes_a_pod_out_of_every_resource_that_picks_it(rec: RecordingReconciler, view: View) -> None:
+    """A pod picked by a gated resource and by another one on the same group: its deletion is held, so both of its
+    owners leave now; the last check before the call does not count it as a holder."""
+    view.pod_list = [pod("a"), pod("b", ip="10.0.0.2")]
+    gated_body = selected(deletionGate={"enabled": True, "maxWaitSeconds": 10})
+    rec.start(gated_body, repair=False)
+    other = resource(
+        uid="sgm-uid-2", name="web-svc", serviceRef={"name": "web"}, backend={"serverType": "Ip", "port": 8080}
+    )
+    view.slices[("shop", "web")] = endpoints_of(
+        {"endpoints": [{"addresses": ["10.0.0.1"], "targetRef": {"kind": "Pod", "name": "a", "uid": "uid-a"}}]}
+    )
+    rec.start(other, repair=False)
+    view.bodies = [gated_body, other]
+    leaving = rec.gate(pod("a"))
+    assert [s.compact for _, s in leaving] == ["Ip:10.0.0.1:8080", "Ip:10.0.0.1:8080"]
+    assert rec.sent() == ["Ip:10.0.0.1:8080"]
+    state = rec.resources[UID]
+    holders = rec.holders(rec.ledger(state.group))
+    assert "Ip:10.0.0.1:8080" not in {s.compact for s in holders}, "a pod being deleted holds nothing"
+    assert rec.specs_in(view.bodies, "shop")[0][1].gate_seconds == 10.0
+    assert rec.picks(rec.specs_in(view.bodies, "shop")[1][1], "shop", pod("a")), "picked through its Service"
