@@ -49,12 +49,14 @@ class Informer(Generic[R]):
         self,
         source: Source,
         convert: Callable[[dict[str, Any]], R],
+        uid_of: Callable[[R], str],
         keep: Callable[[str], bool],
         on_change: Callable[[R | None, R | None], None],
         on_relist: Callable[[], None] = lambda: None,
     ) -> None:
         self._source = source
         self._convert = convert
+        self._uid_of = uid_of
         self._keep = keep
         self._on_change = on_change
         self._on_relist = on_relist
@@ -62,20 +64,21 @@ class Informer(Generic[R]):
         self.synced = asyncio.Event()
         self.relists = 0
         self.events = 0
+        self._version: str | None = None  # the last resourceVersion seen: a broken watch resumes from it
         self._filling: dict[str, set[Key]] = {}  # namespace -> keys deleted while it is being filled
+        self._filled_while_listing: set[str] | None = None  # set while a list runs
 
     async def run(self) -> None:
         delay = 0.5
-        version: str | None = None
         while True:
             try:
-                if version is None:
-                    version = await self._list()
-                    delay = 0.5
-                version = await self._watch(version)
+                if self._version is None:
+                    self._version = await self._list()
+                await self._watch()
+                delay = 0.5
             except Gone:
                 log.info("watch of %s expired (410 Gone): listing again", self._source.describe)
-                version = None
+                self._version = None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -89,14 +92,21 @@ class Informer(Generic[R]):
     async def _list(self) -> str:
         seen: set[Key] = set()
         version = ""
-        async for items, listed in self._pages(self._source.call):
-            version = listed
-            for obj in items:
-                key = self._apply("ADDED", obj)
-                if key is not None:
-                    seen.add(key)
+        self._filled_while_listing = set()
+        try:
+            async for items, listed in self._pages(self._source.call):
+                version = listed
+                for obj in items:
+                    key = self._apply("ADDED", obj)
+                    if key is not None:
+                        seen.add(key)
+            filled = self._filled_while_listing
+        finally:
+            self._filled_while_listing = None
         relisted = self.synced.is_set()
         for namespace, named in list(self.records.items()):  # deleted while nobody watched
+            if namespace in filled:
+                continue  # read by a fill during the list: newer than the pages read before it
             for name in [n for n in named if (namespace, n) not in seen]:
                 self._on_change(named.pop(name), None)
         if relisted:
@@ -105,10 +115,10 @@ class Informer(Generic[R]):
         self.synced.set()
         return version
 
-    async def _watch(self, version: str) -> str:
+    async def _watch(self) -> None:
         resp = await self._source.call(
             watch=True,
-            resource_version=version,
+            resource_version=self._version,
             allow_watch_bookmarks=True,
             timeout_seconds=WATCH_SECONDS,
             label_selector=self._source.label_selector,
@@ -120,18 +130,19 @@ class Informer(Generic[R]):
                 raise Gone()
             if resp.status != 200:
                 raise RuntimeError(f"HTTP {resp.status}: {(await resp.read())[:200]!r}")
-            buffer = b""
+            buffer = bytearray()
             async for chunk in resp.content.iter_any():
+                searched = len(buffer)  # only the new bytes can hold a line's end: no rescans of a long line
                 buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
+                while (end := buffer.find(b"\n", searched)) >= 0:
+                    line, searched = bytes(buffer[:end]), 0
+                    del buffer[: end + 1]
                     if line.strip():
-                        version = self._event(json.loads(line)) or version
+                        self._event(json.loads(line))
         finally:
             resp.release()
-        return version
 
-    def _event(self, event: dict[str, Any]) -> str | None:
+    def _event(self, event: dict[str, Any]) -> None:
         kind, obj = event.get("type"), event.get("object") or {}
         if kind == "ERROR":
             if obj.get("code") == 410:
@@ -139,8 +150,7 @@ class Informer(Generic[R]):
             raise RuntimeError(f"watch error: {obj.get('message')}")
         if kind != "BOOKMARK":
             self._apply(kind or "MODIFIED", obj)
-        version: str | None = (obj.get("metadata") or {}).get("resourceVersion")
-        return version
+        self._version = (obj.get("metadata") or {}).get("resourceVersion") or self._version
 
     def _apply(self, kind: str, obj: dict[str, Any]) -> Key | None:
         meta = obj.get("metadata") or {}
@@ -152,9 +162,11 @@ class Informer(Generic[R]):
         if kind == "DELETED":
             if key[0] in self._filling:
                 self._filling[key[0]].add(key)
-            known = named.pop(key[1], None)
-            if known is not None and self.synced.is_set():
-                self._on_change(known, None)
+            known = named.get(key[1])
+            if known is not None and self._uid_of(known) == meta.get("uid"):  # not a newer object of that name
+                del named[key[1]]
+                if self.synced.is_set():
+                    self._on_change(known, None)
             return key
         record = self._convert(obj)
         old = named.get(key[1])
@@ -190,16 +202,19 @@ class Informer(Generic[R]):
     async def fill(self, namespace: str, namespace_call: Callable[..., Awaitable[Any]]) -> None:
         """``namespace`` became interesting after the list (``keep`` says so from now on): read its objects; the
         watch keeps them current from now on. An object a watch event brought in meanwhile is newer than the
-        list, and one deleted meanwhile stays deleted."""
+        list, one deleted meanwhile stays deleted, and nothing is written once the namespace is no longer kept."""
         deleted = self._filling.setdefault(namespace, set())
+        if self._filled_while_listing is not None:
+            self._filled_while_listing.add(namespace)
         try:
             async for items, _ in self._pages(namespace_call):
+                if not self._keep(namespace):
+                    return
+                named = self.records.setdefault(namespace, {})
                 for obj in items:
-                    meta = obj.get("metadata") or {}
-                    key = (meta.get("namespace", ""), meta.get("name", ""))
-                    named = self.records.setdefault(key[0], {})
-                    if key[1] not in named and key not in deleted:
-                        named[key[1]] = self._convert(obj)
+                    name = (obj.get("metadata") or {}).get("name", "")
+                    if name not in named and (namespace, name) not in deleted:
+                        named[name] = self._convert(obj)
         finally:
             del self._filling[namespace]
 

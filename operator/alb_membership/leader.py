@@ -1,9 +1,10 @@
 """Leader election on a coordination.k8s.io Lease, so that of several replicas exactly one acts.
 
 The same protocol as client-go's leaderelection: the holder renews ``renewTime`` every ``retry_seconds``;
-a candidate takes the Lease once ``renewTime + leaseDurationSeconds`` has passed; every write carries the
-resourceVersion it read, so two candidates cannot both win. A leader that cannot renew within
-``renew_deadline_seconds`` stops acting at once (the process exits), before any other replica can take over.
+a candidate takes the Lease once it has seen the same record, unchanged, for ``leaseDurationSeconds`` by its own
+clock (as client-go's observedTime: no trust in another node's clock); every write carries the resourceVersion it
+read, so two candidates cannot both win. A leader that cannot renew within ``renew_deadline_seconds`` of its
+last successful renewal's start stops acting at once (the process exits), before any other replica can take over.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
@@ -65,11 +67,19 @@ class LeaderElector:
         self._clock = clock
         self.is_leader = False
         self._expires: dt.datetime | None = None  # when the other holder's lease runs out, as last seen
+        self._observed: tuple[Any, ...] | None = None  # the other holder's record as last seen changed
+        self._observed_at = clock()
 
     async def acquire(self) -> None:
         """Returns once this replica holds the Lease."""
         announced = False
-        while not await self._try():
+        while True:
+            try:
+                if await self._try():
+                    break
+            except (ApiException, OSError, aiohttp.ClientError, TimeoutError) as exc:
+                # The API server restarting or unreachable for a while: keep standing by, watches warm.
+                log.warning("could not read the lease (%s: %s); trying again", type(exc).__name__, exc)
             if not announced:
                 log.info(
                     "standing by: lease %s/%s is held by another replica", self.settings.namespace, self.settings.name
@@ -87,16 +97,19 @@ class LeaderElector:
 
     async def keep(self) -> None:
         """Renews forever; raises LeadershipLost when a renewal does not succeed within the deadline."""
-        last = self._clock()
+        last = self._clock()  # the start of the last renewal that succeeded: the renewTime it wrote
         while True:
             await asyncio.sleep(self.settings.retry_seconds)
+            started = self._clock()
+            # No attempt may outlast the deadline counted from the last renewal, however it ends.
+            left = self.settings.renew_deadline_seconds - (started - last).total_seconds()
             try:
-                renewed = await asyncio.wait_for(self._try(), self.settings.renew_deadline_seconds)
-            except (TimeoutError, ApiException, OSError) as exc:
+                renewed = left > 0 and await asyncio.wait_for(self._try(), left)
+            except (TimeoutError, ApiException, OSError, aiohttp.ClientError) as exc:
                 log.warning("could not renew the lease: %s", exc)
                 renewed = False
             if renewed:
-                last = self._clock()
+                last = started
             elif (self._clock() - last).total_seconds() >= self.settings.renew_deadline_seconds:
                 self.is_leader = False
                 raise LeadershipLost(f"lease not renewed for {self.settings.renew_deadline_seconds:.0f}s")
@@ -105,17 +118,21 @@ class LeaderElector:
         """Gives the Lease up on a clean shutdown, so a standby takes over without waiting for it to expire."""
         if not self.is_leader:
             return
-        try:
-            lease = await self._api.read_namespaced_lease(self.settings.name, self.settings.namespace)
-            if lease.spec.holder_identity == self.identity:
-                lease.spec.holder_identity = ""
-                lease.spec.lease_duration_seconds = 1
-                lease.metadata.annotations = {
-                    k: v for k, v in (lease.metadata.annotations or {}).items() if k != ADVERTISE
-                }
-                await self._api.replace_namespaced_lease(self.settings.name, self.settings.namespace, lease)
-        except ApiException as exc:
-            log.warning("could not release the lease: %s", exc)
+        for _ in range(2):  # a renewal already on its way may have changed it: read again once
+            try:
+                lease = await self._api.read_namespaced_lease(self.settings.name, self.settings.namespace)
+                if lease.spec.holder_identity == self.identity:
+                    lease.spec.holder_identity = ""
+                    lease.spec.lease_duration_seconds = 1
+                    lease.metadata.annotations = {
+                        k: v for k, v in (lease.metadata.annotations or {}).items() if k != ADVERTISE
+                    }
+                    await self._api.replace_namespaced_lease(self.settings.name, self.settings.namespace, lease)
+                break
+            except ApiException as exc:
+                if exc.status != 409:
+                    log.warning("could not release the lease: %s", exc)
+                    break
         self.is_leader = False
 
     async def _try(self) -> bool:
@@ -151,10 +168,13 @@ class LeaderElector:
         held_by_other = spec.holder_identity not in (None, "", self.identity)
         self.leader_url = (lease.metadata.annotations or {}).get(ADVERTISE) if held_by_other else self._advertise
         if held_by_other:
-            renewed = spec.renew_time or spec.acquire_time
+            record = (spec.holder_identity, spec.renew_time, lease.metadata.resource_version)
+            if record != self._observed:  # renewed since last look: its lease runs from now, by this clock
+                self._observed, self._observed_at = record, now
             duration = spec.lease_duration_seconds or s.lease_seconds
-            if renewed is not None and (now - renewed).total_seconds() < duration:
-                self._expires = renewed + dt.timedelta(seconds=duration)
+            expires = self._observed_at + dt.timedelta(seconds=duration)
+            if now < expires:
+                self._expires = expires
                 return False
         self._expires = None
         if spec.holder_identity != self.identity:

@@ -28,13 +28,18 @@ SERVICE_LABEL = "kubernetes.io/service-name"
 class SliceRecord:
     """An EndpointSlice as the operator needs it: its Service and endpoints."""
 
-    __slots__ = ("endpoints", "namespace", "service")
+    __slots__ = ("endpoints", "namespace", "service", "uid")
 
     def __init__(self, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
+        self.uid: str = meta.get("uid", "")
         self.namespace: str = meta.get("namespace", "")
         self.service: str = (meta.get("labels") or {}).get(SERVICE_LABEL, "")
         self.endpoints: list[EndpointView] = endpoints_of(body)
+
+
+FILL_RETRY_SECONDS = (1.0, 30.0)  # first and longest pause between tries of a namespace's list
+ENSURE_SECONDS = 60.0
 
 
 class ClusterStore:
@@ -49,7 +54,11 @@ class ClusterStore:
     ) -> None:
         core, discovery, custom = client.CoreV1Api(api), client.DiscoveryV1Api(api), client.CustomObjectsApi(api)
         self._namespaces = namespaces
-        self._interest: dict[str, int] = {}  # namespace -> ServerGroupMemberships in it
+        # Namespaces whose pods and EndpointSlices are held: those with a resource, and those a handler asked for
+        # (ensure) before the watch of resources showed theirs.
+        self._interest: set[str] = set()
+        self._asked: set[str] = set()
+        self._complete: set[str] = set()  # held namespaces whose objects have all been read (list or fill)
         self._fills: dict[str, asyncio.Task[None]] = {}
         self._list_pods = core.list_namespaced_pod
         self._list_slices = discovery.list_namespaced_endpoint_slice
@@ -68,18 +77,24 @@ class ClusterStore:
             sgm_calls = [functools.partial(custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)]
             pod_calls = [core.list_pod_for_all_namespaces]
             slice_calls = [discovery.list_endpoint_slice_for_all_namespaces]
+
+        def uid(body: Mapping[str, Any]) -> str:
+            return str(body["metadata"]["uid"])
+
         self.sgm_watches: list[Informer[dict[str, Any]]] = [
-            Informer(Source(call, describe="ServerGroupMemberships"), slim, lambda _ns: True, self._sgm_changed)
+            Informer(Source(call, describe="ServerGroupMemberships"), slim, uid, lambda _ns: True, self._sgm_changed)
             for call in sgm_calls
         ]
         pod_view = functools.partial(PodView.from_body, eni_annotation=eni_annotation)
         self.pod_watches: list[Informer[PodView]] = [
-            Informer(Source(call, describe="pods"), pod_view, self.interesting, on_pod, on_relist) for call in pod_calls
+            Informer(Source(call, describe="pods"), pod_view, lambda p: p.uid, self.interesting, on_pod, on_relist)
+            for call in pod_calls
         ]
         self.slice_watches: list[Informer[SliceRecord]] = [
             Informer(
                 Source(call, label_selector=SERVICE_LABEL, describe="EndpointSlices"),
                 SliceRecord,
+                lambda r: r.uid,
                 self.interesting,
                 self._slice_changed,
                 on_relist,
@@ -93,13 +108,15 @@ class ClusterStore:
         tasks = [asyncio.create_task(i.run(), name="watch-sgm") for i in self.sgm_watches]
         try:
             await asyncio.gather(*(i.synced.wait() for i in self.sgm_watches))
-            for body in self.memberships():  # listed: from now on, changes come through _sgm_changed
-                namespace = body["metadata"]["namespace"]
-                self._interest[namespace] = self._interest.get(namespace, 0) + 1
+            self._recount()
+            listed = set(self._interest)  # what the first lists of pods and EndpointSlices cover
             others: list[Informer[Any]] = [*self.pod_watches, *self.slice_watches]
             tasks += [asyncio.create_task(i.run(), name="watch") for i in others]
             await asyncio.gather(*(i.synced.wait() for i in others))
+            self._complete |= listed & self._interest
             self.synced.set()
+            for namespace in self._interest - self._complete:  # got a resource while the first lists ran
+                self._start_fill(namespace)
             log.info(
                 "watching %d pod(s) in %d namespace(s) with ServerGroupMemberships",
                 self.pod_count(),
@@ -107,9 +124,10 @@ class ClusterStore:
             )
             await asyncio.gather(*tasks)
         finally:
-            for task in tasks:
+            fills = list(self._fills.values())
+            for task in [*tasks, *fills]:
                 task.cancel()
-            await asyncio.gather(*tasks, *self._fills.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, *fills, return_exceptions=True)
 
     # -- interest -------------------------------------------------------------------------------------------------
 
@@ -118,46 +136,69 @@ class ClusterStore:
 
     async def ensure(self, namespace: str) -> None:
         """Once this returns, the namespace's pods and EndpointSlices are held (a ServerGroupMembership there may
-        be newer than what the watch of ServerGroupMemberships has shown yet)."""
+        be newer than what the watch of ServerGroupMemberships has shown yet). Raises when they cannot be read
+        (a kopf handler is retried)."""
         await self.synced.wait()
-        if namespace not in self._interest:
-            self._interest[namespace] = 0
-            self._start_fill(namespace)
-        fill = self._fills.get(namespace)
-        if fill is not None:
-            await asyncio.shield(fill)
+        self._asked.add(namespace)
+        self._interest.add(namespace)
+        if namespace not in self._complete:
+            fill = self._fills.get(namespace) or self._start_fill(namespace, retry=False)
+            await asyncio.wait({fill}, timeout=ENSURE_SECONDS)  # a fill that keeps retrying goes on by itself
+            if namespace not in self._complete:
+                raise RuntimeError(f"the pods of namespace {namespace} could not be read; trying again")
+
+    def _recount(self) -> None:
+        """Which namespaces have a resource, from the resources themselves (no counting of events twice)."""
+        having = {body["metadata"]["namespace"] for body in self.memberships()}
+        self._asked -= having  # the watch has shown them now: their resources keep them interesting
+        wanted = having | self._asked
+        for namespace in wanted - self._interest:
+            self._interest.add(namespace)
+            if self.synced.is_set():
+                self._start_fill(namespace)
+        for namespace in self._interest - wanted:
+            self._interest.discard(namespace)
+            self._complete.discard(namespace)
+            fill = self._fills.pop(namespace, None)
+            if fill is not None:
+                fill.cancel()
+            for watch in self.pod_watches:
+                watch.forget_namespace(namespace)
+            for sliced in self.slice_watches:
+                sliced.forget_namespace(namespace)
 
     def _sgm_changed(self, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        if old is None and new is not None:
-            namespace = new["metadata"]["namespace"]
-            first = namespace not in self._interest
-            self._interest[namespace] = self._interest.get(namespace, 0) + 1
-            if first and self.synced.is_set():
-                self._start_fill(namespace)
-        elif old is not None and new is None:
-            namespace = old["metadata"]["namespace"]
-            left = self._interest.get(namespace, 1) - 1
-            if left > 0:
-                self._interest[namespace] = left
-            else:
-                self._interest.pop(namespace, None)
-                for watch in self.pod_watches:
-                    watch.forget_namespace(namespace)
-                for sliced in self.slice_watches:
-                    sliced.forget_namespace(namespace)
+        if old is None or new is None:  # a resource came or went
+            self._recount()
 
-    def _start_fill(self, namespace: str) -> None:
+    def _start_fill(self, namespace: str, retry: bool = True) -> asyncio.Task[None]:
         index = self._namespaces.index(namespace) if namespace in self._namespaces else 0
         pods, slices = self.pod_watches[index], self.slice_watches[index]
 
         async def fill() -> None:
+            pause = FILL_RETRY_SECONDS[0]
             try:
-                await pods.fill(namespace, functools.partial(self._list_pods, namespace))
-                await slices.fill(namespace, functools.partial(self._list_slices, namespace))
+                while namespace in self._interest:
+                    try:
+                        await pods.fill(namespace, functools.partial(self._list_pods, namespace))
+                        await slices.fill(namespace, functools.partial(self._list_slices, namespace))
+                    except Exception as exc:
+                        log.warning("could not read namespace %s (%s: %s)", namespace, type(exc).__name__, exc)
+                        if not retry:
+                            return
+                        await asyncio.sleep(pause)
+                        pause = min(FILL_RETRY_SECONDS[1], pause * 2)
+                        continue
+                    if namespace in self._interest:
+                        self._complete.add(namespace)
+                    return
             finally:
-                self._fills.pop(namespace, None)
+                if self._fills.get(namespace) is task:
+                    del self._fills[namespace]
 
-        self._fills[namespace] = asyncio.create_task(fill(), name=f"fill-{namespace}")
+        task = asyncio.create_task(fill(), name=f"fill-{namespace}")
+        self._fills[namespace] = task
+        return task
 
     def _slice_changed(self, old: SliceRecord | None, new: SliceRecord | None) -> None:
         record = new or old
