@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,8 @@ from alb_membership.store import ClusterStore
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
-GROUP_READ_SECONDS = 0.3  # how often a group's servers are read while a gated removal's job runs
+GROUP_READ_SECONDS = 0.5  # how often a group's servers are read while a gated removal's job runs
+MAX_HOLDS = 500  # deletions held at once; more are let through unconfirmed (a flood, or someone abusing the port)
 
 
 @dataclass(frozen=True)
@@ -38,17 +39,23 @@ class Review:
     pod_name: str
     pod: PodView | None  # in the request for DELETE; looked up for an eviction
     dry_run: bool
+    eviction: bool
+    pod_uid: str | None  # an eviction's precondition, when it names one
 
     @classmethod
     def parse(cls, body: dict[str, Any], eni_annotation: str) -> Review:
         request = body.get("request") or {}
         old = request.get("oldObject")
+        eviction = request.get("subResource") == "eviction"
+        options = ((request.get("object") or {}).get("deleteOptions") or {}) if eviction else {}
         return cls(
             uid=request.get("uid", ""),
             namespace=request.get("namespace", ""),
             pod_name=request.get("name", ""),
             pod=PodView.from_body(old, eni_annotation) if old else None,
             dry_run=bool(request.get("dryRun")),
+            eviction=eviction,
+            pod_uid=(options.get("preconditions") or {}).get("uid"),
         )
 
 
@@ -64,7 +71,7 @@ def gated(store: ClusterStore, review: Review, reconciler: Reconciler) -> tuple[
     """How long this pod's deletion may be held (the longest maxWaitSeconds among gated resources that pick it)
     and which resources those are; None when none does (answered at once). Read from the store, so a standby can
     tell too."""
-    pod = review.pod or find_pod(store, review.namespace, review.pod_name)
+    pod = review.pod or find_pod(store, review.namespace, review.pod_name, review.pod_uid)
     if pod is None or pod.going_away:
         return None
     picked = [
@@ -75,8 +82,8 @@ def gated(store: ClusterStore, review: Review, reconciler: Reconciler) -> tuple[
     return (max(w for w, _ in picked), {uid for _, uid in picked}) if picked else None
 
 
-def find_pod(store: ClusterStore, namespace: str, name: str) -> PodView | None:
-    return next((p for p in store.pods(namespace) if p.name == name), None)
+def find_pod(store: ClusterStore, namespace: str, name: str, uid: str | None = None) -> PodView | None:
+    return next((p for p in store.pods(namespace) if p.name == name and uid in (None, p.uid)), None)
 
 
 class Gate:
@@ -87,29 +94,53 @@ class Gate:
         client_for: Callable[[str], AlbClient],
         metrics: Metrics,
         eni_annotation: str,
+        budgets: Callable[[str, PodView], Awaitable[bool]],
     ) -> None:
         self._reconciler = reconciler
         self._store = store
         self._client_for = client_for
         self._metrics = metrics
         self._eni_annotation = eni_annotation
+        self._budgets_allow = budgets
         self._listed: dict[GroupKey, tuple[float, set[Server]]] = {}  # group -> (when read, servers in rotation)
+        self._reading: dict[GroupKey, asyncio.Lock] = {}  # one listing of a group at a time, shared by all holds
+        self._holds = 0
 
     async def review(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Always answers (allowed): a failure here must not turn into the API server's silent Ignore."""
         review = Review.parse(body, self._eni_annotation)
-        started = time.monotonic()
-        found = None if review.dry_run else gated(self._store, review, self._reconciler)
-        if found is None:
-            self._metrics.gate_outcomes.labels("not-a-member").inc()
-            return answer(review.uid)
-        wait, uids = found
-        pod = review.pod or find_pod(self._store, review.namespace, review.pod_name)
-        assert pod is not None
         try:
-            await asyncio.wait_for(self._hold(pod, uids), wait)
+            outcome, warning = await self._review(review)
+        except Exception as exc:
+            log.exception("deletion of pod %s/%s let through: the gate failed", review.namespace, review.pod_name)
+            outcome, warning = "error", f"alb-membership-operator: the deletion gate failed ({type(exc).__name__})"
+        self._metrics.gate_outcomes.labels(outcome).inc()
+        return answer(review.uid, warning)
+
+    async def _review(self, review: Review) -> tuple[str, str | None]:
+        if review.dry_run:
+            return "dry-run", None
+        found = gated(self._store, review, self._reconciler)
+        if found is None:
+            return "not-a-member", None
+        wait, uids = found
+        pod = review.pod or find_pod(self._store, review.namespace, review.pod_name, review.pod_uid)
+        if pod is None:
+            return "not-a-member", None
+        if review.eviction and not await self._budgets_allow(review.namespace, pod):
+            # The Eviction API checks PodDisruptionBudgets after admission: a refused eviction must not have
+            # taken the pod's servers out.
+            return "pdb-blocked", None
+        if self._reconciler.stopped:
+            return "stopping", "alb-membership-operator: this replica is stopping; deletion let through unconfirmed"
+        if self._holds >= MAX_HOLDS:
+            return "too-many", "alb-membership-operator: too many deletions held at once; let through unconfirmed"
+        started = time.monotonic()
+        self._holds += 1
+        try:
+            leaving = await asyncio.wait_for(self._hold(pod, uids), wait)
         except TimeoutError:
             held = time.monotonic() - started
-            self._metrics.gate_outcomes.labels("timed-out").inc()
             self._metrics.gate_hold_seconds.observe(held)
             log.warning(
                 "deletion of pod %s/%s let through after %.1fs: its servers are not out of rotation yet",
@@ -117,43 +148,52 @@ class Gate:
                 review.pod_name,
                 held,
             )
-            return answer(
-                review.uid, f"alb-membership-operator: servers of this pod still in rotation after {held:.1f}s"
-            )
+            return "timed-out", f"alb-membership-operator: this pod's servers still in rotation after {held:.1f}s"
+        finally:
+            self._holds -= 1
         held = time.monotonic() - started
-        self._metrics.gate_outcomes.labels("confirmed").inc()
         self._metrics.gate_hold_seconds.observe(held)
+        if not leaving:
+            # Its servers stay: another live pod holds them (hostNetwork), or a dry run removes nothing.
+            return "kept", "alb-membership-operator: this pod's servers stay in the group (held by another pod)"
         self._metrics.exposure_seconds.labels("true").observe(0.0)
         log.info(
             "deletion of pod %s/%s held %.2fs: its servers are out of rotation", review.namespace, review.pod_name, held
         )
-        return answer(
-            review.uid, f"alb-membership-operator: held {held:.1f}s until this pod's servers were out of rotation"
-        )
+        return "confirmed", f"alb-membership-operator: held {held:.1f}s until this pod's servers were out of rotation"
 
-    async def _hold(self, pod: PodView, uids: set[str]) -> None:
+    async def _hold(self, pod: PodView, uids: set[str]) -> list[tuple[GroupLedger, Server]]:
+        """Waits until the pod's servers are out of rotation; returns those that were removed (the others stay)."""
         # Just after a takeover, kopf may not have loaded every resource yet (with its status: pending removals).
         while True:
             if uids <= self._reconciler.resources.keys():
                 break
             await asyncio.sleep(POLL_SECONDS)
-        pending = self._reconciler.gate(pod)
+        leaving = self._reconciler.gate(pod)
+        pending = list(leaving)
         while pending:
             pending = [(ledger, s) for ledger, s in pending if not await self._is_out(ledger, s)]
             if pending:
                 await asyncio.sleep(POLL_SECONDS)
+        return leaving
 
     async def _is_out(self, ledger: GroupLedger, server: Server) -> bool:
         entry = ledger.entries.get(server)
         if entry is None or entry.removal is None:
-            return True  # removed, or it stays because another live owner holds it: nothing to wait for
+            return True  # removed (gate() only returns servers whose removal was decided)
         if entry.removal.job_id is None:
             return False  # not accepted yet
         # Accepted: out of rotation as soon as the group shows it Draining or gone, which may be long before the
-        # job ends (when the job waits out the drain).
-        read_at, in_rotation = self._listed.get(ledger.key, (0.0, set()))
-        if time.monotonic() - read_at > GROUP_READ_SECONDS:
-            listed = await self._client_for(ledger.key[0]).list_server_group_servers(ledger.group_id)
-            in_rotation = Server.in_rotation(listed)
-            self._listed[ledger.key] = (time.monotonic(), in_rotation)
+        # job ends (when the job waits out the drain). One listing per group at a time, shared by every hold.
+        async with self._reading.setdefault(ledger.key, asyncio.Lock()):
+            read_at, in_rotation = self._listed.get(ledger.key, (0.0, set()))
+            if time.monotonic() - read_at > GROUP_READ_SECONDS:
+                try:
+                    listed = await self._client_for(ledger.key[0]).list_server_group_servers(ledger.group_id)
+                except Exception as exc:  # not out as far as anyone knows: the next look may do better
+                    log.warning("could not list %s: %s", ledger.group_id, exc)
+                    self._listed[ledger.key] = (time.monotonic(), {server})
+                    return False
+                in_rotation = Server.in_rotation(listed)
+                self._listed[ledger.key] = (time.monotonic(), in_rotation)
         return server not in in_rotation

@@ -14,7 +14,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 
 from alb_membership.membership import PodView
-from alb_membership.spec import GROUP, PLURAL, VERSION, Ref
+from alb_membership.spec import GROUP, PLURAL, VERSION, Ref, Selector
 
 log = logging.getLogger(__name__)
 COMPONENT = "alb-membership-operator"
@@ -25,6 +25,7 @@ class Kube:
         self.api = api
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
+        self._policy = client.PolicyV1Api(api)
         self._host = os.environ.get("POD_NAME") or os.uname().nodename
 
     @classmethod
@@ -70,6 +71,17 @@ class Kube:
             token = page["metadata"].get("continue")
             if not token:
                 return out
+
+    async def budgets_allow(self, namespace: str, pod: PodView) -> bool:
+        """Whether the PodDisruptionBudgets that pick the pod allow one more disruption now (as the Eviction API
+        will judge, after admission)."""
+        resp: Any = await self._policy.list_namespaced_pod_disruption_budget(namespace, _preload_content=False)
+        for budget in json.loads(await resp.read())["items"]:
+            selector = (budget.get("spec") or {}).get("selector")
+            allowed = int((budget.get("status") or {}).get("disruptionsAllowed", 0))
+            if selector is not None and allowed <= 0 and Selector.from_spec(selector).matches(pod.labels):
+                return False
+        return True
 
     async def event(self, ref: Ref, kind: str, reason: str, message: str) -> None:
         """Posts a core/v1 Event on the resource. Failures are logged, never raised: an Event is a courtesy."""

@@ -89,6 +89,13 @@ class LeaderElector:
         self.is_leader = True
         log.info("leading: acquired lease %s/%s as %s", self.settings.namespace, self.settings.name, self.identity)
 
+    async def observe(self) -> None:
+        """Reads who leads (``leader_url``) without competing: for a replica that gave the Lease up."""
+        lease = await self._api.read_namespaced_lease(self.settings.name, self.settings.namespace)
+        holder = lease.spec.holder_identity
+        annotations = lease.metadata.annotations or {}
+        self.leader_url = annotations.get(ADVERTISE) if holder not in (None, "", self.identity) else None
+
     def _until_next_try(self) -> float:
         wait = self.settings.standby_poll_seconds
         if self._expires is not None:
@@ -166,7 +173,7 @@ class LeaderElector:
             return True
         spec = lease.spec
         held_by_other = spec.holder_identity not in (None, "", self.identity)
-        self.leader_url = (lease.metadata.annotations or {}).get(ADVERTISE) if held_by_other else self._advertise
+        self.leader_url = (lease.metadata.annotations or {}).get(ADVERTISE) if held_by_other else None
         if held_by_other:
             record = (spec.holder_identity, spec.renew_time, lease.metadata.resource_version)
             if record != self._observed:  # renewed since last look: its lease runs from now, by this clock

@@ -160,7 +160,8 @@ class GroupPipeline:
                     self._calling = set()
 
     async def _process(self, batch: list[Entry]) -> None:
-        batch = self._call_off_held(batch)
+        await self._until_group_accepts()
+        batch = self._call_off_held(batch)  # the last check, right before the call: after any wait
         if not batch:
             return
         s = self._s
@@ -170,7 +171,6 @@ class GroupPipeline:
             if entry.removal is not None:
                 entry.removal.client_token = token
         states = self._dir.states_of(batch)
-        await self._until_group_accepts()
         await self._dir.flush(states)  # durable before the call
         servers = sorted(e.server for e in batch)
         s.metrics.batch_servers.observe(len(servers))

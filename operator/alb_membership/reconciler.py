@@ -265,7 +265,9 @@ class Reconciler:
                 server = ledger.server_of((uid, owner_id))
                 if server is not None:
                     self._leave(ledger, (uid, owner_id), "deletion-gate", now(), round_)
-                    out.append((ledger, server))
+                    entry = ledger.entries.get(server)
+                    if entry is not None and entry.removal is not None and not state.spec.dry_run:
+                        out.append((ledger, server))  # it leaves; another live owner would have kept it
             self._finish_round(state, round_, repair=False)
         return out
 

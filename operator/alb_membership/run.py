@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -88,6 +89,16 @@ async def _hand_over_on_shutdown(
         await asyncio.wait_for(elector.release(), timeout=3)
 
 
+async def _leader_url(elector: LeaderElector | None) -> str | None:
+    """Where a review goes when this replica does not act: the Lease holder's webhook."""
+    if elector is None:
+        return None
+    if elector.leader_url is None and not elector.is_leader:
+        with contextlib.suppress(Exception):  # the forwarding loop tries again
+            await elector.observe()
+    return elector.leader_url
+
+
 async def _serve_webhook(settings: Settings, runtime: Runtime, elector: LeaderElector | None) -> web.AppRunner:
     """The deletion gate's endpoint, on every replica from the start (a standby answers too)."""
     certificates = Certificates(
@@ -105,9 +116,10 @@ async def _serve_webhook(settings: Settings, runtime: Runtime, elector: LeaderEl
         runtime.reconciler,
         runtime.metrics,
         settings.eni_annotation,
-        # Leading from the moment the Lease is ours: the gate itself waits until kopf has loaded the resources.
-        leading=lambda: not runtime.standby,
-        leader_url=lambda: elector.leader_url if elector is not None else None,
+        # Leading from the moment the Lease is ours (the gate waits until kopf has loaded the resources), and no
+        # longer once it stopped acting (it then asks the new leader, as a standby does).
+        leading=lambda: not runtime.standby and not runtime.reconciler.stopped,
+        leader_url=functools.partial(_leader_url, elector),
         session=runtime.session,
         forward=(client_context(bundle), settings.webhook_hosts[0]),
     )
@@ -115,7 +127,7 @@ async def _serve_webhook(settings: Settings, runtime: Runtime, elector: LeaderEl
     await runner.setup()
     await web.TCPSite(runner, settings.metrics_address, settings.webhook_port, ssl_context=context).start()
     log.info("deletion gate on https://%s:%d%s", settings.metrics_address, settings.webhook_port, WEBHOOK_PATH)
-    runtime.keep_certificates(certificates, context)
+    runtime.keep_certificates(certificates, context, webhook.trust)
     return runner
 
 
@@ -141,7 +153,13 @@ async def serve(settings: Settings) -> None:
             identity,
             advertise=settings.webhook_advertise,
         )
-    webhook_runner = await _serve_webhook(settings, runtime, elector) if settings.webhook_port else None
+    webhook_runner = None
+    if settings.webhook_port:
+        try:
+            webhook_runner = await _serve_webhook(settings, runtime, elector)
+        except Exception as exc:  # an opt-in feature must not stop every removal: run without it, loudly
+            log.error("the deletion gate is off: its webhook could not start (%s: %s)", type(exc).__name__, exc)
+            runtime.metrics.internal_errors.labels("webhook").inc()
     try:
         if elector is not None:
             runtime.standby = True

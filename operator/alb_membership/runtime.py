@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -25,10 +26,10 @@ from alb_membership.pipeline import PipelineSettings, Services
 from alb_membership.reconciler import Reconciler, ReconcilerSettings
 from alb_membership.settings import Settings
 from alb_membership.store import ClusterStore
-from alb_membership.webhook_tls import Certificates, load
+from alb_membership.webhook_tls import Bundle, Certificates, load
 
 log = logging.getLogger(__name__)
-CERTIFICATE_CHECK_SECONDS = 6 * 3600
+CERTIFICATE_CHECK_SECONDS = 60.0  # a Secret or configuration replaced by hand is followed within a minute
 CA_BUNDLE_RETRY_SECONDS = 5.0
 
 
@@ -64,7 +65,9 @@ class Runtime:
         metrics.watch_events.set_function(self.store.event_count)
         self._store_task: asyncio.Task[None] | None = None
         self._certificates_task: asyncio.Task[None] | None = None
-        self.gate = Gate(self.reconciler, self.store, self.clients_for, metrics, settings.eni_annotation)
+        self.gate = Gate(
+            self.reconciler, self.store, self.clients_for, metrics, settings.eni_annotation, kube.budgets_allow
+        )
         self._services: dict[str, Services] = {}
         self._anti_entropy_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()  # set by kopf once it watches everything
@@ -109,15 +112,20 @@ class Runtime:
         if new is not None:
             self.reconciler.pod_changed(new, deleted=False)
 
-    def keep_certificates(self, certificates: Certificates, context: ssl.SSLContext) -> None:
-        """Renews the webhook's certificate (a month before it expires) into the live server context."""
+    def keep_certificates(
+        self, certificates: Certificates, context: ssl.SSLContext, trust: Callable[[Bundle], None]
+    ) -> None:
+        """Follows the Secret and the webhook configuration: renews the certificate (a month before it expires)
+        into the live server context, and trusts a new CA for forwarding (a Secret replaced by hand)."""
 
         async def renew() -> None:
             while True:
                 pending = not certificates.ca_bundle_written  # the configuration was not there yet
                 await asyncio.sleep(CA_BUNDLE_RETRY_SECONDS if pending else CERTIFICATE_CHECK_SECONDS)
                 try:
-                    load(context, await certificates.ensure())
+                    bundle = await certificates.ensure()
+                    load(context, bundle)
+                    trust(bundle)
                 except Exception as exc:  # the current certificate is good for a month more
                     log.warning("webhook certificate not renewed (%s: %s)", type(exc).__name__, exc)
                     self.metrics.internal_errors.labels("webhook-tls").inc()

@@ -13,6 +13,7 @@ VERSION = "v1alpha1"
 PLURAL = "servergroupmemberships"
 KIND = "ServerGroupMembership"
 DEFAULT_GATE_SECONDS = 20.0
+MAX_GATE_SECONDS = 25.0  # under the API server's 30 s webhook limit
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Spec:
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> Spec:
         backend = raw.get("backend")
+        gate = raw.get("deletionGate") or {}
         return cls(
             server_group_id=raw["serverGroupId"],
             region=raw.get("region"),
@@ -97,7 +99,7 @@ class Spec:
             ),
             deletion_policy=raw.get("deletionPolicy", "Remove"),
             dry_run=bool(raw.get("dryRun", False)),
-            gate_seconds=float((raw.get("deletionGate") or {}).get("maxWaitSeconds", DEFAULT_GATE_SECONDS))
-            if (raw.get("deletionGate") or {}).get("enabled")
+            gate_seconds=min(MAX_GATE_SECONDS, float(gate.get("maxWaitSeconds", DEFAULT_GATE_SECONDS)))
+            if gate.get("enabled")
             else None,
         )

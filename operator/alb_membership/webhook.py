@@ -13,7 +13,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -23,9 +23,11 @@ from alb_membership.gate import Gate, Review, answer, gated
 from alb_membership.metrics import Metrics
 from alb_membership.reconciler import Reconciler
 from alb_membership.store import ClusterStore
+from alb_membership.webhook_tls import Bundle, client_context
 
 log = logging.getLogger(__name__)
 PATH = "/validate-pod-deletion"
+FORWARDED = "X-Albm-Forwarded"  # on a review a standby passes to the leader: never passed on again
 
 
 class Webhook:
@@ -37,7 +39,7 @@ class Webhook:
         metrics: Metrics,
         eni_annotation: str,
         leading: Callable[[], bool],
-        leader_url: Callable[[], str | None],
+        leader_url: Callable[[], Awaitable[str | None]],
         session: aiohttp.ClientSession,
         forward: tuple[ssl.SSLContext, str],
     ) -> None:
@@ -52,6 +54,10 @@ class Webhook:
         # The leader is reached at its pod IP; its certificate is checked against the Service's name it was made for.
         self._forward_ssl, self._forward_name = forward
 
+    def trust(self, bundle: Bundle) -> None:
+        """The CA to check the leader's certificate against, when forwarding."""
+        self._forward_ssl = client_context(bundle)
+
     def app(self) -> web.Application:
         app = web.Application()
         app.add_routes([web.post(PATH, self._review)])
@@ -61,6 +67,9 @@ class Webhook:
         body: dict[str, Any] = await request.json()
         if self._leading():
             return web.json_response(await self._gate.review(body))
+        if request.headers.get(FORWARDED):
+            # Sent here as to the leader, and this replica is not (any more): the sender tries again; never passed on.
+            return web.Response(status=503, text="not the leader")
         review = Review.parse(body, self._eni_annotation)
         found = None if review.dry_run else gated(self._store, review, self._reconciler)
         if found is None:
@@ -71,13 +80,15 @@ class Webhook:
     async def _forward(self, body: dict[str, Any], review: Review, wait: float) -> dict[str, Any]:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            url = self._leader_url()
+            url = await self._leader_url()
             if url:
                 try:
-                    timeout = aiohttp.ClientTimeout(total=max(0.1, deadline - time.monotonic()))
+                    left = max(0.1, deadline - time.monotonic())
+                    timeout = aiohttp.ClientTimeout(total=left, sock_connect=min(1.0, left))
                     async with self._session.post(
                         f"{url}{PATH}",
                         json=body,
+                        headers={FORWARDED: "1"},
                         ssl=self._forward_ssl,
                         server_hostname=self._forward_name,
                         timeout=timeout,
@@ -95,4 +106,6 @@ class Webhook:
                     )
             await asyncio.sleep(0.2)
         self._metrics.gate_outcomes.labels("no-leader").inc()
-        return answer(review.uid, "alb-membership-operator: no leader answered; deletion let through unconfirmed")
+        return answer(
+            review.uid, "alb-membership-operator: no leader answered in time; deletion let through unconfirmed"
+        )

@@ -174,10 +174,11 @@ class Certificates:
         now = dt.datetime.now(dt.UTC)
         for _ in range(3):  # a conflict means another replica wrote it first: read again
             existing = await self._read()
-            if existing is not None and not needs_renewal(existing[0], self._hosts, now):
-                bundle = existing[0]
+            current = existing[0] if existing else None
+            if current is not None and not needs_renewal(current, self._hosts, now):
+                bundle = current
                 break
-            ca_cert, ca_key = (existing[0].ca_cert, existing[0].ca_key) if existing else make_ca(now)
+            ca_cert, ca_key = (current.ca_cert, current.ca_key) if current else make_ca(now)
             cert, key = make_serving(ca_cert, ca_key, self._hosts, now)
             bundle = Bundle(ca_cert, ca_key, cert, key)
             if await self._write(bundle, existing[1] if existing else None):
@@ -189,7 +190,7 @@ class Certificates:
             await self._keep_ca_bundle(bundle)
         return bundle
 
-    async def _read(self) -> tuple[Bundle, str] | None:
+    async def _read(self) -> tuple[Bundle | None, str] | None:
         try:
             secret = await self._core.read_namespaced_secret(self._secret, self._namespace)
         except ApiException as exc:
@@ -199,8 +200,8 @@ class Certificates:
         try:
             return Bundle.from_secret_data(secret.data or {}), secret.metadata.resource_version
         except (KeyError, ValueError):
-            log.warning("Secret %s/%s holds no usable certificate; making a new one", self._namespace, self._secret)
-            return None
+            log.warning("Secret %s/%s holds no usable certificate; replacing it", self._namespace, self._secret)
+            return None, secret.metadata.resource_version
 
     async def _write(self, bundle: Bundle, version: str | None) -> bool:
         body: Any = {

@@ -318,7 +318,7 @@ async def test_the_gate_takes_a_pod_out_of_every_resource_that_picks_it(rec: Rec
     rec.start(other, repair=False)
     view.bodies = [gated_body, other]
     leaving = rec.gate(pod("a"))
-    assert [s.compact for _, s in leaving] == ["Ip:10.0.0.1:8080", "Ip:10.0.0.1:8080"]
+    assert [s.compact for _, s in leaving] == ["Ip:10.0.0.1:8080"]
     assert rec.sent() == ["Ip:10.0.0.1:8080"]
     state = rec.resources[UID]
     holders = rec.holders(rec.ledger(state.group))
