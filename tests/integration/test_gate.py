@@ -271,3 +271,27 @@ def test_with_connection_draining_a_draining_server_is_out_of_rotation(gated: Ga
             lambda s: f"Ip:{ips[victim]}:8080" in (s.get("draining") or {}),
             "the server shown Draining in status",
         )
+
+
+def test_an_eviction_a_disruption_budget_refuses_removes_nothing(gated: Gated) -> None:
+    port = free_port()
+    gated.operator(port)
+    gated.register(port)
+    gated.trusted()
+    ips = gated.members(2)
+    policy = kubernetes.client.PolicyV1Api(gated.core.api_client)
+    policy.create_namespaced_pod_disruption_budget(
+        gated.namespace,
+        {"metadata": {"name": "web"}, "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}},
+    )
+    # (The local cluster runs no disruption controller: the budget allows nothing, and the Eviction API refuses.)
+    victim = sorted(ips)[0]
+    started = time.time()
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        gated.core.create_namespaced_pod_eviction(
+            victim, gated.namespace, {"metadata": {"name": victim, "namespace": gated.namespace}}
+        )
+    assert refused.value.status == 429 and time.time() - started < JOB_SECONDS, "answered at once"
+    time.sleep(1.0)
+    assert ips[victim] in in_group(gated.emulator), "a refused eviction took nothing out of rotation"
+    assert gated.emulator.requests("RemoveServersFromServerGroup") == []
