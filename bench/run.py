@@ -1,17 +1,27 @@
 """Benchmark harness: the operator against the naive baseline on the local cluster and the ALB emulator.
 
 Scenarios (``--scale`` multiplies the pod counts; 1.0 is the full size):
-  rollout    a Deployment of 200 replicas behind one ServerGroupMembership, `kubectl rollout restart`
+  rollout    a Deployment of 200 replicas behind one ServerGroupMembership, `kubectl rollout restart`; the operator
+             runs once per --rollout-batch-sizes (40, the API page's figure, and 200, today's API limit)
   scaledown  1,000 pods across 50 ServerGroupMemberships (50 groups), all scaled to 0 at once
   faults     scaledown with 5% Throttling.User and 2% ServiceUnavailable injected
   watch      10,000 pods watched, 100 of them members that terminate: the controller's CPU and memory
+  takeover   the watch scale, two operator replicas with --leader-elect: the leader is SIGKILLed (then, in the
+             next round, SIGTERMed) and the members scaled to 0 at once; time to the first accepted removal
 
-The emulator behaves like the cloud as far as is known: jobs take 1-2 s, one job per group at a time, and flow
-control of 200 RemoveServersFromServerGroup and 600 ListAsynJobs calls per 60 s. Each run writes
-bench/results/<scenario>-<controller>.json and bench/results/<scenario>.png, and the table is printed.
+The emulator behaves like the cloud as far as is known: jobs take 1-2 s, one job per group at a time, at most 200
+servers per call, and flow control of 200 RemoveServersFromServerGroup and 600 ListAsynJobs calls per 60 s. For
+each operator run the harness also records the time from process start to /readyz 200, peak RSS, CPU seconds,
+and from /metrics albm_watched_pods and albm_watch_events (CPU seconds per 1,000 pod events). The baseline runs
+once per scenario beside the operator, in the same invocation, and is stopped at --max-seconds (unfinished).
 
-    .venv/bin/python bench/run.py --scale 0.25              # every scenario, operator and baseline
-    .venv/bin/python bench/run.py --scenario rollout --controller operator --scale 1
+Each (scenario, variant) writes bench/results/<scenario>-<variant>.json with all its runs; bench/report.py makes
+bench/results/table.md (medians over runs, the goals of issue 11 met or missed) and bench/results/<scenario>.png.
+The watch and takeover scenarios reuse the 10,000 pods (the bystanders are kept between runs).
+
+    .venv/bin/python bench/run.py --scale 1 --runs-watch 2 --max-seconds 120
+    .venv/bin/python bench/run.py --scenario rollout --controller operator --scale 0.25
+    .venv/bin/python bench/run.py --table-only
 """
 
 from __future__ import annotations
@@ -21,12 +31,15 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,17 +51,20 @@ from kubernetes import watch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET, start_emulator  # noqa: E402
+sys.path.insert(0, str(ROOT / "bench"))
+import report  # noqa: E402
+from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET, EmulatorProcess, start_emulator  # noqa: E402
 
 from localcluster import LocalCluster  # noqa: E402
-from localcluster.cluster import free_port  # noqa: E402
+from localcluster.cluster import die_with_parent, free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 NS = "bench"
-BATCH = 40
+GOAL_BATCH = 40  # the calls goal: ceil(n/40) per group
 BEHAVIOUR = {
     "job_seconds": 1.0,
     "job_jitter_seconds": 1.0,
+    "max_servers_per_call": 200,  # today's API limit; the operator's --batch-size decides what it sends
     "rate_limits": {"RemoveServersFromServerGroup": [200, 60], "ListAsynJobs": [600, 60]},
 }
 
@@ -58,9 +74,9 @@ class Scenario:
     name: str
     deployments: int  # one group and one ServerGroupMembership each
     replicas: int
-    action: str  # rollout | scaledown | delete-members
+    action: str  # rollout | scaledown | takeover
     faults: dict[str, Any] = field(default_factory=dict)
-    watched: int = 0  # extra pods that are no members (watch scenario)
+    watched: int = 0  # extra pods that are no members (watch and takeover scenarios)
 
 
 def scenarios(scale: float) -> dict[str, Scenario]:
@@ -76,11 +92,23 @@ def scenarios(scale: float) -> dict[str, Scenario]:
             faults={"rates": {"Throttling.User": 0.05, "ServiceUnavailable": 0.02}},
         ),
         "watch": Scenario("watch", 1, n(100), "scaledown", watched=n(10000) - n(100)),
+        "takeover": Scenario("takeover", 1, n(100), "takeover", watched=n(10000) - n(100)),
     }
 
 
 def group_id(i: int) -> str:
     return f"sgp-bench{i:08d}"
+
+
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
+    return (
+        f"{model}, {os.cpu_count()} cores (shared), {mem_kib / 1024 / 1024:.1f} GiB RAM, "
+        f"Python {platform.python_version()}, Linux {platform.release()}"
+    )
 
 
 class PodWatch:
@@ -128,69 +156,269 @@ def proc_usage(pid: int) -> tuple[float, float]:
     return peak, cpu
 
 
+def rel(t: float | None, origin: float) -> float | None:
+    return None if t is None else round(t - origin, 3)
+
+
+def bucket_percentile(buckets: dict[str, float], p: float) -> float | None:
+    """The upper bound of the bucket holding the p-th percentile of a cumulative Prometheus histogram."""
+    if not buckets or not buckets.get("+Inf"):
+        return None
+    total = buckets["+Inf"]
+    for le, count in sorted(((float(k), v) for k, v in buckets.items()), key=lambda kv: kv[0]):
+        if count >= p / 100 * total:
+            return le
+    return None
+
+
+def waves(began: list[float], gap: float = 0.5) -> list[int]:
+    """Sizes of the bursts of deletions: a new wave starts after ``gap`` seconds without a deletion beginning."""
+    sizes: list[int] = []
+    last = None
+    for t in sorted(began):
+        if last is None or t - last > gap:
+            sizes.append(0)
+        sizes[-1] += 1
+        last = t
+    return sizes
+
+
+@dataclass
+class Controller:
+    name: str
+    kind: str  # operator | naive
+    popen: subprocess.Popen[bytes]
+    started: float  # time.time() just before the process was started
+    port: int | None = None
+    ready_s: float | None = None
+    cpu_at_ready: float | None = None
+    rss_at_ready: float | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def readyz(self) -> dict[str, Any] | None:
+        try:
+            status, body = self.get("/readyz", timeout=1.0)
+        except OSError:
+            return None
+        answer = json.loads(body)
+        answer["status"] = status
+        return answer
+
+    def metrics(self) -> dict[str, float]:
+        _, body = self.get("/metrics", timeout=10)
+        out: dict[str, float] = {}
+        for line in body.decode().splitlines():
+            match = re.match(r"^(albm_(?:watched_pods|watch_events|leader|ledger_identities))\s+(\S+)$", line)
+            if match:
+                out[match.group(1)] = float(match.group(2))
+        return out
+
+    def histogram(self, name: str) -> dict[str, dict[str, float]]:
+        """A histogram's cumulative buckets from /metrics, by its ``since`` label: {since: {le: count}}."""
+        _, body = self.get("/metrics", timeout=10)
+        out: dict[str, dict[str, float]] = {}
+        for line in body.decode().splitlines():
+            if line.startswith(f"{name}_bucket{{"):
+                labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+                out.setdefault(labels.get("since", ""), {})[labels["le"]] = float(line.rsplit(" ", 1)[1])
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def source_tree(rev: str | None, tmp: Path) -> tuple[Path, str]:
+    """The operator, emulator and CRDs to run: the work tree, or ``rev`` unpacked (a benchmark of a named version,
+    unaffected by edits made while it runs). Returns the folder holding operator/ and crds/, and a description."""
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s", rev or "HEAD"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    described = head.stdout.strip()[:100]
+    if rev is None:
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "operator", "crds"], check=False
+        ).returncode
+        return ROOT, f"work tree at {described}" + (" (with uncommitted changes)" if dirty else "")
+    src = tmp / "src"
+    src.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "operator", "crds"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    os.environ["PYTHONPATH"] = str(src / "operator")  # the emulator's process, started by tests.support
+    return src, f"commit {described}"
+
+
+def start_wide_emulator(tmp: Path, config: dict[str, Any], max_line: int) -> EmulatorProcess:
+    """The emulator through bench/wide_emulator.py: aiohttp's request-line limit raised to ``max_line`` bytes, so
+    that a RemoveServersFromServerGroup of up to 200 servers (in the query, as the SDK sends it) reaches it."""
+    config_file = tmp / "emulator.json"
+    config_file.write_text(json.dumps(config))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "wide_emulator.py"),
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            str(config_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=(tmp / "emulator.log").open("w"),
+        preexec_fn=die_with_parent,  # noqa: PLW1509
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "ALBM_BENCH_MAX_LINE": str(max_line)},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise RuntimeError(f"emulator did not start: {line}")
+    return EmulatorProcess(process=proc, url=line.split("listening on ", 1)[1].split()[0])
+
+
 class Bench:
-    def __init__(self, tmp: Path, max_seconds: float) -> None:
+    def __init__(
+        self, tmp: Path, log_dir: Path, max_seconds: float, src: Path = ROOT, emulator_max_line: int = 65536
+    ) -> None:
         self.tmp = tmp
+        self.src = src
+        self.log_dir = log_dir
         self.max_seconds = max_seconds  # a run that has not removed everything by then is reported unfinished
         self.dump_dir: Path | None = None
+        self.controllers: list[Controller] = []
         self.cluster = LocalCluster(state_dir=tmp / "cluster", nodes=4)
         self.cluster.start(progress=lambda m: print(f"[cluster] {m}", flush=True))
         self.api = kubernetes.config.new_client_from_config(config_file=str(self.cluster.kubeconfig))
         self.core = kubernetes.client.CoreV1Api(self.api)
         self.apps = kubernetes.client.AppsV1Api(self.api)
-        self.cluster.kubectl("apply", "-f", str(ROOT / "crds"))
-        self.emulator = start_emulator(
-            tmp,
-            {
-                "credentials": [{"access_key_id": ACCESS_KEY_ID, "access_key_secret": ACCESS_KEY_SECRET}],
-                "behaviour": BEHAVIOUR,
-            },
-        )
+        self.coordination = kubernetes.client.CoordinationV1Api(self.api)
+        self.cluster.kubectl("apply", "-f", str(src / "crds"))
+        self.core.create_namespace({"metadata": {"name": NS}})
+        config = {
+            "credentials": [{"access_key_id": ACCESS_KEY_ID, "access_key_secret": ACCESS_KEY_SECRET}],
+            "behaviour": BEHAVIOUR,
+        }
+        if emulator_max_line:
+            self.emulator = start_wide_emulator(tmp, config, emulator_max_line)
+        else:
+            self.emulator = start_emulator(tmp, config)
 
     def close(self) -> None:
+        for c in self.controllers:
+            c.stop(signal.SIGKILL, 10)
         self.emulator.stop()
         self.cluster.stop()
 
     # -- setup of one run -------------------------------------------------------------------------------------
 
+    def _clear(self, selector: str) -> None:
+        """Deployments and ReplicaSets go first without their pods (so nothing recreates them), then the pods at
+        once (grace 0): no pod of a former run stays Terminating for its 300 s."""
+        self.cluster.kubectl(
+            "delete", "deployments,replicasets", "-n", NS, "-l", selector, "--cascade=orphan", "--wait=true"
+        )
+        deadline = time.monotonic() + 600
+        while True:
+            self.core.delete_collection_namespaced_pod(NS, label_selector=selector, grace_period_seconds=0)
+            if not self.core.list_namespaced_pod(NS, label_selector=selector, limit=1).items:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pods {selector} not gone")
+            time.sleep(1)
+
+    def _release_memberships(self) -> bool:
+        """Deletes the resources while the operator runs (it drops its finalizer); False if it did not within 60 s
+        (removals it still waits for), and then the finalizers are dropped by hand."""
+        self.cluster.kubectl("delete", "sgm", "--all", "-n", NS, "--wait=false")
+        released = self._wait(
+            lambda: not self.cluster.kubectl("get", "sgm", "-n", NS, "-o", "name").strip(), "release", 60, fail=False
+        )
+        if not released:
+            print("[bench] the operator did not release its resources within 60 s", flush=True)
+            self._drop_memberships()
+        return released
+
+    def _drop_memberships(self) -> None:
+        """Resources left over (an operator released them normally, before it stopped): finalizers dropped."""
+        names = self.cluster.kubectl("get", "sgm", "-n", NS, "-o", "name").split()
+        for name in names:
+            self.cluster.kubectl("patch", "-n", NS, name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+        if names:
+            self.cluster.kubectl("delete", "sgm", "--all", "-n", NS, "--timeout=60s")
+
     def prepare(self, sc: Scenario) -> dict[str, list[str]]:
-        """Workloads Ready, groups holding their pods' IPs, resources in place; returns group -> IPs."""
-        # Terminating pods of the last run would hold the namespace for their 300 s grace period; the
-        # Deployments go first, or their ReplicaSets would make new pods to wait for.
-        self.cluster.kubectl("delete", "deployments", "--all", "-n", NS, "--ignore-not-found", "--wait=true")
-        self.cluster.kubectl("delete", "pods", "--all", "-n", NS, "--grace-period=0", "--force", "--ignore-not-found")
-        self.cluster.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true", "--timeout=300s")
-        self.core.create_namespace({"metadata": {"name": NS}})
+        """Workloads Ready, groups holding their pods' IPs; returns group -> IPs. Bystanders of the right count
+        are kept from the last run (creating 10,000 pods takes minutes)."""
+        self._drop_memberships()
+        self.cluster.kubectl("delete", "leases", "--all", "-n", NS)
+        self._clear("bench-member=true")
+        bystanders = self.apps.list_namespaced_deployment(NS, label_selector="bench-member=false").items
+        keep = bool(sc.watched) and len(bystanders) == 1 and bystanders[0].spec.replicas == sc.watched
+        if not keep:
+            self._clear("bench-member=false")
         self.emulator.admin("POST", "reset")
         self.emulator.admin("PUT", "behaviour", BEHAVIOUR)
+        began = time.monotonic()
         for i in range(sc.deployments):
             self._deployment(f"web-{i}", sc.replicas, {"bench-member": "true", "bench-group": group_id(i)})
-        if sc.watched:
+        if sc.watched and not keep:
             self._deployment("bystanders", sc.watched, {"bench-member": "false"})
         expected = sc.deployments * sc.replicas + sc.watched
-        deadline = time.monotonic() + 900
-        while True:
-            pods = self.core.list_namespaced_pod(NS).items
-            ready = [p for p in pods if p.status.pod_ip and not p.metadata.deletion_timestamp]
-            if len(ready) >= expected:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(ready)} of {expected} pods Ready")
-            time.sleep(1)
+        ready = self._wait_pods(expected, 1200)
+        print(f"[bench] {len(ready)} pods Ready in {time.monotonic() - began:.0f}s", flush=True)
         groups: dict[str, list[str]] = {group_id(i): [] for i in range(sc.deployments)}
         for p in ready:
-            group = (p.metadata.labels or {}).get("bench-group")
+            group = (p["metadata"].get("labels") or {}).get("bench-group")
             if group:
-                groups[group].append(p.status.pod_ip)
+                groups[group].append(p["status"]["podIP"])
         for group, ips in groups.items():
             self.emulator.add_group(group, [{"server_id": ip, "server_type": "Ip", "port": 8080} for ip in ips])
         return groups
+
+    def _wait_pods(self, expected: int, timeout: float) -> list[dict[str, Any]]:
+        """Pods with an IP and no deletionTimestamp, as raw JSON (model objects of 10,000 pods cost seconds)."""
+        deadline = time.monotonic() + timeout
+        last = -1
+        while True:
+            resp = self.core.list_namespaced_pod(NS, _preload_content=False)
+            pods = json.loads(resp.data)["items"]
+            ready = [
+                p for p in pods if (p.get("status") or {}).get("podIP") and not p["metadata"].get("deletionTimestamp")
+            ]
+            if len(ready) >= expected:
+                return ready
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(ready)} of {expected} pods Ready")
+            if len(ready) // 1000 != last // 1000:
+                print(f"[bench] {len(ready)}/{expected} pods Ready", flush=True)
+            last = len(ready)
+            time.sleep(3 if expected > 1000 else 0.5)
 
     def _deployment(self, name: str, replicas: int, labels: dict[str, str]) -> None:
         self.apps.create_namespaced_deployment(
             NS,
             {
-                "metadata": {"name": name},
+                "metadata": {"name": name, "labels": labels},
                 "spec": {
                     "replicas": replicas,
                     "selector": {"matchLabels": {"app": name}},
@@ -220,17 +448,21 @@ class Bench:
             }
             self.cluster.kubectl("apply", "-n", NS, "-f", "-", input=json.dumps(body))
 
-    def start_controller(self, kind: str) -> subprocess.Popen[bytes]:
+    # -- controllers -------------------------------------------------------------------------------------------
+
+    def start_controller(self, kind: str, name: str, batch_size: int = 40, leader_elect: bool = False) -> Controller:
         env = {
             **os.environ,
             "KUBECONFIG": str(self.cluster.kubeconfig),
             "ALIBABA_CLOUD_ACCESS_KEY_ID": ACCESS_KEY_ID,
             "ALIBABA_CLOUD_ACCESS_KEY_SECRET": ACCESS_KEY_SECRET,
             "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true",
-            "PYTHONPATH": str(ROOT / "operator"),
+            "PYTHONPATH": str(self.src / "operator"),
         }
-        log = (self.tmp / f"{kind}.log").open("wb")
+        log = (self.log_dir / f"{name}.log").open("wb")
+        port = None
         if kind == "operator":
+            port = free_port()
             argv = [
                 sys.executable,
                 "-m",
@@ -240,11 +472,15 @@ class Bench:
                 self.emulator.url,
                 "-n",
                 NS,
+                "--batch-size",
+                str(batch_size),
                 "--metrics-port",
-                str(free_port()),
+                str(port),
                 "--metrics-address",
                 "127.0.0.1",
             ]
+            if leader_elect:
+                argv += ["--leader-elect", "--leader-election-namespace", NS]
         else:
             argv = [
                 sys.executable,
@@ -256,17 +492,52 @@ class Bench:
                 "--selector",
                 "bench-member=true",
             ]
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        time.sleep(3.0)  # watches established (the initial listing)
-        return proc
+        started = time.time()
+        popen = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=die_with_parent,  # noqa: PLW1509
+        )
+        ctl = Controller(name, kind, popen, started, port)
+        self.controllers.append(ctl)
+        if kind == "operator":
+            self._wait_ready(ctl)
+        else:
+            time.sleep(3.0)  # the baseline has no probe: its watch of the member pods is established by then
+        return ctl
+
+    def _wait_ready(self, ctl: Controller, timeout: float = 900) -> None:
+        """Polls /readyz every 50 ms: ready once the watches have listed (and, on a leader, kopf is ready)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = ctl.readyz()
+            if answer is not None and answer["status"] == 200:
+                ctl.ready_s = time.time() - ctl.started
+                ctl.rss_at_ready, ctl.cpu_at_ready = proc_usage(ctl.pid)
+                print(
+                    f"[bench] {ctl.name} ready after {ctl.ready_s:.2f}s (leader: {answer.get('leader')}, "
+                    f"CPU {ctl.cpu_at_ready:.1f}s, RSS {ctl.rss_at_ready:.0f} MiB)",
+                    flush=True,
+                )
+                return
+            if ctl.popen.poll() is not None:
+                raise RuntimeError(f"{ctl.name} exited with {ctl.popen.returncode}; see {self.log_dir}/{ctl.name}.log")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{ctl.name} not ready after {timeout:.0f}s")
+            time.sleep(0.05)
 
     # -- one run -----------------------------------------------------------------------------------------------
 
-    def run(self, sc: Scenario, kind: str) -> dict[str, Any]:
+    def run(self, sc: Scenario, variant: str, index: int) -> dict[str, Any]:
+        kind = "naive" if variant == "naive" else "operator"
+        batch = int(variant.split("-b")[1]) if kind == "operator" else 1
         groups = self.prepare(sc)
         if kind == "operator":
             self.memberships(sc)
-        controller = self.start_controller(kind)
+        loadavg = os.getloadavg()[0]
+        ctl = self.start_controller(kind, f"{sc.name}-{variant}-{index}", batch)
         if kind == "operator":
             self._wait(lambda: self._members() >= sum(len(v) for v in groups.values()), "members recorded", 300)
         self.emulator.admin("PUT", "faults", sc.faults or {})
@@ -286,14 +557,30 @@ class Bench:
         complete = self._wait(all_gone, "every leaving pod out of its group", self.max_seconds, fail=False)
         finished = time.time()
         time.sleep(2)
-        peak_rss, cpu = proc_usage(controller.pid)
+        peak_rss, cpu = proc_usage(ctl.pid)
+        metrics = ctl.metrics() if kind == "operator" else {}
+        own = ctl.histogram("albm_removal_accepted_seconds") if kind == "operator" else {}
         pods_watch.stop()
-        result = self._measure(sc, kind, groups, leaving, pods_watch.began, started, finished, peak_rss, cpu)
-        result["complete"] = complete
-        if kind == "operator":  # released by the operator (Retain), so the namespace can go afterwards
-            self.cluster.kubectl("delete", "sgm", "--all", "-n", NS, "--timeout=120s")
-        controller.send_signal(signal.SIGTERM)
-        controller.wait(60)
+        result = self._measure(sc, variant, batch, groups, leaving, pods_watch.began, started, finished)
+        events = metrics.get("albm_watch_events")
+        result.update(
+            complete=complete,
+            controller_peak_rss_mib=round(peak_rss, 1),
+            controller_cpu_seconds=round(cpu, 2),
+            startup_ready_s=None if ctl.ready_s is None else round(ctl.ready_s, 3),
+            cpu_at_ready_s=ctl.cpu_at_ready,
+            rss_at_ready_mib=None if ctl.rss_at_ready is None else round(ctl.rss_at_ready, 1),
+            watched_pods_metric=metrics.get("albm_watched_pods"),
+            watch_events=events,
+            cpu_s_per_1000_events=round(cpu / (events / 1000), 3) if events else None,
+            loadavg=loadavg,
+            # the operator's own clock: from observing the change to the call's answer (bucket upper bounds)
+            operator_accepted_buckets=own,
+            operator_accepted_p99_bucket=bucket_percentile(own.get("observed", {}), 99),
+        )
+        if kind == "operator":  # released by the operator (Retain), so the next run starts clean
+            result["released_by_operator"] = self._release_memberships()
+        ctl.stop()
         return result
 
     def _members(self) -> int:
@@ -301,39 +588,40 @@ class Bench:
         return sum((i.get("status") or {}).get("memberCount", 0) for i in out["items"])
 
     @staticmethod
-    def _wait(check: Callable[[], bool], what: str, timeout: float, fail: bool = True) -> bool:
+    def _wait(check: Callable[[], bool], what: str, timeout: float, fail: bool = True, every: float = 0.5) -> bool:
         deadline = time.monotonic() + timeout
         while not check():
             if time.monotonic() > deadline:
                 if fail:
                     raise RuntimeError(f"timed out waiting for {what}")
                 return False
-            time.sleep(0.5)
+            time.sleep(every)
         return True
 
     def _measure(
         self,
         sc: Scenario,
-        kind: str,
+        variant: str,
+        batch: int,
         groups: dict[str, list[str]],
         leaving: set[str],
         began: dict[str, float],
         started: float,
         finished: float,
-        peak_rss: float,
-        cpu: float,
     ) -> dict[str, Any]:
         requests = self.emulator.requests()
         jobs = self.emulator.admin("GET", "jobs")
         if self.dump_dir is not None:
-            (self.dump_dir / f"{sc.name}-{kind}-requests.json").write_text(
+            (self.dump_dir / f"{sc.name}-{variant}-requests.json").write_text(
                 json.dumps({"requests": requests, "jobs": jobs}, indent=1)
             )
         accepted: dict[str, float] = {}
-        for r in requests:
-            if r["action"] == "RemoveServersFromServerGroup" and r.get("code") == "OK":
-                for ip in r["servers"]:
-                    accepted.setdefault(ip, r["time"] + r["duration_ms"] / 1000)
+        call_of: dict[str, int] = {}
+        ok_calls = [r for r in requests if r["action"] == "RemoveServersFromServerGroup" and r.get("code") == "OK"]
+        for index, r in enumerate(ok_calls):
+            for ip in r["servers"]:
+                accepted.setdefault(ip, r["time"] + r["duration_ms"] / 1000)
+                call_of.setdefault(ip, index)
         succeeded: dict[str, float] = {}
         for job in jobs:
             if job["Status"] == "Succeeded":
@@ -343,179 +631,310 @@ class Bench:
         to_success = [succeeded[ip] - began[ip] for ip in leaving if ip in succeeded and ip in began]
         removes = [r for r in requests if r["action"] == "RemoveServersFromServerGroup"]
         polls = [r for r in requests if r["action"] == "ListAsynJobs"]
-        bound = sum(math.ceil(len(ips) / BATCH) for ips in groups.values())
+        job_seconds = sorted((j["ModifyTime"] - j["CreateTime"]) / 1000 for j in jobs if j["Status"] == "Succeeded")
+        jobs_by_id = {
+            j["Id"]: {"span": [j["CreateTime"] / 1000 - started, j["ModifyTime"] / 1000 - started]} for j in jobs
+        }
         return {
             "scenario": sc.name,
-            "controller": kind,
+            "variant": variant,
+            "controller": "naive" if variant == "naive" else "operator",
+            "batch_size": batch,
             "pods_leaving": len(leaving),
             "groups": len(groups),
             "watched_pods": sc.deployments * sc.replicas + sc.watched,
             "seconds_to_all_removed": finished - started,
-            "accepted_s": {p: percentile(to_accept, p) for p in (50, 95, 99)},
-            "succeeded_s": {p: percentile(to_success, p) for p in (50, 95, 99)},
+            "accepted_s": {str(p): percentile(to_accept, p) for p in (50, 95, 99)},
+            "succeeded_s": {str(p): percentile(to_success, p) for p in (50, 95, 99)},
             "remove_calls": len(removes),
             "remove_calls_ok": sum(r.get("code") == "OK" for r in removes),
-            "lower_bound_calls": bound,
+            "lower_bound_calls": sum(math.ceil(len(ips) / batch) for ips in groups.values()),
+            "bound_at_40": sum(math.ceil(len(ips) / GOAL_BATCH) for ips in groups.values()),
+            "servers_per_call": [len(r["servers"]) for r in removes if r.get("code") == "OK"],
             "list_asyn_jobs_calls": len(polls),
             "retries": sum(r.get("code") != "OK" for r in removes + polls),
             "jobs": len(jobs),
+            "job_seconds_p50_max": [percentile(job_seconds, 50), job_seconds[-1] if job_seconds else None],
+            "wave_sizes": waves(list(began.values())),
             "codes": dict(Counter(f"{r['action']}:{r.get('code')}" for r in requests)),
-            "controller_peak_rss_mib": round(peak_rss, 1),
-            "controller_cpu_seconds": round(cpu, 2),
             "measured": len(to_accept),
             "series": {
                 "to_accept": to_accept,
                 "to_success": to_success,
                 "remove_times": [r["time"] - started for r in removes],
                 "poll_times": [r["time"] - started for r in polls],
+                # per leaving pod, seconds since the trigger: [deletion seen, accepted, succeeded, OK call's index]
+                "pods": {
+                    ip: [
+                        rel(began.get(ip), started),
+                        rel(accepted.get(ip), started),
+                        rel(succeeded.get(ip), started),
+                        call_of.get(ip),
+                    ]
+                    for ip in sorted(leaving)
+                },
+                "calls": [
+                    {
+                        "at": r["time"] - started,
+                        "servers": len(r["servers"]),
+                        "group": r.get("server_group_id"),
+                        "job": (jobs_by_id.get(r.get("job_id")) or {}).get("span"),
+                    }
+                    for r in ok_calls
+                ],
             },
         }
 
+    # -- takeover ----------------------------------------------------------------------------------------------
 
-def plot(name: str, results: list[dict[str, Any]]) -> Path:
-    import matplotlib
+    def takeover(self, sc: Scenario, signals: list[str], batch: int) -> dict[str, Any]:
+        """Two replicas with --leader-elect; per round a fresh standby is started and made ready, the leader gets
+        the signal, the members are scaled to 0 at once, and the standby's first removal is timed."""
+        groups = self.prepare(sc)
+        gid = group_id(0)
+        self.memberships(sc)
+        loadavg = os.getloadavg()[0]
+        leader = self.start_controller("operator", "takeover-0", batch, leader_elect=True)
+        self._wait(lambda: (leader.readyz() or {}).get("leader") is True, "the first replica leading", 60)
+        self._wait(lambda: self._members() >= sc.replicas, "members recorded", 300)
+        events = []
+        for i, sig_name in enumerate(signals):
+            if i > 0:
+                groups = self._restore_members(sc, gid)
+            standby = self.start_controller("operator", f"takeover-{i + 1}", batch, leader_elect=True)
+            state = standby.readyz() or {}
+            if state.get("leader"):
+                raise RuntimeError(f"{standby.name} leads before the signal: {state}")
+            event = self._takeover_round(sig_name, leader, standby, gid, set(groups[gid]))
+            print(f"[bench] takeover {json.dumps(event)}", flush=True)
+            events.append(event)
+            if leader.popen.poll() is None:
+                leader.stop(signal.SIGKILL, 10)
+            leader = standby
+        self._release_memberships()
+        leader.stop()
+        return {
+            "scenario": sc.name,
+            "variant": f"operator-b{batch}",
+            "controller": "operator",
+            "events": events,
+            "loadavg": loadavg,
+            "watched_pods": sc.deployments * sc.replicas + sc.watched,
+        }
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def _takeover_round(
+        self, sig_name: str, leader: Controller, standby: Controller, gid: str, leaving: set[str]
+    ) -> dict[str, Any]:
+        leader_peak, leader_cpu = proc_usage(leader.pid)
+        leader_metrics = leader.metrics()
+        leading_at: list[float] = []
+        exited_at: list[float] = []
+        stop_poll = threading.Event()
 
-    fig, (cdf, calls) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for res in results:
-        for key, style in (("to_accept", "-"), ("to_success", "--")):
-            values = sorted(res["series"][key])
-            if values:
-                cdf.plot(
-                    values,
-                    [(i + 1) / len(values) for i in range(len(values))],
-                    style,
-                    label=f"{res['controller']}: {key.replace('to_', 'to ')}",
-                )
-        for key, marker in (("remove_times", "RemoveServers"), ("poll_times", "ListAsynJobs")):
-            times = res["series"][key]
-            if times:
-                bins = range(0, int(max(times)) + 2)
-                counts = [sum(1 for t in times if b <= t < b + 1) for b in bins]
-                calls.step(list(bins), counts, where="post", label=f"{res['controller']}: {marker}")
-    cdf.set(xlabel="seconds since the pod's deletion began", ylabel="share of pods", title=f"{name}: removal latency")
-    cdf.set_xscale("log")
-    cdf.legend(fontsize=8)
-    calls.set(xlabel="seconds since the trigger", ylabel="calls per second", title=f"{name}: API calls over time")
-    calls.legend(fontsize=8)
-    fig.tight_layout()
-    path = RESULTS / f"{name}.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+        def poll_leader() -> None:  # the standby's /readyz every 50 ms until it says leader
+            while not stop_poll.is_set():
+                answer = standby.readyz()
+                if answer is not None and answer.get("leader"):
+                    leading_at.append(time.time())
+                    return
+                time.sleep(0.05)
 
+        def wait_exit() -> None:
+            leader.popen.wait()
+            exited_at.append(time.time())
 
-def fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
+        def all_gone() -> bool:
+            return not {s["ServerId"] for s in self.emulator.group(gid)["Servers"]} & leaving
 
+        poller = threading.Thread(target=poll_leader, daemon=True)
+        poller.start()
+        sig = signal.SIGKILL if sig_name == "SIGKILL" else signal.SIGTERM
+        signalled = time.time()
+        os.kill(leader.pid, sig)
+        self.apps.patch_namespaced_deployment_scale("web-0", NS, {"spec": {"replicas": 0}})
+        scaled = time.time()
+        threading.Thread(target=wait_exit, daemon=True).start()
+        complete = self._wait(all_gone, "members out of the group", 120, fail=False, every=0.1)
+        done = time.time()
+        poller.join(5)
+        stop_poll.set()
+        time.sleep(0.5)
+        removes = [r for r in self.emulator.requests("RemoveServersFromServerGroup") if r["time"] >= signalled]
+        ok = [r["time"] for r in removes if r.get("code") == "OK"]
+        first = min(ok) if ok else None
+        lead = leading_at[0] if leading_at else None
+        peak, cpu = proc_usage(standby.pid)
+        metrics = standby.metrics()
+        return {
+            "signal": sig_name,
+            "leader": leader.name,
+            "standby": standby.name,
+            "scaled_after_s": scaled - signalled,
+            "leader_exited_s": exited_at[0] - signalled if exited_at else None,
+            "standby_leading_s": None if lead is None else lead - signalled,
+            "first_removal_s": None if first is None else first - signalled,
+            "first_removal_after_leading_s": None if first is None or lead is None else first - lead,
+            "first_attempt_s": min(r["time"] for r in removes) - signalled if removes else None,
+            "all_removed_s": done - signalled if complete else None,
+            "complete": complete,
+            "remove_calls": len(removes),
+            "remove_calls_ok": len(ok),
+            "servers_per_call": [len(r["servers"]) for r in removes if r.get("code") == "OK"],
+            "pods_leaving": len(leaving),
+            "standby_ready_s": standby.ready_s,
+            "standby_cpu_at_ready_s": standby.cpu_at_ready,
+            "standby_peak_rss_mib": round(peak, 1),
+            "standby_cpu_s": cpu,
+            "watched_pods": metrics.get("albm_watched_pods"),
+            "watch_events": metrics.get("albm_watch_events"),
+            "leader_peak_rss_mib": round(leader_peak, 1),
+            "leader_cpu_s": leader_cpu,
+            "leader_watch_events": leader_metrics.get("albm_watch_events"),
+        }
 
-def done(r: dict[str, Any]) -> str:
-    if r["complete"]:
-        return f"{r['seconds_to_all_removed']:.1f}"
-    accepted = len(r["series"]["to_accept"])
-    return f"unfinished after {r['seconds_to_all_removed']:.0f} ({accepted}/{r['pods_leaving']} accepted)"
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "| scenario | controller | pods | accepted p50/p95/p99 s | succeeded p50/p95/p99 s | remove calls "
-        "(bound) | ListAsynJobs | retries | jobs | RSS MiB | CPU s | all removed s |"
-    )
-    lines = [head, "|" + "---|" * 12]
-    for r in rows:
-        a, s = r["accepted_s"], r["succeeded_s"]
-        lines.append(
-            f"| {r['scenario']} | {r['controller']} | {r['pods_leaving']} | {fmt(a[50])} / {fmt(a[95])} / {fmt(a[99])} "
-            f"| {fmt(s[50])} / {fmt(s[95])} / {fmt(s[99])} | {r['remove_calls']} ({r['lower_bound_calls']}) "
-            f"| {r['list_asyn_jobs_calls']} | {r['retries']} | {r['jobs']} | {r['controller_peak_rss_mib']} "
-            f"| {r['controller_cpu_seconds']} | {done(r)} |"
+    def _restore_members(self, sc: Scenario, gid: str) -> dict[str, list[str]]:
+        """The members back for the next round: the Terminating ones of the last round go at once, the Deployment
+        is scaled up again, the group holds the new pods' IPs, and the leader has recorded them."""
+        self.core.delete_collection_namespaced_pod(NS, label_selector="bench-member=true", grace_period_seconds=0)
+        self._wait(
+            lambda: not self.core.list_namespaced_pod(NS, label_selector="bench-member=true").items, "members gone", 120
         )
-    return "\n".join(lines)
+        self.apps.patch_namespaced_deployment_scale("web-0", NS, {"spec": {"replicas": sc.replicas}})
+
+        def members() -> list[Any]:
+            pods = self.core.list_namespaced_pod(NS, label_selector="bench-member=true").items
+            return [p for p in pods if p.status.pod_ip and not p.metadata.deletion_timestamp]
+
+        self._wait(lambda: len(members()) >= sc.replicas, "members Ready", 300)
+        ips = [p.status.pod_ip for p in members()]
+        self.emulator.add_group(gid, [{"server_id": ip, "server_type": "Ip", "port": 8080} for ip in ips])
+
+        def recorded() -> bool:
+            items = json.loads(self.cluster.kubectl("get", "sgm", "-n", NS, "-o", "json"))["items"]
+            status = items[0].get("status") or {}
+            return status.get("memberCount", 0) >= sc.replicas and status.get("pendingCount", 0) == 0
+
+        self._wait(recorded, "members recorded", 300)
+        return {gid: ips}
 
 
-def ratios(rows: list[dict[str, Any]]) -> str:
-    out = []
-    by = {(r["scenario"], r["controller"]): r for r in rows}
-    for (name, kind), op in by.items():
-        base = by.get((name, "naive"))
-        if kind != "operator" or base is None:
-            continue
-
-        def ratio(a: float | None, b: float | None) -> str:
-            return "-" if not a or not b else f"{a / b:.2f}x"
-
-        out.append(
-            f"- {name}: accepted p50 {ratio(op['accepted_s'][50], base['accepted_s'][50])}, "
-            f"p99 {ratio(op['accepted_s'][99], base['accepted_s'][99])}; succeeded p50 "
-            f"{ratio(op['succeeded_s'][50], base['succeeded_s'][50])}; remove calls "
-            f"{ratio(op['remove_calls'], base['remove_calls'])}; all removed "
-            f"{ratio(op['seconds_to_all_removed'], base['seconds_to_all_removed'])} (operator / naive)"
-        )
-    return "\n".join(out)
-
-
-def write_table(rows: list[dict[str, Any]]) -> int:
-    for r in rows:  # percentiles read back from JSON have string keys
-        for key in ("accepted_s", "succeeded_s"):
-            r[key] = {int(p): v for p, v in r[key].items()}
-    for name in dict.fromkeys(r["scenario"] for r in rows):
-        plot(name, [r for r in rows if r["scenario"] == name])
-    text = table(rows) + "\n\n" + ratios(rows) + "\n"
-    print(text)
-    (RESULTS / "table.md").write_text(text)
-    return 0
+def save(out: Path, scenario: str, variant: str, runs: list[dict[str, Any]]) -> None:
+    path = out / f"{scenario}-{variant}.json"
+    path.write_text(json.dumps({"scenario": scenario, "variant": variant, "runs": runs}, indent=1))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=["rollout", "scaledown", "faults", "watch", "all"], default="all")
+    parser.add_argument(
+        "--scenario",
+        default="all",
+        help="rollout, scaledown, faults, watch, takeover, a comma-separated list of them, or all (default)",
+    )
     parser.add_argument("--controller", choices=["operator", "naive", "both"], default="both")
     parser.add_argument("--scale", type=float, default=0.25)
+    parser.add_argument("--batch-size", type=int, default=40, help="the operator's --batch-size (default 40)")
+    parser.add_argument(
+        "--rollout-batch-sizes",
+        default="40,200",
+        help="the operator's --batch-size values for the rollout scenario, comma-separated (default 40,200)",
+    )
+    parser.add_argument("--runs", type=int, default=1, help="operator runs per variant (default 1)")
+    parser.add_argument(
+        "--runs-watch",
+        type=int,
+        default=2,
+        help="operator runs of the watch scenario, and rounds of each signal in the takeover scenario (default 2)",
+    )
     parser.add_argument(
         "--table-only",
         action="store_true",
         help="rebuild table.md and the plots from the JSON results already in bench/results",
     )
+    parser.add_argument(
+        "--source",
+        metavar="REV",
+        help="run the operator, the emulator and the CRDs of this git revision (default: the work tree)",
+    )
+    parser.add_argument(
+        "--emulator-max-line",
+        type=int,
+        default=65536,
+        help="the emulator's HTTP request-line limit in bytes (bench/wide_emulator.py); 0: the emulator as shipped "
+        "(aiohttp's 8,190, which refuses removals of more than about 95 servers) (default 65536)",
+    )
     parser.add_argument("--dump-requests", type=Path, help="write each run's emulator request log and jobs here")
+    parser.add_argument("--log-dir", type=Path, help="keep the controllers' logs here (default: a temporary folder)")
     parser.add_argument(
         "--max-seconds",
         type=float,
-        default=180,
-        help="stop a run that has not removed everything by then, and report it unfinished",
+        default=120,
+        help="stop a run that has not removed everything by then, and report it unfinished (default 120)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="where the JSON, the plots and table.md go (default bench/results)",
     )
     args = parser.parse_args()
-    chosen = scenarios(args.scale)
-    names = list(chosen) if args.scenario == "all" else [args.scenario]
-    kinds = ["operator", "naive"] if args.controller == "both" else [args.controller]
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out: Path = args.results
+    report.RESULTS = out
+    out.mkdir(parents=True, exist_ok=True)
     if args.table_only:
-        return write_table(
-            sorted(
-                (json.loads(f.read_text()) for f in RESULTS.glob("*-*.json") if not f.name.endswith("requests.json")),
-                key=lambda r: (list(chosen).index(r["scenario"]), r["controller"] != "operator"),
-            )
-        )
-    rows = []
+        print(report.write())
+        return 0
+    chosen = scenarios(args.scale)
+    names = list(chosen) if args.scenario == "all" else args.scenario.split(",")
+    unknown = [n for n in names if n not in chosen]
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+    kinds = ["operator", "naive"] if args.controller == "both" else [args.controller]
+    if args.scenario == "all" and args.controller == "both":  # a full run replaces every result
+        for old in out.glob("*.json"):
+            if old.name.split("-")[0] in report.SCENARIO_ORDER:
+                old.unlink()
+    host = machine()
+    began = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        bench = Bench(Path(tmp), args.max_seconds)
+        log_dir = args.log_dir or Path(tmp) / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        src, source = source_tree(args.source, Path(tmp))
+        if args.emulator_max_line:
+            source += f"; emulator request-line limit {args.emulator_max_line} bytes (bench/wide_emulator.py)"
+        print(f"[bench] operator: {source}", flush=True)
+        bench = Bench(Path(tmp), log_dir, args.max_seconds, src, args.emulator_max_line)
         bench.dump_dir = args.dump_requests
         try:
             for name in names:
-                results = []
-                for kind in kinds:
-                    print(f"[bench] {name} / {kind} ...", flush=True)
-                    res = bench.run(chosen[name], kind)
-                    res["scale"] = args.scale
-                    res["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-                    (RESULTS / f"{name}-{kind}.json").write_text(json.dumps(res, indent=1))
-                    results.append(res)
-                    rows.append(res)
-                print(f"[bench] plot: {plot(name, results)}", flush=True)
+                sc = chosen[name]
+                if name == "takeover":
+                    if "operator" not in kinds:
+                        continue
+                    print(f"[bench] takeover ({args.runs_watch} x SIGKILL, SIGTERM) ...", flush=True)
+                    res = bench.takeover(sc, ["SIGKILL", "SIGTERM"] * args.runs_watch, args.batch_size)
+                    res.update(scale=args.scale, machine=host, source=source)
+                    save(out, name, res["variant"], [res])
+                    continue
+                batches = [args.batch_size]
+                if name == "rollout":
+                    batches = [int(b) for b in args.rollout_batch_sizes.split(",")]
+                variants = [f"operator-b{b}" for b in batches if "operator" in kinds]
+                if "naive" in kinds:
+                    variants.append("naive")
+                for variant in variants:
+                    count = 1 if variant == "naive" else (args.runs_watch if name == "watch" else args.runs)
+                    runs = []
+                    for index in range(count):
+                        print(f"[bench] {name} / {variant} run {index + 1}/{count} ...", flush=True)
+                        res = bench.run(sc, variant, index)
+                        res.update(scale=args.scale, machine=host, source=source)
+                        runs.append(res)
+                        save(out, name, variant, runs)  # after every run: an interrupted run keeps what it measured
         finally:
             bench.close()
-    return write_table(rows)
+    print(f"[bench] done in {time.time() - began:.0f}s", flush=True)
+    print(report.write())
+    return 0
 
 
 if __name__ == "__main__":
