@@ -139,7 +139,8 @@ class ClusterStore:
         be newer than what the watch of ServerGroupMemberships has shown yet). Raises when they cannot be read
         (a kopf handler is retried)."""
         await self.synced.wait()
-        self._asked.add(namespace)
+        if not any(body["metadata"]["namespace"] == namespace for body in self.memberships()):
+            self._asked.add(namespace)  # until the watch shows its resource, which then keeps it interesting
         self._interest.add(namespace)
         if namespace not in self._complete:
             fill = self._fills.get(namespace) or self._start_fill(namespace, retry=False)
