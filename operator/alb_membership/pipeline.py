@@ -93,6 +93,7 @@ class GroupPipeline:
         self._jobs: dict[str, tuple[asyncio.Task[None], set[Server]]] = {}  # jobs followed, with their servers
         self._drain_seconds: float | None = None  # the group's connection drain timeout, as last read
         self._closed = False
+        self._paused_until = 0.0  # after a refused call, the group's next call waits until then
 
     @property
     def group_id(self) -> str:
@@ -103,11 +104,14 @@ class GroupPipeline:
         """Servers of the call being sent and of the jobs followed: anti-entropy leaves these alone."""
         return self._calling.union(*(servers for _, servers in self._jobs.values()))
 
-    def enqueue(self, servers: Iterable[Server]) -> None:
+    def enqueue(self, servers: Iterable[Server], first: bool = False) -> None:
+        """``first``: a retry, which goes before removals decided after it (they must not overtake it)."""
         if self._closed:
             return  # this replica stopped acting; what was decided is in status for the next one
-        for server in servers:
+        for server in reversed(list(servers)) if first else servers:
             self._queue[server] = None
+            if first:
+                self._queue.move_to_end(server, last=False)
         self._s.metrics.queue_depth.labels(self.group_id).set(len(self._queue))
         self._wakeup.set()
         if self._task is None or self._task.done():
@@ -120,7 +124,7 @@ class GroupPipeline:
 
         def fire() -> None:
             self._retries.discard(handle)
-            self.enqueue(later)
+            self.enqueue(later, first=True)
 
         handle = asyncio.get_running_loop().call_later(delay, fire)
         self._retries.add(handle)
@@ -145,6 +149,10 @@ class GroupPipeline:
             # Removals that arrive close together go out in one call.
             await asyncio.sleep(self._s.settings.coalesce_seconds)
             while self._queue:
+                # A refused call waits at the head of the queue: what was decided after it does not overtake it.
+                pause = self._paused_until - asyncio.get_running_loop().time()
+                if pause > 0:
+                    await asyncio.sleep(pause)
                 batch = next_batch(self._queue, self.ledger, self._s.settings.batch_size, self._dir.dry_run)
                 self._s.metrics.queue_depth.labels(self.group_id).set(len(self._queue))
                 if not batch:
@@ -325,7 +333,7 @@ class GroupPipeline:
             self.ledger.retry(entry.server)
         if rest:
             self._dir.changed(states)
-            self.enqueue([e.server for e in rest])
+            self.enqueue([e.server for e in rest], first=True)
 
     async def _refused(self, batch: list[Entry], states: list[ResourceState], exc: AlbError) -> None:
         s = self._s
@@ -333,7 +341,8 @@ class GroupPipeline:
         delay = s.settings.transient_retry_seconds if outcomes.retry_soon(exc) else s.settings.error_retry_seconds
         self._dir.changed(states)
         s.notices.post(states, "Warning", "RemovalRefused", f"{message}; next try in {delay:.0f}s")
-        self.enqueue_later(delay, [e.server for e in batch])
+        self._paused_until = asyncio.get_running_loop().time() + delay
+        self.enqueue([e.server for e in batch], first=True)
 
     def _observe_exposure(self, batch: list[Entry]) -> None:
         """Without the gate, a pod is exposed from its deletion's start until its server is out (the job's end)."""

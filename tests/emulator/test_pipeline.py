@@ -255,3 +255,23 @@ async def test_the_unknown_verdict_waits_out_the_groups_drain(client: AlbClient,
     job = await tracker.wait(removal.job_id, extra_seconds=2.0)
     assert job.status == "Succeeded"
     await tracker.close()
+
+
+async def test_a_refused_batch_is_retried_before_removals_decided_after_it(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    """A refused call waits at the head of the group's queue: removals decided meanwhile go with it or after it,
+    never before it (with a group refusing changes for a whole drain, newer batches overtook old ones)."""
+    emulator.add_group(GROUP, [server("10.0.0.1"), server("10.0.0.2")])
+    emulator.admin("PUT", "faults", {"actions": ["RemoveServersFromServerGroup"], "script": [
+        {"kind": "error", "code": "Forbidden.NoPermission"}]})  # fmt: skip
+    pipeline, _, _ = setup(client)
+    leaving(pipeline, Server("Ip", "10.0.0.1", 8080))
+    await until(lambda: emulator.requests("RemoveServersFromServerGroup"), "the refused call")
+    pipeline.ledger.hold((UID, "pod-late"), Server("Ip", "10.0.0.2", 8080), "pod")
+    pipeline.ledger.leave((UID, "pod-late"), "pod-terminating")
+    pipeline.enqueue([Server("Ip", "10.0.0.2", 8080)])
+    await until(lambda: not pipeline.ledger.entries, "both removals", seconds=15)
+    sent = [r["servers"] for r in emulator.requests("RemoveServersFromServerGroup") if r["code"] == "OK"]
+    assert "10.0.0.1" in sent[0], f"the refused removal was overtaken: {sent}"
+    await pipeline.close()
