@@ -153,6 +153,8 @@ class GroupPipeline:
                 pause = self._paused_until - asyncio.get_running_loop().time()
                 if pause > 0:
                     await asyncio.sleep(pause)
+                # The batch is taken once the group takes changes: what was decided during the wait goes with it.
+                await self._until_group_accepts()
                 batch = next_batch(self._queue, self.ledger, self._s.settings.batch_size, self._dir.dry_run)
                 self._s.metrics.queue_depth.labels(self.group_id).set(len(self._queue))
                 if not batch:
@@ -168,7 +170,6 @@ class GroupPipeline:
                     self._calling = set()
 
     async def _process(self, batch: list[Entry]) -> None:
-        await self._until_group_accepts()
         batch = self._call_off_held(batch)  # the last check, right before the call: after any wait
         if not batch:
             return
