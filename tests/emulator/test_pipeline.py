@@ -136,7 +136,7 @@ async def test_a_job_never_confirmed_is_unknown_never_succeeded(client: AlbClien
     pipeline, directory, kube = setup(client, tracker)
     leaving(pipeline, Server("Ip", "10.0.0.1", 8080))
     await until(lambda: any(j.status == "Unknown" for j in directory.state.jobs), "the Unknown verdict")
-    assert "RemovalFailed" in [reason for _, reason, _ in kube.events]
+    await until(lambda: "RemovalFailed" in [reason for _, reason, _ in kube.events], "the Event (posted apart)")
     assert pipeline.ledger.entries, "an unconfirmed removal is not forgotten"
     await pipeline.close()
 

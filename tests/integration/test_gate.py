@@ -231,6 +231,7 @@ def test_non_members_are_not_delayed_and_a_down_or_slow_webhook_lets_deletions_t
         silent.listen()
         gated.admission.delete_validating_webhook_configuration(gated.name)
         gated.register(silent.getsockname()[1], timeout=3)
+        time.sleep(3)  # the API server reads webhook configurations through its own watch: let it see this one
         started, allowed = timed(lambda: gated.core.delete_namespaced_pod(others[4], gated.namespace))
     print(f"deletion with a webhook that never answers: {allowed - started:.1f}s (timeout 3 s)")
     assert 2.5 <= allowed - started < 10
