@@ -1,8 +1,8 @@
 """kopf handlers: thin adapters from watch events to the Reconciler.
 
 kopf runs the ServerGroupMembership's lifecycle (handlers, finalizer, progress). Pods and EndpointSlices are not
-kopf's: the operator's own lean watches (alb_membership.store) hold them and call the reconciler, and the operator
-never writes to them. A handler first makes sure the store holds the resource's namespace.
+kopf's: the operator's own lean watches (cluster/store.py) hold them and call the reconciler, and the operator never
+writes to them. A handler first makes sure the store holds the resource's namespace.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import kopf
 
-from alb_membership.health import group_missing
+from alb_membership.model.health import group_missing
+from alb_membership.model.spec import GROUP, PLURAL, VERSION
 from alb_membership.runtime import Runtime
-from alb_membership.spec import GROUP, PLURAL, VERSION
 
 registry = kopf.OperatorRegistry()
 FINALIZER = f"{GROUP}/finalizer"

@@ -15,7 +15,7 @@ from alb_membership.alb.client import AlbClient
 from alb_membership.alb.credentials import DefaultChain
 from alb_membership.alb.errors import AlbError
 from alb_membership.alb.models import Server
-from alb_membership.jobs import JobTracker
+from alb_membership.engine.jobs import JobTracker
 from alb_membership.settings import add_cloud_arguments
 
 EXIT_CLOUD_ERROR, EXIT_JOB_FAILED = 1, 3

@@ -15,12 +15,12 @@ import kopf
 from aiohttp import web
 
 from alb_membership import handlers
-from alb_membership.leader import LeaderElector, LeaseSettings
+from alb_membership.cluster.leader import LeaderElector, LeaseSettings
+from alb_membership.gate.tls import Certificates, client_context, server_context
+from alb_membership.gate.webhook import PATH as WEBHOOK_PATH
+from alb_membership.gate.webhook import Webhook
 from alb_membership.runtime import Runtime
 from alb_membership.settings import Settings
-from alb_membership.webhook import PATH as WEBHOOK_PATH
-from alb_membership.webhook import Webhook
-from alb_membership.webhook_tls import Certificates, client_context, server_context
 
 log = logging.getLogger(__name__)
 

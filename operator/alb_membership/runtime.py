@@ -15,18 +15,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.credentials import CredentialSource, DefaultChain
 from alb_membership.alb.ratelimit import SlidingWindowLimiter
-from alb_membership.antientropy import AntiEntropy
-from alb_membership.gate import Gate
-from alb_membership.jobs import JobTracker
-from alb_membership.kube import Kube
-from alb_membership.membership import PodView
+from alb_membership.cluster.kube import Kube
+from alb_membership.cluster.notices import Notices
+from alb_membership.cluster.store import ClusterStore
+from alb_membership.engine.antientropy import AntiEntropy
+from alb_membership.engine.jobs import JobTracker
+from alb_membership.engine.pipeline import PipelineSettings, Services
+from alb_membership.engine.reconciler import Reconciler, ReconcilerSettings
+from alb_membership.gate.review import Gate
+from alb_membership.gate.tls import Bundle, Certificates, load
 from alb_membership.metrics import Metrics
-from alb_membership.notices import Notices
-from alb_membership.pipeline import PipelineSettings, Services
-from alb_membership.reconciler import Reconciler, ReconcilerSettings
+from alb_membership.model.membership import PodView
 from alb_membership.settings import Settings
-from alb_membership.store import ClusterStore
-from alb_membership.webhook_tls import Bundle, Certificates, load
 
 log = logging.getLogger(__name__)
 CERTIFICATE_CHECK_SECONDS = 60.0  # a Secret or configuration replaced by hand is followed within a minute

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from alb_membership.alb.batching import MAX_BATCH_SIZE
 from alb_membership.alb.endpoints import Endpoint, resolve
-from alb_membership.membership import DEFAULT_ENI_ANNOTATION
+from alb_membership.model.membership import DEFAULT_ENI_ANNOTATION
 
 
 def _env(name: str, default: str | None = None) -> str | None:

@@ -13,10 +13,10 @@ import pytest
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.credentials import Credentials, StaticCredentials
 from alb_membership.alb.endpoints import Endpoint
-from alb_membership.antientropy import AntiEntropy
-from alb_membership.kube import Kube
-from alb_membership.membership import EndpointView, PodView
+from alb_membership.cluster.kube import Kube
+from alb_membership.engine.antientropy import AntiEntropy
 from alb_membership.metrics import Metrics
+from alb_membership.model.membership import EndpointView, PodView
 from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET, EmulatorProcess, server
 from tests.unit.fakes import RecordingKube, RecordingReconciler, View, pod, selected
 

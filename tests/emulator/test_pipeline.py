@@ -16,14 +16,14 @@ from alb_membership.alb.credentials import Credentials, CredentialsError, Static
 from alb_membership.alb.endpoints import Endpoint
 from alb_membership.alb.models import Job, Server
 from alb_membership.alb.retry import RetryPolicy
-from alb_membership.jobs import JobTracker
-from alb_membership.kube import Kube
-from alb_membership.ledger import Entry, GroupLedger, OwnerKey, Removal, now
+from alb_membership.cluster.kube import Kube
+from alb_membership.cluster.notices import Notices
+from alb_membership.engine.jobs import JobTracker
+from alb_membership.engine.pipeline import GroupPipeline, Holders, PipelineSettings, Services
 from alb_membership.metrics import Metrics
-from alb_membership.notices import Notices
-from alb_membership.pipeline import GroupPipeline, Holders, PipelineSettings, Services
-from alb_membership.spec import Ref, Spec
-from alb_membership.state import ResourceState
+from alb_membership.model.ledger import Entry, GroupLedger, OwnerKey, Removal, now
+from alb_membership.model.spec import Ref, Spec
+from alb_membership.model.state import ResourceState
 from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET, EmulatorProcess, server
 from tests.unit.fakes import RecordingKube
 

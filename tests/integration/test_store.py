@@ -1,4 +1,4 @@
-"""The operator's own watches (alb_membership.store) on the real API server: only namespaces with a
+"""The operator's own watches (alb_membership.cluster.store) on the real API server: only namespaces with a
 ServerGroupMembership cost records, a namespace that gains one is filled, and a relist turns what it missed into
 events, deletions included."""
 
@@ -12,8 +12,8 @@ import kubernetes
 import pytest
 from kubernetes_asyncio import client, config
 
-from alb_membership.membership import PodView
-from alb_membership.store import ClusterStore
+from alb_membership.cluster.store import ClusterStore
+from alb_membership.model.membership import PodView
 from tests.support.cluster import Cluster
 from tests.support.scenario import apply, deployment, pod_ips, sgm
 

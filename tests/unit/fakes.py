@@ -7,14 +7,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from alb_membership.alb.models import Server
-from alb_membership.kube import Kube
-from alb_membership.ledger import GroupKey
-from alb_membership.membership import EndpointView, PodView
+from alb_membership.cluster.kube import Kube
+from alb_membership.cluster.notices import Notices
+from alb_membership.engine.pipeline import GroupPipeline, Services
+from alb_membership.engine.reconciler import Reconciler, ReconcilerSettings
 from alb_membership.metrics import Metrics
-from alb_membership.notices import Notices
-from alb_membership.pipeline import GroupPipeline, Services
-from alb_membership.reconciler import Reconciler, ReconcilerSettings
-from alb_membership.spec import Ref
+from alb_membership.model.ledger import GroupKey
+from alb_membership.model.membership import EndpointView, PodView
+from alb_membership.model.spec import Ref
 
 ENI = "k8s.aliyun.com/eni-id"
 

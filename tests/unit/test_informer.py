@@ -9,7 +9,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from alb_membership.informer import Informer, Source
+from alb_membership.cluster.informer import Informer, Source
 
 
 class Body:
@@ -134,7 +134,7 @@ async def test_a_fill_writes_nothing_once_its_namespace_is_forgotten() -> None:
 async def test_a_failed_fill_is_tried_again_when_a_handler_asks() -> None:
     from kubernetes_asyncio import client
 
-    from alb_membership.store import ClusterStore
+    from alb_membership.cluster.store import ClusterStore
 
     async with client.ApiClient() as api:
         store = ClusterStore(api, (), "eni", lambda o, n: None, lambda ns, s: None, lambda: None)

@@ -8,7 +8,7 @@ import time
 import pytest
 from kubernetes_asyncio import client
 
-from alb_membership.leader import LeaderElector, LeadershipLost, LeaseSettings
+from alb_membership.cluster.leader import LeaderElector, LeadershipLost, LeaseSettings
 
 
 async def test_a_leader_stops_before_its_lease_expires_when_renewals_hang() -> None:

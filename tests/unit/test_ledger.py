@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from alb_membership.alb.models import Server
-from alb_membership.batches import token_for
-from alb_membership.ledger import GroupLedger, Removal, now
+from alb_membership.engine.batches import token_for
+from alb_membership.model.ledger import GroupLedger, Removal, now
 
 NODE = Server("Ip", "10.0.0.9", 8080)
 A, B = ("sgm-1", "pod-a"), ("sgm-1", "pod-b")

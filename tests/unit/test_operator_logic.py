@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from alb_membership.alb.models import Server
-from alb_membership.membership import ECI_ANNOTATION, UnmappablePod, endpoints_of, server_for
-from alb_membership.spec import Backend, Selector
+from alb_membership.model.membership import ECI_ANNOTATION, UnmappablePod, endpoints_of, server_for
+from alb_membership.model.spec import Backend, Selector
 from tests.unit.fakes import ENI, pod
 
 

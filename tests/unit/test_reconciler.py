@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from alb_membership.membership import ECI_ANNOTATION, endpoints_of
-from alb_membership.status import to_status
+from alb_membership.model.membership import ECI_ANNOTATION, endpoints_of
+from alb_membership.model.status import to_status
 from tests.unit.fakes import RecordingKube, RecordingReconciler, View, pod, resource, selected
 
 UID = "sgm-uid-1"

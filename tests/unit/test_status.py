@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 from alb_membership.alb.models import Server
-from alb_membership.ledger import GroupLedger, now
-from alb_membership.spec import Ref, Spec
-from alb_membership.state import MAX_JOBS, JobRecord, ResourceState
-from alb_membership.status import fit, restore, to_status
-from alb_membership.status_writer import merge_patch
+from alb_membership.cluster.status_writer import merge_patch
+from alb_membership.model.ledger import GroupLedger, now
+from alb_membership.model.spec import Ref, Spec
+from alb_membership.model.state import MAX_JOBS, JobRecord, ResourceState
+from alb_membership.model.status import fit, restore, to_status
 
 UID = "sgm-uid-1"
 KEY = ("cn-hangzhou", "sgp-test00000001")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alb_membership.alb.errors import CREDENTIALS_UNAVAILABLE, AlbError
-from alb_membership.state import ResourceState
+from alb_membership.model.state import ResourceState
 
 
 def set_health(state: ResourceState, degraded: tuple[str, str] | None) -> None:

@@ -1,7 +1,7 @@
 """What the operator can see of the cluster right now: pods, endpoints and ServerGroupMemberships.
 
 The reconciler asks this, rather than keeping copies, so that every decision (and the last check before a
-removal call) reads the freshest state the watches have (alb_membership.store).
+removal call) reads the freshest state the watches have (alb_membership.cluster.store).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from alb_membership.membership import EndpointView, PodView
+from alb_membership.model.membership import EndpointView, PodView
 
 
 class ClusterView(Protocol):

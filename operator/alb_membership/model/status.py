@@ -12,8 +12,8 @@ import json
 from typing import Any
 
 from alb_membership.alb.models import Server
-from alb_membership.ledger import GroupLedger, OwnerKey, Removal, now
-from alb_membership.state import ResourceState, unstamp
+from alb_membership.model.ledger import GroupLedger, OwnerKey, Removal, now
+from alb_membership.model.state import ResourceState, unstamp
 
 # Beyond this many bytes of members and pending removals together, status records only part of them (etcd
 # refuses objects over 1.5 MiB). Removals whose token was written ahead of a call come first, then the other

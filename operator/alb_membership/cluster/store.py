@@ -1,5 +1,5 @@
 """The operator's own view of the cluster: ServerGroupMemberships, and the pods and EndpointSlices of the
-namespaces that have at least one, kept current by lean watches (alb_membership.informer).
+namespaces that have at least one, kept current by lean watches (alb_membership.cluster.informer).
 
 It runs from process start on every replica, leader or not: a standby's view is as current as the leader's, so a
 replica that takes over acts on the first event, not after listing the cluster. Pods of namespaces without a
@@ -16,10 +16,10 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
-from alb_membership.informer import Informer, Source
-from alb_membership.membership import EndpointView, PodView, endpoints_of
-from alb_membership.spec import GROUP, PLURAL, VERSION
-from alb_membership.view import slim
+from alb_membership.cluster.informer import Informer, Source
+from alb_membership.cluster.view import slim
+from alb_membership.model.membership import EndpointView, PodView, endpoints_of
+from alb_membership.model.spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 SERVICE_LABEL = "kubernetes.io/service-name"

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from alb_membership.alb.errors import CREDENTIALS_UNAVAILABLE, IDEMPOTENCE_MISMATCH, AlbError
 from alb_membership.alb.models import Server
-from alb_membership.health import advice, set_health
-from alb_membership.ledger import Entry, GroupLedger, now
-from alb_membership.state import JobRecord, ResourceState
+from alb_membership.model.health import advice, set_health
+from alb_membership.model.ledger import Entry, GroupLedger, now
+from alb_membership.model.state import JobRecord, ResourceState
 
 
 def trigger_of(batch: list[Entry]) -> str:

@@ -21,17 +21,17 @@ from typing import Protocol
 
 from prometheus_client import Histogram
 
-from alb_membership import outcomes
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.errors import AlbError
 from alb_membership.alb.models import Server
-from alb_membership.batches import next_batch, token_for
-from alb_membership.health import set_health
-from alb_membership.jobs import JobTracker
-from alb_membership.ledger import Entry, GroupLedger, OwnerKey, now
+from alb_membership.cluster.notices import Notices
+from alb_membership.engine import outcomes
+from alb_membership.engine.batches import next_batch, token_for
+from alb_membership.engine.jobs import JobTracker
 from alb_membership.metrics import Metrics
-from alb_membership.notices import Notices
-from alb_membership.state import ResourceState
+from alb_membership.model.health import set_health
+from alb_membership.model.ledger import Entry, GroupLedger, OwnerKey, now
+from alb_membership.model.state import ResourceState
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from alb_membership.kube import Kube
-from alb_membership.state import ResourceState
+from alb_membership.cluster.kube import Kube
+from alb_membership.model.state import ResourceState
 
 
 class Notices:

@@ -1,5 +1,5 @@
 """What the operator keeps of one ServerGroupMembership besides its group's ledger: spec, job history,
-conditions and counters. Members and pending removals live in the ledger (alb_membership.ledger)."""
+conditions and counters. Members and pending removals live in the ledger (alb_membership.model.ledger)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from alb_membership.ledger import GroupKey, now
-from alb_membership.spec import Ref, Spec
+from alb_membership.model.ledger import GroupKey, now
+from alb_membership.model.spec import Ref, Spec
 
 MAX_JOBS = 20
 MAX_JOB_SERVERS_SHOWN = 10  # a job's server list in status; serverCount has them all

@@ -16,14 +16,14 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from alb_membership import outcomes
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.models import Server
-from alb_membership.kube import Kube
-from alb_membership.ledger import GroupKey
-from alb_membership.membership import PodView
+from alb_membership.cluster.kube import Kube
+from alb_membership.engine import outcomes
+from alb_membership.engine.reconciler import Reconciler
 from alb_membership.metrics import Metrics
-from alb_membership.reconciler import Reconciler
+from alb_membership.model.ledger import GroupKey
+from alb_membership.model.membership import PodView
 
 log = logging.getLogger(__name__)
 

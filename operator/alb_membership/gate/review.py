@@ -19,11 +19,11 @@ from typing import Any
 
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.models import Server
-from alb_membership.ledger import GroupKey, GroupLedger
-from alb_membership.membership import PodView
+from alb_membership.cluster.store import ClusterStore
+from alb_membership.engine.reconciler import Reconciler
 from alb_membership.metrics import Metrics
-from alb_membership.reconciler import Reconciler
-from alb_membership.store import ClusterStore
+from alb_membership.model.ledger import GroupKey, GroupLedger
+from alb_membership.model.membership import PodView
 
 log = logging.getLogger(__name__)
 

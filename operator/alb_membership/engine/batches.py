@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from alb_membership.alb.batching import client_token
 from alb_membership.alb.models import Server
-from alb_membership.ledger import Entry, GroupLedger
+from alb_membership.model.ledger import Entry, GroupLedger
 
 
 def token_for(entries: list[Entry]) -> str:

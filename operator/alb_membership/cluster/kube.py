@@ -13,8 +13,8 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 
-from alb_membership.membership import PodView
-from alb_membership.spec import GROUP, PLURAL, VERSION, Ref, Selector
+from alb_membership.model.membership import PodView
+from alb_membership.model.spec import GROUP, PLURAL, VERSION, Ref, Selector
 
 log = logging.getLogger(__name__)
 COMPONENT = "alb-membership-operator"

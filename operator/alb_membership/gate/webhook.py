@@ -19,11 +19,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from alb_membership.gate import Gate, Review, answer, gated
+from alb_membership.cluster.store import ClusterStore
+from alb_membership.engine.reconciler import Reconciler
+from alb_membership.gate.review import Gate, Review, answer, gated
+from alb_membership.gate.tls import Bundle, client_context
 from alb_membership.metrics import Metrics
-from alb_membership.reconciler import Reconciler
-from alb_membership.store import ClusterStore
-from alb_membership.webhook_tls import Bundle, client_context
 
 log = logging.getLogger(__name__)
 PATH = "/validate-pod-deletion"

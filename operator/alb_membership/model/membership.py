@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alb_membership.alb.models import Server
-from alb_membership.spec import Backend, Spec
+from alb_membership.model.spec import Backend, Spec
 
 ECI_ANNOTATION = "k8s.aliyun.com/eci-instance-id"
 DEFAULT_ENI_ANNOTATION = "k8s.aliyun.com/eni-id"

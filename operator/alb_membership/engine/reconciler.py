@@ -20,11 +20,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from alb_membership import status
 from alb_membership.alb.models import Server
-from alb_membership.health import group_missing, set_health
-from alb_membership.ledger import Entry, GroupKey, GroupLedger, OwnerKey, now
-from alb_membership.membership import (
+from alb_membership.cluster.notices import Notices
+from alb_membership.cluster.status_writer import StatusWriter
+from alb_membership.cluster.view import ClusterView
+from alb_membership.engine.pipeline import GroupPipeline, Holders, Services
+from alb_membership.metrics import Metrics
+from alb_membership.model import status
+from alb_membership.model.health import group_missing, set_health
+from alb_membership.model.ledger import Entry, GroupKey, GroupLedger, OwnerKey, now
+from alb_membership.model.membership import (
     PodView,
     Seen,
     UnmappablePod,
@@ -34,13 +39,8 @@ from alb_membership.membership import (
     server_for,
     static_owners,
 )
-from alb_membership.metrics import Metrics
-from alb_membership.notices import Notices
-from alb_membership.pipeline import GroupPipeline, Holders, Services
-from alb_membership.spec import Ref, Spec
-from alb_membership.state import ResourceState
-from alb_membership.status_writer import StatusWriter
-from alb_membership.view import ClusterView
+from alb_membership.model.spec import Ref, Spec
+from alb_membership.model.state import ResourceState
 
 log = logging.getLogger(__name__)
 

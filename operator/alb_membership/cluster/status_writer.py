@@ -9,8 +9,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from alb_membership.kube import Kube
-from alb_membership.state import ResourceState
+from alb_membership.cluster.kube import Kube
+from alb_membership.model.state import ResourceState
 
 log = logging.getLogger(__name__)
 

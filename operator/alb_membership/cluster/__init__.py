@@ -1,0 +1,1 @@
+"""The cluster side: lean watches and the store they fill, writes (status, Events), leader election."""

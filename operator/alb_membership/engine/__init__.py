@@ -1,0 +1,1 @@
+"""What the operator decides and does: the reconciler, the per-group pipeline, jobs, anti-entropy."""

@@ -1,0 +1,1 @@
+"""The deletion gate: admission reviews, the webhook server and its TLS."""
