@@ -227,7 +227,7 @@ class ExposureBench(Bench):
         port = free_port()
         argv = [
             sys.executable, "-m", "alb_membership", "run", "--endpoint", self.emulator.url, "-n", NS,
-            "--batch-size", str(batch), "--metrics-port", str(port), "--metrics-address", "127.0.0.1",
+            "--batch-size", str(batch), "--metrics-port", str(port), "--listen-address", "127.0.0.1",
         ]  # fmt: skip
         if gate_port is not None:
             argv += [

@@ -476,7 +476,7 @@ class Bench:
                 str(batch_size),
                 "--metrics-port",
                 str(port),
-                "--metrics-address",
+                "--listen-address",
                 "127.0.0.1",
             ]
             if leader_elect:

@@ -113,7 +113,6 @@ async def _serve_webhook(settings: Settings, runtime: Runtime, elector: LeaderEl
     webhook = Webhook(
         runtime.gate,
         runtime.store,
-        runtime.reconciler,
         runtime.metrics,
         settings.eni_annotation,
         # Leading from the moment the Lease is ours (the gate waits until kopf has loaded the resources), and no
@@ -125,8 +124,8 @@ async def _serve_webhook(settings: Settings, runtime: Runtime, elector: LeaderEl
     )
     runner = web.AppRunner(webhook.app(), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, settings.metrics_address, settings.webhook_port, ssl_context=context).start()
-    log.info("deletion gate on https://%s:%d%s", settings.metrics_address, settings.webhook_port, WEBHOOK_PATH)
+    await web.TCPSite(runner, settings.listen_address, settings.webhook_port, ssl_context=context).start()
+    log.info("deletion gate on https://%s:%d%s", settings.listen_address, settings.webhook_port, WEBHOOK_PATH)
     runtime.keep_certificates(certificates, context, webhook.trust)
     return runner
 
@@ -140,9 +139,9 @@ async def serve(settings: Settings) -> None:
     if settings.metrics_port:
         site_runner = web.AppRunner(runtime.web_app(), access_log=None)
         await site_runner.setup()
-        await web.TCPSite(site_runner, settings.metrics_address, settings.metrics_port).start()
+        await web.TCPSite(site_runner, settings.listen_address, settings.metrics_port).start()
         log.info(
-            "metrics and probes on %s:%d (/metrics /healthz /readyz)", settings.metrics_address, settings.metrics_port
+            "metrics and probes on %s:%d (/metrics /healthz /readyz)", settings.listen_address, settings.metrics_port
         )
     elector = None
     if settings.leader_elect:

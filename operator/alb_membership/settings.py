@@ -116,9 +116,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="port for /metrics, /healthz and /readyz; 0 disables (default 8080) [env ALBM_METRICS_PORT]",
     )
     parser.add_argument(
-        "--metrics-address",
-        default=_env("METRICS_ADDRESS", "0.0.0.0"),
-        help="address the metrics port binds to [env ALBM_METRICS_ADDRESS]",
+        "--listen-address",
+        "--metrics-address",  # its name before the webhook bound to it too
+        dest="listen_address",
+        default=_env("LISTEN_ADDRESS", _env("METRICS_ADDRESS", "0.0.0.0")),
+        help="address the metrics/probe port and the deletion gate's webhook port bind to "
+        "[env ALBM_LISTEN_ADDRESS; --metrics-address and ALBM_METRICS_ADDRESS are its old names]",
     )
     parser.add_argument(
         "--webhook-port",
@@ -184,7 +187,7 @@ class Settings:
     eni_annotation: str = DEFAULT_ENI_ANNOTATION
     log_format: str = "text"
     metrics_port: int = 8080
-    metrics_address: str = "0.0.0.0"
+    listen_address: str = "0.0.0.0"
     leader_elect: bool = False
     leader_election_namespace: str = "default"
     leader_election_name: str = "alb-membership-operator"
@@ -210,7 +213,7 @@ class Settings:
             eni_annotation=args.eni_annotation,
             log_format=args.log_format,
             metrics_port=int(args.metrics_port),
-            metrics_address=args.metrics_address,
+            listen_address=args.listen_address,
             leader_elect=args.leader_elect,
             leader_election_namespace=args.leader_election_namespace,
             leader_election_name=args.leader_election_name,

@@ -265,7 +265,7 @@ def pods(
         "KUBERNETES_SERVICE_HOST": api.hostname,
         "KUBERNETES_SERVICE_PORT": str(api.port),
         # In a pod the port is on the pod's own network; on the host's network, keep it on loopback.
-        "ALBM_METRICS_ADDRESS": "127.0.0.1",
+        "ALBM_LISTEN_ADDRESS": "127.0.0.1",
     }
     secrets = {"AccessKey secret": ACCESS_KEY_SECRET, "ServiceAccount token": token}
     chart_pods = ChartPods(image, release, run_args(release, sa_dir, relay_ip), env, secrets, [])

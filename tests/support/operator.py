@@ -74,7 +74,7 @@ def start_operator(kubeconfig: Path, endpoint: str, namespace: str, log_dir: Pat
                 namespace,
                 "--metrics-port",
                 str(port),
-                "--metrics-address",
+                "--listen-address",
                 "127.0.0.1",
                 "--coalesce-seconds",
                 "0.2",

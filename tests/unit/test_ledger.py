@@ -86,7 +86,7 @@ def test_retry_gives_a_new_attempt_and_a_new_token() -> None:
     g.leave(A, "pod-terminating")
     first = token_for([g.entries[NODE]])
     g.entries[NODE].removal.client_token = first  # type: ignore[union-attr]
-    g.retry(NODE)
+    g.new_attempt(NODE)
     assert g.entries[NODE].removal.client_token is None  # type: ignore[union-attr]
     assert token_for([g.entries[NODE]]) != first
 

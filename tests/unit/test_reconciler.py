@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from alb_membership.model.membership import ECI_ANNOTATION, endpoints_of
+from alb_membership.model.owners import picks
+from alb_membership.model.spec import Spec
 from alb_membership.model.status import to_status
 from tests.unit.fakes import RecordingKube, RecordingReconciler, View, pod, resource, selected
 
@@ -200,7 +202,7 @@ async def test_holders_span_every_resource_on_the_group(rec: RecordingReconciler
         ),
     ]
     state = rec.start(selected(), repair=False)
-    holders = rec.holders(rec.ledger(state.group))
+    holders = rec.directory.holders(rec.ledger(state.group))
     assert {key for owners in holders.values() for key in owners} == {(UID, "uid-a"), ("sgm-uid-2", "uid-c")}
 
 
@@ -321,7 +323,7 @@ async def test_the_gate_takes_a_pod_out_of_every_resource_that_picks_it(rec: Rec
     assert [s.compact for _, s in leaving] == ["Ip:10.0.0.1:8080"]
     assert rec.sent() == ["Ip:10.0.0.1:8080"]
     state = rec.resources[UID]
-    holders = rec.holders(rec.ledger(state.group))
+    holders = rec.directory.holders(rec.ledger(state.group))
     assert "Ip:10.0.0.1:8080" not in {s.compact for s in holders}, "a pod being deleted holds nothing"
-    assert rec.specs_in(view.bodies, "shop")[0][1].gate_seconds == 10.0
-    assert rec.picks(rec.specs_in(view.bodies, "shop")[1][1], "shop", pod("a")), "picked through its Service"
+    assert Spec.parse(gated_body["spec"]).gate_seconds == 10.0
+    assert picks(Spec.parse(other["spec"]), "shop", pod("a"), view), "picked through its Service"

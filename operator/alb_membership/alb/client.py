@@ -14,7 +14,7 @@ from alb_membership.alb import request as wire
 from alb_membership.alb.credentials import CredentialsError, CredentialSource
 from alb_membership.alb.endpoints import Endpoint
 from alb_membership.alb.errors import CREDENTIALS_UNAVAILABLE, AlbError, AlbTransportError, from_response
-from alb_membership.alb.models import Job, Removal, Server
+from alb_membership.alb.models import Job, RemoveAnswer, Server
 from alb_membership.alb.ratelimit import SlidingWindowLimiter
 from alb_membership.alb.retry import RetryPolicy, with_retries
 
@@ -50,7 +50,7 @@ class AlbClient:
 
     async def remove_servers(
         self, server_group_id: str, servers: Sequence[Server], client_token: str, *, dry_run: bool = False
-    ) -> Removal:
+    ) -> RemoveAnswer:
         query = {
             "ServerGroupId": server_group_id,
             "ClientToken": client_token,
@@ -62,11 +62,11 @@ class AlbClient:
             body = await self.call("RemoveServersFromServerGroup", query)
         except AlbError as exc:
             if exc.code == "ResourceNotFound.BackendServer":
-                return Removal("already_removed", request_id=exc.request_id or "")
+                return RemoveAnswer("already_removed", request_id=exc.request_id or "")
             if dry_run and exc.code == "DryRunOperation":
-                return Removal("dry_run_passed", request_id=exc.request_id or "")
+                return RemoveAnswer("dry_run_passed", request_id=exc.request_id or "")
             raise
-        return Removal("accepted", request_id=str(body.get("RequestId", "")), job_id=_required(body, "JobId"))
+        return RemoveAnswer("accepted", request_id=str(body.get("RequestId", "")), job_id=_required(body, "JobId"))
 
     async def add_servers(
         self, server_group_id: str, servers: Sequence[Server], client_token: str, *, dry_run: bool = False
@@ -80,6 +80,10 @@ class AlbClient:
 
     async def list_server_group_servers(self, server_group_id: str) -> list[dict[str, Any]]:
         return await self._all_pages("ListServerGroupServers", {"ServerGroupId": server_group_id}, "Servers")
+
+    async def servers_in_rotation(self, server_group_id: str) -> set[Server]:
+        """The group's servers that still take new requests (Server.in_rotation)."""
+        return Server.in_rotation(await self.list_server_group_servers(server_group_id))
 
     async def list_server_groups(self, server_group_ids: Sequence[str] = ()) -> list[dict[str, Any]]:
         return await self._all_pages(

@@ -101,7 +101,7 @@ class Server:
 
 
 @dataclass(frozen=True)
-class Removal:
+class RemoveAnswer:
     """What one RemoveServersFromServerGroup call came to.
 
     accepted: a job was started (``job_id``); already_removed: none of the servers was in the group any more

@@ -17,7 +17,6 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from alb_membership.cluster.informer import Informer, Source
-from alb_membership.cluster.view import slim
 from alb_membership.model.membership import EndpointView, PodView, endpoints_of
 from alb_membership.model.spec import GROUP, PLURAL, VERSION
 
@@ -206,7 +205,7 @@ class ClusterStore:
         if record is not None and record.service:
             self._on_slice(record.namespace, record.service)
 
-    # -- the view (reconciler.LiveView) ------------------------------------------------------------------------
+    # -- the view (model.view.LiveView) ------------------------------------------------------------------------
 
     def pods(self, namespace: str) -> Iterable[PodView]:
         return [p for informer in self.pod_watches for p in informer.records.get(namespace, {}).values()]
@@ -229,3 +228,12 @@ class ClusterStore:
 
     def pod_count(self) -> int:
         return sum(i.count() for i in self.pod_watches)
+
+
+def slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the store keeps of a ServerGroupMembership: never its status, which can be large."""
+    meta = body["metadata"]
+    return {
+        "metadata": {k: meta[k] for k in ("namespace", "name", "uid", "deletionTimestamp") if k in meta},
+        "spec": body.get("spec") or {},
+    }

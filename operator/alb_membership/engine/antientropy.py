@@ -80,14 +80,13 @@ class AntiEntropy:
             idle = [e for e in ledger.pending() if e.server not in self._in_flight(key)]
             if not idle:
                 continue
-            listed = await self._client_for(key[0]).list_server_group_servers(ledger.group_id)
-            present = Server.in_rotation(listed)
+            present = await self._client_for(key[0]).servers_in_rotation(ledger.group_id)
             # In flight may have changed during the listing: a batch taken up meanwhile is the pipeline's.
             gone = [e for e in idle if e.server not in present and e.server not in self._in_flight(key)]
             if not gone:
                 continue
-            states = self._reconciler.states_of(gone)
-            overtaken = outcomes.record_removed(gone, ledger, states)
+            states = self._reconciler.directory.states_of(gone)
+            overtaken = outcomes.finish_removals(gone, ledger, states)
             self._metrics.forgotten.inc(len(gone))
             if overtaken:
                 self._reconciler.notices.post(
@@ -97,7 +96,7 @@ class AntiEntropy:
                     "servers out of the group although a pod holds them now; the ingress must add them again: "
                     + ", ".join(str(e.server) for e in overtaken[:10]),
                 )
-            self._reconciler.changed(states)
+            self._reconciler.directory.changed(states)
             log.info("%d pending removal(s) from %s were out of the group already", len(gone), ledger.group_id)
 
     def _in_flight(self, key: GroupKey) -> set[Server]:

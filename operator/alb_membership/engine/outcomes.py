@@ -35,16 +35,17 @@ def record_dry_run(batch: list[Entry], states: Iterable[ResourceState], ledger: 
         ledger.finished(entry.server)
 
 
-def record_removed(
+def finish_removals(
     batch: list[Entry],
     ledger: GroupLedger,
     states: Iterable[ResourceState],
     job_id: str | None = None,
     drain_seconds: float = 0.0,
 ) -> list[Entry]:
-    """The servers are out of the group (``job_id`` succeeded, or they were gone already). Returns the entries a
-    live owner came to hold after the call went out (a pod that reused the IP): their server is gone although
-    they hold it, which a person must hear of."""
+    """The servers are out of the group (``job_id`` succeeded, or they were gone already): the resources record it,
+    and the ledger forgets the removals and their leaving owners. Returns the entries a live owner came to hold
+    after the call went out (a pod that reused the IP): their server is gone although they hold it, which a person
+    must hear of."""
     by_uid = {s.ref.uid: s for s in states}
     if job_id:
         for state in by_uid.values():
@@ -78,7 +79,7 @@ def record_failed(
     for state in states:
         state.job_finished(job_id, status, error)
     for entry in batch:
-        ledger.retry(entry.server)
+        ledger.new_attempt(entry.server)
     attempts = max((e.removal.attempt for e in batch if e.removal), default=0)
     return Failure(f"job {job_id} {status.lower()} ({error_code or 'no error code'}: {error_message or '-'})", attempts)
 
@@ -102,7 +103,7 @@ def record_refused(batch: list[Entry], ledger: GroupLedger, states: Iterable[Res
     if exc.code == IDEMPOTENCE_MISMATCH:
         # The token was used before with other servers (a batch changed after it was written ahead): a new attempt.
         for entry in batch:
-            ledger.retry(entry.server)
+            ledger.new_attempt(entry.server)
         return f"the cloud saw this ClientToken with other servers ({exc}); sending under a new one"
     if exc.retryable:
         degraded = ("CloudUnavailable", f"the ALB API keeps failing ({exc}); retrying")

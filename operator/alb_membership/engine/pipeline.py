@@ -294,7 +294,7 @@ class GroupPipeline:
                 # Its token was written ahead with the called-off servers: reused with fewer servers, the cloud
                 # would refuse it (IdempotenceSignatureMismatch). If that call did go out, its job took all of
                 # them, and the rest are found gone.
-                self.ledger.retry(entry.server)
+                self.ledger.new_attempt(entry.server)
         self._s.metrics.called_off.inc(len(held))
         self._dir.changed(states)
         self._s.notices.post(
@@ -309,7 +309,7 @@ class GroupPipeline:
 
     def _removed(self, batch: list[Entry], states: list[ResourceState], job_id: str | None, message: str) -> None:
         reason = "RemovalSucceeded" if job_id else "AlreadyRemoved"
-        overtaken = outcomes.record_removed(batch, self.ledger, states, job_id, self._drain_seconds or 0.0)
+        overtaken = outcomes.finish_removals(batch, self.ledger, states, job_id, self._drain_seconds or 0.0)
         self._dir.changed(states)
         self._s.notices.post(states, "Normal", reason, message)
         if overtaken:
@@ -326,12 +326,11 @@ class GroupPipeline:
         if len(batch) == 1:
             gone = batch
         else:
-            listed = await self._s.client.list_server_group_servers(self.group_id)
-            gone, rest = outcomes.split_gone(batch, Server.in_rotation(listed))
+            gone, rest = outcomes.split_gone(batch, await self._s.client.servers_in_rotation(self.group_id))
         if gone:
             self._removed(gone, states, None, f"{len(gone)} server(s) were no longer in {self.group_id}")
         for entry in rest:
-            self.ledger.retry(entry.server)
+            self.ledger.new_attempt(entry.server)
         if rest:
             self._dir.changed(states)
             self.enqueue([e.server for e in rest], first=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,8 @@ from alb_membership.engine.reconciler import Reconciler
 from alb_membership.metrics import Metrics
 from alb_membership.model.ledger import GroupKey, GroupLedger
 from alb_membership.model.membership import PodView
+from alb_membership.model.owners import picks
+from alb_membership.model.spec import Spec
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +69,36 @@ def answer(uid: str, warning: str | None = None) -> dict[str, Any]:
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
 
 
-def gated(store: ClusterStore, review: Review, reconciler: Reconciler) -> tuple[float, set[str]] | None:
-    """How long this pod's deletion may be held (the longest maxWaitSeconds among gated resources that pick it)
-    and which resources those are; None when none does (answered at once). Read from the store, so a standby can
-    tell too."""
+@dataclass(frozen=True)
+class Hold:
+    """How long a pod's deletion may be held (the longest maxWaitSeconds among the gated resources that pick it),
+    and which resources those are."""
+
+    seconds: float
+    resource_uids: set[str]
+
+
+def hold_for(store: ClusterStore, review: Review) -> Hold | None:
+    """None when no gated resource picks the pod (answered at once). Read from the store, so a standby can tell
+    too."""
     pod = review.pod or find_pod(store, review.namespace, review.pod_name, review.pod_uid)
     if pod is None or pod.going_away:
         return None
     picked = [
-        (spec.gate_seconds, uid)
-        for uid, spec in reconciler.specs_in(store.memberships(), review.namespace)
-        if spec.gate_seconds is not None and reconciler.picks(spec, review.namespace, pod)
+        (spec.gate_seconds, meta["uid"])
+        for meta, spec in _specs_in(store.memberships(), review.namespace)
+        if spec.gate_seconds is not None and picks(spec, review.namespace, pod, store)
     ]
-    return (max(w for w, _ in picked), {uid for _, uid in picked}) if picked else None
+    return Hold(max(w for w, _ in picked), {uid for _, uid in picked}) if picked else None
+
+
+def _specs_in(bodies: Iterable[Mapping[str, Any]], namespace: str) -> list[tuple[Mapping[str, Any], Spec]]:
+    """The resources of ``namespace`` that are not being deleted, with their specs."""
+    return [
+        (b["metadata"], Spec.parse(b["spec"]))
+        for b in bodies
+        if b["metadata"]["namespace"] == namespace and not b["metadata"].get("deletionTimestamp")
+    ]
 
 
 def find_pod(store: ClusterStore, namespace: str, name: str, uid: str | None = None) -> PodView | None:
@@ -120,10 +139,9 @@ class Gate:
     async def _review(self, review: Review) -> tuple[str, str | None]:
         if review.dry_run:
             return "dry-run", None
-        found = gated(self._store, review, self._reconciler)
-        if found is None:
+        hold = hold_for(self._store, review)
+        if hold is None:
             return "not-a-member", None
-        wait, uids = found
         pod = review.pod or find_pod(self._store, review.namespace, review.pod_name, review.pod_uid)
         if pod is None:
             return "not-a-member", None
@@ -138,7 +156,7 @@ class Gate:
         started = time.monotonic()
         self._holds += 1
         try:
-            leaving = await asyncio.wait_for(self._hold(pod, uids), wait)
+            leaving = await asyncio.wait_for(self._hold(pod, hold.resource_uids), hold.seconds)
         except TimeoutError:
             held = time.monotonic() - started
             self._metrics.gate_hold_seconds.observe(held)
@@ -189,11 +207,10 @@ class Gate:
             read_at, in_rotation = self._listed.get(ledger.key, (0.0, set()))
             if time.monotonic() - read_at > GROUP_READ_SECONDS:
                 try:
-                    listed = await self._client_for(ledger.key[0]).list_server_group_servers(ledger.group_id)
+                    in_rotation = await self._client_for(ledger.key[0]).servers_in_rotation(ledger.group_id)
                 except Exception as exc:  # not out as far as anyone knows: the next look may do better
                     log.warning("could not list %s: %s", ledger.group_id, exc)
                     self._listed[ledger.key] = (time.monotonic(), {server})
                     return False
-                in_rotation = Server.in_rotation(listed)
                 self._listed[ledger.key] = (time.monotonic(), in_rotation)
         return server not in in_rotation

@@ -20,8 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from alb_membership.cluster.store import ClusterStore
-from alb_membership.engine.reconciler import Reconciler
-from alb_membership.gate.review import Gate, Review, answer, gated
+from alb_membership.gate.review import Gate, Review, answer, hold_for
 from alb_membership.gate.tls import Bundle, client_context
 from alb_membership.metrics import Metrics
 
@@ -35,7 +34,6 @@ class Webhook:
         self,
         gate: Gate,
         store: ClusterStore,
-        reconciler: Reconciler,
         metrics: Metrics,
         eni_annotation: str,
         leading: Callable[[], bool],
@@ -45,7 +43,6 @@ class Webhook:
     ) -> None:
         self._gate = gate
         self._store = store
-        self._reconciler = reconciler
         self._metrics = metrics
         self._eni_annotation = eni_annotation
         self._leading = leading
@@ -71,11 +68,11 @@ class Webhook:
             # Sent here as to the leader, and this replica is not (any more): the sender tries again; never passed on.
             return web.Response(status=503, text="not the leader")
         review = Review.parse(body, self._eni_annotation)
-        found = None if review.dry_run else gated(self._store, review, self._reconciler)
-        if found is None:
+        hold = None if review.dry_run else hold_for(self._store, review)
+        if hold is None:
             self._metrics.gate_outcomes.labels("not-a-member").inc()
             return web.json_response(answer(review.uid))
-        return web.json_response(await self._forward(body, review, found[0]))
+        return web.json_response(await self._forward(body, review, hold.seconds))
 
     async def _forward(self, body: dict[str, Any], review: Review, wait: float) -> dict[str, Any]:
         deadline = time.monotonic() + wait

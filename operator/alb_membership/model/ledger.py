@@ -208,7 +208,7 @@ class GroupLedger:
         """(owner id, source) of the resource's owners whose removal is final."""
         return [(owner_id, source) for (uid, owner_id), source in self._done.items() if uid == resource_uid]
 
-    def retry(self, server: Server) -> None:
+    def new_attempt(self, server: Server) -> None:
         """The job failed or was never confirmed: the same token would only return the same job, so the next call
         is a new attempt with a new token."""
         entry = self.entries.get(server)

@@ -1,0 +1,133 @@
+"""What the cluster's view means for a resource's owners in its group's ledger (PRODUCT.md 3.1, 3.7-3.8).
+
+- An owner leaves when its pod is terminating, terminal or gone, its endpoint terminating or gone, or its static
+  server is dropped from the spec. The server is removed when no owner of it is live (the ledger's rule).
+- A spec edit that stops picking a live pod or endpoint releases it: no longer tracked, never removed.
+- A pod first seen already terminal is never recorded: its IP went back to the pool.
+- An endpoint missing from every slice while its pod is live, or one without a pod, is judged only after a grace
+  period: EndpointSlice updates for a move between slices do not arrive together.
+
+Every decision goes into the ledger and into the Round; nothing here calls the cloud, writes or tells anyone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from alb_membership.engine.round import Round
+from alb_membership.model.ledger import GroupLedger, OwnerKey
+from alb_membership.model.membership import PodView, Seen, endpoint_parts
+from alb_membership.model.state import ResourceState
+
+
+class Decider:
+    def __init__(self, endpoint_grace_seconds: float) -> None:
+        self._grace = endpoint_grace_seconds
+        self._missing: dict[OwnerKey, float] = {}  # endpoint owners absent from every slice, since when
+
+    def forget(self, resource_uid: str) -> None:
+        self._missing = {k: v for k, v in self._missing.items() if k[0] != resource_uid}
+
+    def reconcile(
+        self,
+        state: ResourceState,
+        ledger: GroupLedger,
+        seen: Mapping[str, Seen],
+        sources: set[str],
+        pods: list[PodView],
+        round_: Round,
+    ) -> None:
+        """``seen``: every owner of ``sources`` the spec picks now; recorded owners of those sources missing from
+        it are judged unseen."""
+        uid = state.ref.uid
+        for found in seen.values():
+            self.apply(state, ledger, found, round_)
+        by_uid = {p.uid: p for p in pods}
+        for owner_id, source in ledger.done_ids(uid):
+            if owner_id not in seen and source in sources:
+                ledger.settle((uid, owner_id))
+        for owner_id in ledger.owner_ids(uid):
+            key = (uid, owner_id)
+            owner = ledger.owner(key)
+            if owner_id in seen or owner is None or owner.leaving or owner.source not in sources:
+                continue
+            if owner.source == "pod":
+                self.unseen_pod(ledger, key, by_uid.get(owner_id), round_)
+            elif owner.source == "endpoint":
+                self._unseen_endpoint(state, ledger, key, owner.name, by_uid, round_)
+            else:
+                leave(ledger, key, "spec-change", None, round_)
+
+    def apply(self, state: ResourceState, ledger: GroupLedger, seen: Seen, round_: Round) -> None:
+        key = (state.ref.uid, seen.owner_id)
+        self._missing.pop(key, None)
+        if not seen.leaving:
+            known = ledger.server_of(key)
+            if known is not None and known != seen.server:
+                round_.released.append(f"{seen.name or seen.owner_id} ({known}, now {seen.server})")
+            round_.changed |= ledger.hold(key, seen.server, seen.source, seen.name)
+        elif ledger.server_of(key) is None and seen.terminal:
+            return  # never recorded while it held the IP, and the IP may be someone else's now
+        elif ledger.leave(key, seen.trigger or "unknown", seen.deletion_started, seen.server, seen.source, seen.name):
+            round_.removals.append(ledger.server_of(key) or seen.server)
+        else:
+            round_.changed = True
+
+    @staticmethod
+    def unseen_pod(ledger: GroupLedger, key: OwnerKey, pod: PodView | None, round_: Round) -> None:
+        if pod is None:
+            leave(ledger, key, "pod-gone", None, round_)
+        elif pod.going_away:
+            leave(ledger, key, "pod-terminating", pod.deletion_started, round_)
+        else:
+            release(ledger, key, pod.name, round_)
+
+    def _unseen_endpoint(
+        self,
+        state: ResourceState,
+        ledger: GroupLedger,
+        key: OwnerKey,
+        pod_name: str | None,
+        pods_by_uid: Mapping[str, PodView],
+        round_: Round,
+    ) -> None:
+        service, pod_uid = endpoint_parts(key[1])
+        if state.spec.service_name != service or state.spec.backend is None:
+            release(ledger, key, pod_name or key[1], round_)  # its Service is no longer referenced
+            return
+        pod = pods_by_uid.get(pod_uid)
+        if pod_name and pod is None:
+            leave(ledger, key, "endpoint-gone", None, round_)  # its pod is gone
+            return
+        if pod is not None and pod.going_away:
+            leave(ledger, key, "endpoint-gone", pod.deletion_started, round_)
+            return
+        first = self._missing.setdefault(key, time.monotonic())
+        left = first + self._grace - time.monotonic()
+        if left > 0:
+            round_.recheck(left)
+            return
+        del self._missing[key]
+        if pod is not None:
+            release(ledger, key, pod.name, round_)  # the Service no longer selects a live pod
+        else:
+            leave(ledger, key, "endpoint-gone", None, round_)
+
+
+def leave(ledger: GroupLedger, key: OwnerKey, trigger: str, started: Any, round_: Round) -> None:
+    """A recorded owner leaves; its server goes once no live owner holds it."""
+    server = ledger.server_of(key)
+    if server is None:
+        return
+    if ledger.leave(key, trigger, started):
+        round_.removals.append(server)
+    round_.changed = True
+
+
+def release(ledger: GroupLedger, key: OwnerKey, name: str | None, round_: Round) -> None:
+    """A live owner is no longer tracked; its server stays."""
+    if ledger.release(key):
+        round_.released.append(name or key[1])
+        round_.changed = True
