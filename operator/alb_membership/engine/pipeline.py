@@ -1,4 +1,5 @@
-"""The removal pipeline of one server group: coalesce, check, record, call, follow the job, apply the outcome.
+"""The removal pipeline of one server group: coalesce, wait for the group (engine/group_status.py), check, record,
+call, follow the job (engine/followed.py), apply the outcome (engine/outcomes.py).
 
 Why one pipeline per group: the cloud refuses a change to a group while one of its jobs runs
 (IncorrectStatus.ServerGroup), so calls for a group go out one at a time, and whatever was decided while a
@@ -12,14 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
-
-from prometheus_client import Histogram
 
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.errors import AlbError
@@ -27,10 +25,13 @@ from alb_membership.alb.models import Server
 from alb_membership.cluster.notices import Notices
 from alb_membership.engine import outcomes
 from alb_membership.engine.batches import next_batch, token_for
+from alb_membership.engine.followed import FollowedJobs
+from alb_membership.engine.group_status import GroupStatus
 from alb_membership.engine.jobs import JobTracker
+from alb_membership.engine.timings import observe_exposure, observe_latency
 from alb_membership.metrics import Metrics
 from alb_membership.model.health import set_health
-from alb_membership.model.ledger import Entry, GroupLedger, OwnerKey, now
+from alb_membership.model.ledger import Entry, GroupLedger, OwnerKey
 from alb_membership.model.state import ResourceState
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,13 @@ class GroupPipeline:
         self._task: asyncio.Task[None] | None = None
         self._retries: set[asyncio.TimerHandle] = set()
         self._calling: set[Server] = set()  # the batch being sent now
-        self._jobs: dict[str, tuple[asyncio.Task[None], set[Server]]] = {}  # jobs followed, with their servers
-        self._drain_seconds: float | None = None  # the group's connection drain timeout, as last read
+        self._jobs = FollowedJobs(ledger.group_id, self._follow_crashed)
+        self._status = GroupStatus(
+            services.client,
+            ledger.group_id,
+            services.settings.group_poll_seconds,
+            services.settings.group_wait_seconds,
+        )
         self._closed = False
         self._paused_until = 0.0  # after a refused call, the group's next call waits until then
 
@@ -102,7 +108,7 @@ class GroupPipeline:
     @property
     def in_flight(self) -> set[Server]:
         """Servers of the call being sent and of the jobs followed: anti-entropy leaves these alone."""
-        return self._calling.union(*(servers for _, servers in self._jobs.values()))
+        return self._calling | self._jobs.servers
 
     def enqueue(self, servers: Iterable[Server], first: bool = False) -> None:
         """``first``: a retry, which goes before removals decided after it (they must not overtake it)."""
@@ -133,10 +139,7 @@ class GroupPipeline:
         self._closed = True
         for handle in self._retries:
             handle.cancel()
-        followed = [task for task, _ in self._jobs.values()]
-        for task in followed:
-            task.cancel()
-        await asyncio.gather(*followed, return_exceptions=True)
+        await self._jobs.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -154,7 +157,7 @@ class GroupPipeline:
                 if pause > 0:
                     await asyncio.sleep(pause)
                 # The batch is taken once the group takes changes: what was decided during the wait goes with it.
-                await self._until_group_accepts()
+                await self._status.until_accepts(lambda: bool(self._jobs))
                 batch = next_batch(self._queue, self.ledger, self._s.settings.batch_size, self._dir.dry_run)
                 self._s.metrics.queue_depth.labels(self.group_id).set(len(self._queue))
                 if not batch:
@@ -202,7 +205,7 @@ class GroupPipeline:
         assert removal.job_id is not None
         job_id = removal.job_id
         outcomes.record_accepted(batch, states, job_id, token)
-        self._observe(s.metrics.accepted_seconds, batch)
+        observe_latency(s.metrics.accepted_seconds, batch)
         self._dir.changed(states)
         s.notices.post(
             states,
@@ -215,31 +218,19 @@ class GroupPipeline:
         self._follow(batch, states, job_id)
 
     def _follow(self, batch: list[Entry], states: list[ResourceState], job_id: str) -> None:
-        """The job is followed on its own: the group's next call need not wait for it (a removal's job may last
-        a whole connection drain while the group already takes the next change)."""
-        servers = {e.server for e in batch}
+        self._jobs.follow(job_id, [e.server for e in batch], lambda: self._job_ended(batch, states, job_id))
 
-        async def follow() -> None:
-            try:
-                await self._job_ended(batch, states, job_id)
-            except Exception:
-                log.exception(
-                    "following job %s of %s failed unexpectedly; retrying its removals", job_id, self.group_id
-                )
-                self._s.metrics.internal_errors.labels("pipeline").inc()
-                self.enqueue_later(self._s.settings.transient_retry_seconds, servers)
-            finally:
-                del self._jobs[job_id]
-
-        self._jobs[job_id] = (asyncio.create_task(follow(), name=f"job-{job_id}"), servers)
+    def _follow_crashed(self, servers: set[Server]) -> None:
+        self._s.metrics.internal_errors.labels("pipeline").inc()
+        self.enqueue_later(self._s.settings.transient_retry_seconds, servers)
 
     async def _job_ended(self, batch: list[Entry], states: list[ResourceState], job_id: str) -> None:
         s = self._s
-        job = await s.tracker.wait(job_id, extra_seconds=self._drain_seconds or 0.0)
+        job = await s.tracker.wait(job_id, extra_seconds=self._status.drain_seconds or 0.0)
         s.metrics.jobs.labels(job.status).inc()
         if job.status == "Succeeded":
-            self._observe(s.metrics.succeeded_seconds, batch)
-            self._observe_exposure(batch)
+            observe_latency(s.metrics.succeeded_seconds, batch)
+            observe_exposure(s.metrics, batch)
             self._removed(batch, states, job_id, f"job {job_id} removed {len(batch)} server(s) from {self.group_id}")
             return
         failure = outcomes.record_failed(
@@ -257,28 +248,6 @@ class GroupPipeline:
         self._dir.changed(states)
         s.notices.post(states, "Warning", "RemovalFailed", f"{failure.message}; trying again")
         self.enqueue_later(delay, [e.server for e in batch])
-
-    async def _until_group_accepts(self) -> None:
-        """While a job of this group runs, the cloud refuses other changes (IncorrectStatus.ServerGroup). Rather
-        than spend the region's write quota on refused calls, read the group's status (ListServerGroups, a read)
-        until it takes changes again or its jobs end; the call's own retries cover what is left."""
-        if self._drain_seconds is not None and not self._jobs:
-            return  # nothing of ours runs in the group: no reason to think it busy
-        deadline = asyncio.get_running_loop().time() + self._s.settings.group_wait_seconds
-        while True:
-            try:
-                [group] = await self._s.client.list_server_groups([self.group_id])
-            except Exception as exc:  # the call itself will tell what is wrong
-                log.debug("could not read the status of %s: %s", self.group_id, exc)
-                return
-            drain = group.get("ConnectionDrainConfig") or {}
-            enabled = drain.get("ConnectionDrainEnabled") in (True, "true")
-            self._drain_seconds = float(drain.get("ConnectionDrainTimeout") or 0) if enabled else 0.0
-            if group.get("ServerGroupStatus") != "Configuring" or not self._jobs:
-                return
-            if asyncio.get_running_loop().time() > deadline:
-                return
-            await asyncio.sleep(self._s.settings.group_poll_seconds)
 
     def _call_off_held(self, batch: list[Entry]) -> list[Entry]:
         holders = self._dir.holders(self.ledger)
@@ -309,7 +278,7 @@ class GroupPipeline:
 
     def _removed(self, batch: list[Entry], states: list[ResourceState], job_id: str | None, message: str) -> None:
         reason = "RemovalSucceeded" if job_id else "AlreadyRemoved"
-        overtaken = outcomes.finish_removals(batch, self.ledger, states, job_id, self._drain_seconds or 0.0)
+        overtaken = outcomes.finish_removals(batch, self.ledger, states, job_id, self._status.drain_seconds or 0.0)
         self._dir.changed(states)
         self._s.notices.post(states, "Normal", reason, message)
         if overtaken:
@@ -343,26 +312,3 @@ class GroupPipeline:
         s.notices.post(states, "Warning", "RemovalRefused", f"{message}; next try in {delay:.0f}s")
         self._paused_until = asyncio.get_running_loop().time() + delay
         self.enqueue([e.server for e in batch], first=True)
-
-    def _observe_exposure(self, batch: list[Entry]) -> None:
-        """Without the gate, a pod is exposed from its deletion's start until its server is out (the job's end)."""
-        when = now()
-        for entry in batch:
-            removal = entry.removal
-            if removal is not None and removal.deletion_started is not None and removal.trigger != "deletion-gate":
-                self._s.metrics.exposure_seconds.labels("false").observe(_seconds(when - removal.deletion_started))
-
-    @staticmethod
-    def _observe(histogram: Histogram, batch: list[Entry]) -> None:
-        when = now()
-        for entry in batch:
-            removal = entry.removal
-            if removal is None:
-                continue
-            histogram.labels("observed").observe(max(0.0, (when - removal.decided_at).total_seconds()))
-            if removal.deletion_started is not None:
-                histogram.labels("deletion").observe(_seconds(when - removal.deletion_started))
-
-
-def _seconds(delta: dt.timedelta) -> float:
-    return max(0.0, delta.total_seconds())
