@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import ipaddress
 import logging
 import os
 import ssl
@@ -22,14 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from alb_membership.gate.pki import make_ca, make_serving
+
 log = logging.getLogger(__name__)
 
+CA_NAME = "alb-membership-operator webhook CA"
 CA_DAYS = 3650
 SERVING_DAYS = 365
 RENEW_BEFORE = dt.timedelta(days=30)
@@ -57,73 +56,6 @@ class Bundle:
     def from_secret_data(cls, data: dict[str, str]) -> Bundle:
         raw = {k: base64.b64decode(v) for k, v in data.items()}
         return cls(raw["ca.crt"], raw["ca.key"], raw["tls.crt"], raw["tls.key"])
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def make_ca(now: dt.datetime) -> tuple[bytes, bytes]:
-    key = _key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alb-membership-operator webhook CA")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
-
-
-def make_serving(ca_cert: bytes, ca_key: bytes, hosts: list[str], now: dt.datetime) -> tuple[bytes, bytes]:
-    ca = x509.load_pem_x509_certificate(ca_cert)
-    signer = serialization.load_pem_private_key(ca_key, None)
-    assert isinstance(signer, ec.EllipticCurvePrivateKey)
-    key = _key()
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=SERVING_DAYS))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(signer, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
 
 
 def needs_renewal(bundle: Bundle, hosts: list[str], now: dt.datetime) -> bool:
@@ -178,8 +110,8 @@ class Certificates:
             if current is not None and not needs_renewal(current, self._hosts, now):
                 bundle = current
                 break
-            ca_cert, ca_key = (current.ca_cert, current.ca_key) if current else make_ca(now)
-            cert, key = make_serving(ca_cert, ca_key, self._hosts, now)
+            ca_cert, ca_key = (current.ca_cert, current.ca_key) if current else make_ca(CA_NAME, CA_DAYS, now)
+            cert, key = make_serving(ca_cert, ca_key, self._hosts, SERVING_DAYS, now)
             bundle = Bundle(ca_cert, ca_key, cert, key)
             if await self._write(bundle, existing[1] if existing else None):
                 log.info("webhook certificate written to Secret %s/%s", self._namespace, self._secret)
