@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300)
 
@@ -99,7 +103,29 @@ class Metrics:
             registry=r,
         )
         self.leader = Gauge("albm_leader", "1 while this replica acts, 0 while it stands by", registry=r)
+        self.resources_degraded = Gauge(
+            "albm_resources_degraded", "ServerGroupMemberships whose Degraded condition is True", registry=r
+        )
+
+    def track_pending(self, oldest: Callable[[], dict[str, float]]) -> None:
+        """``oldest``: server group -> age of its oldest pending removal, read at each scrape."""
+        self.registry.register(_OldestPending(oldest))
 
     def observe_call(self, action: str, code: str, seconds: float) -> None:
         self.api_calls.labels(action, code).inc()
         self.api_seconds.labels(action).observe(seconds)
+
+
+class _OldestPending(Collector):
+    def __init__(self, oldest: Callable[[], dict[str, float]]) -> None:
+        self._oldest = oldest
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "albm_pending_oldest_seconds",
+            "Seconds since the oldest removal still pending in the server group was decided",
+            labels=["server_group"],
+        )
+        for group, seconds in sorted(self._oldest().items()):
+            family.add_metric([group], seconds)
+        yield family

@@ -18,6 +18,7 @@ from alb_membership.alb.ratelimit import SlidingWindowLimiter
 from alb_membership.cluster.kube import Kube
 from alb_membership.cluster.notices import Notices
 from alb_membership.cluster.store import ClusterStore
+from alb_membership.engine import census
 from alb_membership.engine.antientropy import AntiEntropy
 from alb_membership.engine.jobs import JobTracker
 from alb_membership.engine.pipeline import PipelineSettings, Services
@@ -63,6 +64,8 @@ class Runtime:
         self.reconciler.view = self.store
         metrics.watched_pods.set_function(self.store.pod_count)
         metrics.watch_events.set_function(self.store.event_count)
+        metrics.resources_degraded.set_function(lambda: census.degraded(self.reconciler.resources.values()))
+        metrics.track_pending(lambda: census.oldest_pending(self.reconciler.ledgers))
         self._store_task: asyncio.Task[None] | None = None
         self._certificates_task: asyncio.Task[None] | None = None
         self.gate = Gate(
