@@ -33,6 +33,7 @@ lint: venv
 	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/ruff format --check operator tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mkdocs build --strict --quiet
 	scripts/test-alerts
 
 demo: venv binaries
