@@ -8,6 +8,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+GATE_OUTCOMES = (
+    "confirmed",
+    "kept",
+    "timed-out",
+    "not-a-member",
+    "pdb-blocked",
+    "dry-run",
+    "stopping",
+    "too-many",
+    "no-leader",
+    "error",
+)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300)
 
 
@@ -103,6 +115,11 @@ class Metrics:
             registry=r,
         )
         self.leader = Gauge("albm_leader", "1 while this replica acts, 0 while it stands by", registry=r)
+        # Every outcome an alert counts exists from the start, at 0: a first count is then an increase.
+        for status in ("Succeeded", "Failed", "Unknown"):
+            self.jobs.labels(status)
+        for outcome in GATE_OUTCOMES:
+            self.gate_outcomes.labels(outcome)
         self.resources_degraded = Gauge(
             "albm_resources_degraded", "ServerGroupMemberships whose Degraded condition is True", registry=r
         )

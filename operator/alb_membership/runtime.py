@@ -143,6 +143,7 @@ class Runtime:
         Whatever was in flight is in status already and the next operator sends it again. From here on, events
         still arriving (the watches run until the process ends) change nothing."""
         self.reconciler.stopped = True
+        self.metrics.leader.set(0)
         if self._anti_entropy_task is not None:
             self._anti_entropy_task.cancel()
             await asyncio.gather(self._anti_entropy_task, return_exceptions=True)

@@ -21,6 +21,8 @@ async def test_degraded_resources_and_the_oldest_pending_removal_are_exported() 
     state = rec.start(selected(), repair=False)
     text = generate_latest(metrics.registry).decode()
     assert "albm_resources_degraded 0.0" in text
+    assert 'albm_jobs_total{status="Unknown"} 0.0' in text, "a first Unknown job is an increase the alert sees"
+    assert 'albm_gate_outcomes_total{outcome="timed-out"} 0.0' in text
     assert "albm_pending_oldest_seconds{" not in text, "no group has a pending removal yet"
 
     rec.pod_changed(pod("a", deleting=True), deleted=False)
