@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as harness
 from run import BEHAVIOUR, NS, RESULTS, Bench, Controller, group_id, machine, percentile, source_tree
 from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET
+from tests.support.gate import webhook_configuration
 
 from localcluster.cluster import die_with_parent, free_port
 
@@ -87,37 +88,6 @@ def mode_key(mode: dict[str, Any]) -> str:
         ends = "before" if mode["job_ends"] == "before_draining" else "after"
         drain = f"drain{mode['drain']}-{ends}-cwd{str(mode['configuring_while_draining']).lower()}"
     return f"{'gate' if mode['gate'] else 'nogate'}-{drain}"
-
-
-def webhook_configuration(port: int) -> dict[str, Any]:
-    """As tests/integration/test_gate.py registers it: at a URL (the local API server cannot reach a Service)."""
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": WEBHOOK},
-        "webhooks": [
-            {
-                "name": "pod-deletion.albmembership.io",
-                "admissionReviewVersions": ["v1"],
-                "sideEffects": "NoneOnDryRun",
-                "failurePolicy": "Ignore",
-                "timeoutSeconds": 30,
-                "clientConfig": {"url": f"https://127.0.0.1:{port}/validate-pod-deletion"},
-                "rules": [
-                    {"operations": ["DELETE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]},
-                    {
-                        "operations": ["CREATE"],
-                        "apiGroups": [""],
-                        "apiVersions": ["v1"],
-                        "resources": ["pods/eviction"],
-                    },
-                ],
-                "namespaceSelector": {
-                    "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": [NS]}]
-                },
-            }
-        ],
-    }
 
 
 class TerminationWatch:
@@ -270,7 +240,7 @@ class ExposureBench(Bench):
         operator (so the API server really reaches the webhook, rather than ignoring a failure)."""
         admission = kubernetes.client.AdmissionregistrationV1Api(self.api)
         self.unregister_gate()
-        admission.create_validating_webhook_configuration(webhook_configuration(port))
+        admission.create_validating_webhook_configuration(webhook_configuration(WEBHOOK, NS, port))
 
         def trusted() -> bool:
             hook = admission.read_validating_webhook_configuration(WEBHOOK).webhooks[0]

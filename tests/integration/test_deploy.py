@@ -23,6 +23,7 @@ from localcluster.binaries import locate_binaries
 from localcluster.cluster import free_port
 from tests.support.cluster import Cluster, wait_for
 from tests.support.emulator import EmulatorProcess
+from tests.support.gate import served_at
 from tests.support.operator import OperatorProcess, start_operator
 from tests.support.scenario import (
     in_group,
@@ -242,12 +243,8 @@ def test_helm_install_then_the_operator_works_with_only_the_charts_rights(
     )  # fmt: skip
     docs = [d for d in gate if d]
     rbac = [d for d in docs if d["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
-    [config] = [d for d in docs if d["kind"] == "ValidatingWebhookConfiguration"]
     port = free_port()
-    config["webhooks"][0]["clientConfig"] = {"url": f"https://127.0.0.1:{port}/validate-pod-deletion"}
-    config["webhooks"][0]["namespaceSelector"] = {
-        "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]}]
-    }
+    [config] = [served_at(d, port, namespace) for d in docs if d["kind"] == "ValidatingWebhookConfiguration"]
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([*rbac, config]))
 
     # The operator, as a process, with exactly the chart's ServiceAccount rights (and its Lease).

@@ -6,6 +6,7 @@ the leader; with connection draining, a Draining server is out of rotation alrea
 from __future__ import annotations
 
 import base64
+import select
 import socket
 import threading
 import time
@@ -19,6 +20,7 @@ import pytest
 from localcluster.cluster import free_port
 from tests.support.cluster import Cluster, wait_for
 from tests.support.emulator import EmulatorProcess, server
+from tests.support.gate import webhook_configuration
 from tests.support.operator import OperatorProcess, start_operator
 from tests.support.scenario import FOREIGN, GROUP, apply, deployment, in_group, pod_ips, sgm, status_when
 
@@ -26,39 +28,6 @@ pytestmark = pytest.mark.integration
 
 JOB_SECONDS = 1.0
 GATE = {"enabled": True, "maxWaitSeconds": 20}
-
-
-def webhook_configuration(name: str, namespace: str, port: int, timeout: int = 30) -> dict[str, Any]:
-    """As the chart makes it, but at a URL: the local API server cannot reach a Service."""
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [
-            {
-                "name": "pod-deletion.albmembership.io",
-                "admissionReviewVersions": ["v1"],
-                "sideEffects": "NoneOnDryRun",
-                "failurePolicy": "Ignore",
-                "timeoutSeconds": timeout,
-                "clientConfig": {"url": f"https://127.0.0.1:{port}/validate-pod-deletion"},
-                "rules": [
-                    {"operations": ["DELETE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]},
-                    {
-                        "operations": ["CREATE"],
-                        "apiGroups": [""],
-                        "apiVersions": ["v1"],
-                        "resources": ["pods/eviction"],
-                    },
-                ],
-                "namespaceSelector": {
-                    "matchExpressions": [
-                        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]}
-                    ]
-                },
-            }
-        ],
-    }
 
 
 class Gated:
@@ -85,6 +54,15 @@ class Gated:
         self.admission.create_validating_webhook_configuration(
             webhook_configuration(self.name, self.namespace, port, timeout)
         )
+
+    def serving(self) -> OperatorProcess:
+        """The webhook registered first, as the chart installs it, then an operator serving it, which puts its CA
+        into the configuration at start."""
+        port = free_port()
+        self.register(port)
+        op = self.operator(port)
+        self.trusted()
+        return op
 
     def trusted(self) -> None:
         """The operator put its CA into the configuration."""
@@ -140,10 +118,7 @@ def timed(action: Any) -> tuple[float, float]:
 
 
 def test_kubectl_delete_is_held_until_the_server_is_out(gated: Gated) -> None:
-    port = free_port()
-    gated.operator(port)
-    gated.register(port)
-    gated.trusted()
+    gated.serving()
     ips = gated.members(2)
     victim = sorted(ips)[0]
     started, allowed = timed(
@@ -158,10 +133,7 @@ def test_kubectl_delete_is_held_until_the_server_is_out(gated: Gated) -> None:
 
 
 def test_a_rollout_an_eviction_and_a_force_delete_are_held(gated: Gated) -> None:
-    port = free_port()
-    gated.operator(port)
-    gated.register(port)
-    gated.trusted()
+    gated.serving()
     ips = gated.members(4)
     a, b = sorted(ips)[:2]
 
@@ -174,11 +146,12 @@ def test_a_rollout_an_eviction_and_a_force_delete_are_held(gated: Gated) -> None
 
     # The ReplicaSet controller's deletions: each old pod gets its deletionTimestamp after its server is out.
     seen_deleting: dict[str, float] = {}
-    stop = threading.Event()
+    stop, watching = threading.Event(), threading.Event()
 
     def watch() -> None:
         w = kubernetes.watch.Watch()
         for event in w.stream(gated.core.list_namespaced_pod, gated.namespace, timeout_seconds=5):
+            watching.set()  # the pods there are listed first: from here on, the watch sees every change
             pod = event["object"]
             if pod.metadata.deletion_timestamp and pod.status.pod_ip:
                 seen_deleting.setdefault(pod.status.pod_ip, time.time())
@@ -191,7 +164,7 @@ def test_a_rollout_an_eviction_and_a_force_delete_are_held(gated: Gated) -> None
 
     watcher = threading.Thread(target=watch_until_stopped, daemon=True)
     watcher.start()
-    time.sleep(0.5)
+    assert watching.wait(30), "the watch of pods did not start"
     current = pod_ips(gated.core, gated.namespace, "web", 4)
     # The replacements of the evicted and deleted pods join the group, as the ingress would add them.
     gated.emulator.add_group(GROUP, [server(ip) for ip in current.values()] + [server(FOREIGN)])
@@ -207,10 +180,7 @@ def test_a_rollout_an_eviction_and_a_force_delete_are_held(gated: Gated) -> None
 
 
 def test_non_members_are_not_delayed_and_a_down_or_slow_webhook_lets_deletions_through(gated: Gated) -> None:
-    port = free_port()
-    op = gated.operator(port)
-    gated.register(port)
-    gated.trusted()
+    op = gated.serving()
     gated.members(1)
     apply(gated.cluster, gated.namespace, deployment("other", 5))
     others = sorted(pod_ips(gated.core, gated.namespace, "other", 5))
@@ -231,8 +201,20 @@ def test_non_members_are_not_delayed_and_a_down_or_slow_webhook_lets_deletions_t
         silent.listen()
         gated.admission.delete_validating_webhook_configuration(gated.name)
         gated.register(silent.getsockname()[1], timeout=3)
-        time.sleep(3)  # the API server reads webhook configurations through its own watch: let it see this one
+        # The API server reads webhook configurations through its own watch: dry-run deletions until one of them
+        # reaches this webhook (a connection waits on its socket), so the timed deletion meets it for sure.
+        probes: list[threading.Thread] = []
+
+        def reached() -> bool:
+            probes.append(threading.Thread(target=gated.core.delete_namespaced_pod, args=(others[4], gated.namespace),
+                                           kwargs={"dry_run": "All"}, daemon=True))  # fmt: skip
+            probes[-1].start()  # held for the webhook's timeout once the API server calls it, so not waited for
+            return bool(select.select([silent], [], [], 0.2)[0])
+
+        wait_for(reached, "the API server to call the new webhook", timeout=30, interval=0)
         started, allowed = timed(lambda: gated.core.delete_namespaced_pod(others[4], gated.namespace))
+        for probe in probes:
+            probe.join(10)
     print(f"deletion with a webhook that never answers: {allowed - started:.1f}s (timeout 3 s)")
     assert 2.5 <= allowed - started < 10
 
@@ -244,6 +226,7 @@ def test_a_standby_asks_the_leader(gated: Gated) -> None:
     wait_for(lambda: first.ready()["leader"], "the first replica to lead")
     second = gated.operator(ports[1], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[1]}")
     assert not second.ready()["leader"]
+    # Registered after the operators started (the others register first): their CA goes in once it exists.
     gated.register(ports[1])  # the API server asks the standby
     gated.trusted()
     ips = gated.members(2)
@@ -255,10 +238,7 @@ def test_a_standby_asks_the_leader(gated: Gated) -> None:
 @pytest.mark.parametrize("job_ends", ["before_draining", "after_draining"])
 def test_with_connection_draining_a_draining_server_is_out_of_rotation(gated: Gated, job_ends: str) -> None:
     gated.emulator.admin("PUT", "behaviour", {"job_ends": job_ends})
-    port = free_port()
-    gated.operator(port)
-    gated.register(port)
-    gated.trusted()
+    gated.serving()
     ips = gated.members(2, connection_drain={"enabled": True, "timeout_seconds": 8})
     victim = sorted(ips)[0]
     started, allowed = timed(lambda: gated.core.delete_namespaced_pod(victim, gated.namespace))
@@ -275,10 +255,7 @@ def test_with_connection_draining_a_draining_server_is_out_of_rotation(gated: Ga
 
 
 def test_an_eviction_a_disruption_budget_refuses_removes_nothing(gated: Gated) -> None:
-    port = free_port()
-    gated.operator(port)
-    gated.register(port)
-    gated.trusted()
+    gated.serving()
     ips = gated.members(2)
     policy = kubernetes.client.PolicyV1Api(gated.core.api_client)
     policy.create_namespaced_pod_disruption_budget(
