@@ -217,7 +217,8 @@ def test_pods_deleted_while_no_operator_ran_are_removed(
     tmp_path: Path,
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
-    pods = pods_as_members(cluster, core, emulator, namespace, 2)
+    # A grace period of 1 s: the pod is to be gone, not terminating, when the successor starts.
+    pods = pods_as_members(cluster, core, emulator, namespace, 2, grace=1)
     operator.kill()
     # A scale-down, so that no replacement pod can take the deleted pod's IP (that server would stay: a live pod
     # holds it; test_ledger covers reuse).

@@ -110,12 +110,14 @@ def pods_as_members(
     emulator: EmulatorProcess,
     namespace: str,
     replicas: int,
+    *,
+    grace: int = 30,
     **spec: Any,
 ) -> dict[str, str]:
-    """The common start: a Deployment of Ready pods whose IPs are in the group (next to a foreign server), and a
-    ServerGroupMembership selecting them (``spec`` adds fields, e.g. dryRun) with its members recorded.
-    Returns pod name -> IP."""
-    apply(cluster, namespace, deployment("web", replicas))
+    """The common start: a Deployment of Ready pods (``grace``: their termination grace period) whose IPs are in
+    the group (next to a foreign server), and a ServerGroupMembership selecting them (``spec`` adds fields, e.g.
+    dryRun) with its members recorded. Returns pod name -> IP."""
+    apply(cluster, namespace, deployment("web", replicas, grace))
     ips = pod_ips(core, namespace, "web", replicas)
     seed(emulator, list(ips.values()))
     apply(
