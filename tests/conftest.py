@@ -16,6 +16,7 @@ from localcluster.binaries import locate_binaries
 from tests.support.cluster import Cluster
 from tests.support.emulator import EmulatorProcess, start_emulator
 from tests.support.operator import OperatorProcess, start_operator
+from tests.support.restartable import Restartable
 
 
 def _progress(msg: str) -> None:
@@ -102,3 +103,12 @@ def operator(
     proc = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def restartable(cluster: Cluster, crd: None, namespace: str, tmp_path: Path) -> Iterator[Restartable]:
+    """An emulator of this test's own that can be stopped and started again as it was, and an operator against it
+    that can be killed and succeeded."""
+    own = Restartable(cluster, namespace, tmp_path)
+    yield own
+    own.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -11,11 +10,12 @@ import pytest
 from alb_membership.alb import request as wire
 from alb_membership.alb.batching import batches
 from alb_membership.alb.client import AlbClient
-from alb_membership.alb.credentials import Credentials, StaticCredentials
+from alb_membership.alb.credentials import Credentials
 from alb_membership.alb.endpoints import Endpoint
 from alb_membership.alb.errors import AlbError, AlbThrottled
 from alb_membership.alb.models import Server
 from alb_membership.alb.retry import RetryPolicy
+from tests.support.alb import alb_client
 from tests.support.emulator import (
     ACCESS_KEY_ID,
     ACCESS_KEY_SECRET,
@@ -39,29 +39,9 @@ def servers(n: int) -> list[Server]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-def make_client(
-    session: aiohttp.ClientSession,
-    emulator: EmulatorProcess,
-    creds: Credentials | None = None,
-    retry: RetryPolicy = FAST_RETRY,
-) -> AlbClient:
-    return AlbClient(
-        session,
-        Endpoint.from_url(emulator.url),
-        StaticCredentials(creds or Credentials(ACCESS_KEY_ID, ACCESS_KEY_SECRET)),
-        retry=retry,
-    )
-
-
-@pytest.fixture
 def client(session: aiohttp.ClientSession, emulator: EmulatorProcess) -> AlbClient:
     emulator.add_group(GROUP, [server(ip(i)) for i in range(141)])
-    return make_client(session, emulator)
+    return alb_client(session, emulator, retry=FAST_RETRY)
 
 
 def members(emulator: EmulatorProcess) -> set[str]:
@@ -161,7 +141,7 @@ async def test_gives_up_when_the_time_budget_runs_out(
     session: aiohttp.ClientSession, client: AlbClient, emulator: EmulatorProcess
 ) -> None:
     emulator.admin("PUT", "faults", {"rates": {"SystemBusy": 1.0}})
-    impatient = make_client(session, emulator, retry=RetryPolicy(base_seconds=0.05, cap_seconds=0.1, total_seconds=0.5))
+    impatient = alb_client(session, emulator, retry=RetryPolicy(base_seconds=0.05, cap_seconds=0.1, total_seconds=0.5))
     with pytest.raises(AlbError) as raised:
         await impatient.remove_servers(GROUP, servers(1), "tok-busy")
     assert raised.value.code == "SystemBusy"
@@ -189,9 +169,9 @@ async def test_already_removed_and_dry_run(client: AlbClient, emulator: Emulator
 
 
 async def test_sts_credentials(session: aiohttp.ClientSession, client: AlbClient, emulator: EmulatorProcess) -> None:
-    sts = make_client(session, emulator, Credentials(STS_KEY_ID, STS_SECRET, STS_TOKEN, provider="sts"))
+    sts = alb_client(session, emulator, Credentials(STS_KEY_ID, STS_SECRET, STS_TOKEN, provider="sts"), FAST_RETRY)
     assert len(await sts.list_server_group_servers(GROUP)) == 141
-    wrong = make_client(session, emulator, Credentials(STS_KEY_ID, STS_SECRET, "CAIS-wrong"))
+    wrong = alb_client(session, emulator, Credentials(STS_KEY_ID, STS_SECRET, "CAIS-wrong"), FAST_RETRY)
     with pytest.raises(AlbError, match=r"InvalidSecurityToken\.Mismatch"):
         await wrong.list_server_groups()
 
@@ -270,8 +250,6 @@ async def test_throttled_error_type(
     session: aiohttp.ClientSession, client: AlbClient, emulator: EmulatorProcess
 ) -> None:
     emulator.admin("PUT", "faults", {"rates": {"Throttling.User": 1.0}})
-    impatient = make_client(
-        session, emulator, retry=RetryPolicy(base_seconds=0.01, cap_seconds=0.02, total_seconds=0.2)
-    )
+    impatient = alb_client(session, emulator, retry=RetryPolicy(base_seconds=0.01, cap_seconds=0.02, total_seconds=0.2))
     with pytest.raises(AlbThrottled):
         await impatient.list_server_groups()

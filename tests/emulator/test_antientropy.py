@@ -4,20 +4,18 @@ some other way are forgotten; servers the operator never owned are never looked 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import cast
 
 import aiohttp
 import pytest
 
 from alb_membership.alb.client import AlbClient
-from alb_membership.alb.credentials import Credentials, StaticCredentials
-from alb_membership.alb.endpoints import Endpoint
 from alb_membership.cluster.kube import Kube
 from alb_membership.engine.antientropy import AntiEntropy
 from alb_membership.metrics import Metrics
 from alb_membership.model.membership import EndpointView, PodView
-from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET, EmulatorProcess, server
+from tests.support.alb import alb_client
+from tests.support.emulator import EmulatorProcess, server
 from tests.unit.fakes import RecordingKube, RecordingReconciler, View, pod, selected
 
 
@@ -36,11 +34,8 @@ class ListingKube(RecordingKube):
 
 
 @pytest.fixture
-async def client(emulator: EmulatorProcess) -> AsyncIterator[AlbClient]:
-    async with aiohttp.ClientSession() as session:
-        yield AlbClient(
-            session, Endpoint.from_url(emulator.url), StaticCredentials(Credentials(ACCESS_KEY_ID, ACCESS_KEY_SECRET))
-        )
+def client(session: aiohttp.ClientSession, emulator: EmulatorProcess) -> AlbClient:
+    return alb_client(session, emulator)
 
 
 async def test_a_deletion_the_watch_missed_is_repaired(client: AlbClient) -> None:

@@ -6,7 +6,7 @@ combinations, through the official SDK and through the operator's own removal pi
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +17,12 @@ from alibabacloud_alb20200616.client import Client
 from alibabacloud_tea_openapi.exceptions import ClientException
 
 from alb_membership.alb.client import AlbClient
-from alb_membership.alb.credentials import Credentials, StaticCredentials
-from alb_membership.alb.endpoints import Endpoint
 from alb_membership.alb.models import Server
 from alb_membership.alb.retry import RetryPolicy
 from tests.emulator import test_pipeline as pipelines
 from tests.emulator.test_sdk_oracle import remove_request, sdk
+from tests.support.alb import alb_client
 from tests.support.emulator import (
-    ACCESS_KEY_ID,
-    ACCESS_KEY_SECRET,
     EmulatorProcess,
     default_config,
     server,
@@ -339,14 +336,10 @@ def test_without_draining_nothing_changes(drain: EmulatorProcess, knobs: dict[st
 
 
 @pytest.fixture
-async def client(drain: EmulatorProcess) -> AsyncIterator[AlbClient]:
-    async with aiohttp.ClientSession() as session:
-        yield AlbClient(
-            session,
-            Endpoint.from_url(drain.url),
-            StaticCredentials(Credentials(ACCESS_KEY_ID, ACCESS_KEY_SECRET)),
-            retry=RetryPolicy(base_seconds=0.02, cap_seconds=0.1, total_seconds=10, max_attempts=200),
-        )
+def client(session: aiohttp.ClientSession, drain: EmulatorProcess) -> AlbClient:
+    return alb_client(
+        session, drain, retry=RetryPolicy(base_seconds=0.02, cap_seconds=0.1, total_seconds=10, max_attempts=200)
+    )
 
 
 @pytest.mark.parametrize(("job_ends", "configuring"), COMBINATIONS)

@@ -11,14 +11,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from alb_membership.alb.client import AlbClient
-from alb_membership.alb.credentials import Credentials, StaticCredentials
-from alb_membership.alb.endpoints import Endpoint
 from alb_membership.alb.models import Server
 from localcluster.certs import write_pki
-from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET, default_config, server, start_emulator
-
-CREDS = StaticCredentials(Credentials(ACCESS_KEY_ID, ACCESS_KEY_SECRET))
+from tests.support.alb import alb_client
+from tests.support.emulator import default_config, server, start_emulator
 
 
 async def test_state_survives_a_restart(tmp_path: Path) -> None:
@@ -28,7 +24,7 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
     try:
         first.add_group("sgp-persist0000001", [server("10.0.0.1"), server("10.0.0.2")])
         async with aiohttp.ClientSession() as session:
-            client = AlbClient(session, Endpoint.from_url(first.url), CREDS)
+            client = alb_client(session, first)
             removal = await client.remove_servers("sgp-persist0000001", [Server("Ip", "10.0.0.1", 8080)], "tok-keep")
     finally:
         first.stop()
@@ -43,7 +39,7 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
             "10.0.0.2": "Available",
         }
         async with aiohttp.ClientSession() as session:
-            client = AlbClient(session, Endpoint.from_url(second.url), CREDS)
+            client = alb_client(session, second)
             again = await client.remove_servers("sgp-persist0000001", [Server("Ip", "10.0.0.1", 8080)], "tok-keep")
             jobs = await client.list_asyn_jobs([removal.job_id or ""])
         assert again.job_id == removal.job_id, "a token used before the restart still answers with its job"
@@ -61,7 +57,7 @@ async def test_https_with_a_given_certificate(tmp_path: Path) -> None:
         assert emulator.url.startswith("https://")
         trust = ssl.create_default_context(cafile=str(tmp_path / "pki/ca.crt"))
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as session:
-            client = AlbClient(session, Endpoint.from_url(emulator.url), CREDS)
+            client = alb_client(session, emulator)
             assert await client.list_server_groups() == []
     finally:
         emulator.stop()

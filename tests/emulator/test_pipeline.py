@@ -5,14 +5,14 @@ errors that are not the cloud's."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any, cast
 
 import aiohttp
 import pytest
 
 from alb_membership.alb.client import AlbClient
-from alb_membership.alb.credentials import Credentials, CredentialsError, StaticCredentials
+from alb_membership.alb.credentials import Credentials, CredentialsError
 from alb_membership.alb.endpoints import Endpoint
 from alb_membership.alb.models import Job, Server
 from alb_membership.alb.retry import RetryPolicy
@@ -24,7 +24,8 @@ from alb_membership.metrics import Metrics
 from alb_membership.model.ledger import Entry, GroupLedger, OwnerKey, Removal, now
 from alb_membership.model.spec import Ref, Spec
 from alb_membership.model.state import ResourceState
-from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET, EmulatorProcess, server
+from tests.support.alb import alb_client
+from tests.support.emulator import EmulatorProcess, server
 from tests.unit.fakes import RecordingKube
 
 GROUP = "sgp-pipeline0000001"
@@ -57,14 +58,10 @@ class Directory:
 
 
 @pytest.fixture
-async def client(emulator: EmulatorProcess) -> AsyncIterator[AlbClient]:
-    async with aiohttp.ClientSession() as session:
-        yield AlbClient(
-            session,
-            Endpoint.from_url(emulator.url),
-            StaticCredentials(Credentials(ACCESS_KEY_ID, ACCESS_KEY_SECRET)),
-            retry=RetryPolicy(base_seconds=0.02, cap_seconds=0.2, total_seconds=5, max_attempts=10),
-        )
+def client(session: aiohttp.ClientSession, emulator: EmulatorProcess) -> AlbClient:
+    return alb_client(
+        session, emulator, retry=RetryPolicy(base_seconds=0.02, cap_seconds=0.2, total_seconds=5, max_attempts=10)
+    )
 
 
 def setup(client: AlbClient, tracker: JobTracker | None = None) -> tuple[GroupPipeline, Directory, RecordingKube]:

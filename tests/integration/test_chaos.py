@@ -17,10 +17,10 @@ import kubernetes
 import pytest
 
 from localcluster import LocalCluster
-from localcluster.cluster import free_port
 from tests.support.cluster import Cluster, wait_for
-from tests.support.emulator import EmulatorProcess, default_config, start_emulator
+from tests.support.emulator import EmulatorProcess
 from tests.support.operator import OperatorProcess, start_operator
+from tests.support.restartable import Restartable
 from tests.support.scenario import FOREIGN, apply, deployment, in_group, pod_ips, seed, sgm, status, status_when
 
 pytestmark = pytest.mark.integration
@@ -127,12 +127,9 @@ def test_operator_sigkilled_at_random_moments(chaos: Chaos) -> None:
 def test_emulator_restarts_and_resets_connections(
     cluster: Cluster, api_client: kubernetes.client.ApiClient, namespace: str, tmp_path: Path, crd: None
 ) -> None:
-    port = free_port()
-    config = {**default_config(), "behaviour": {"job_seconds": 0.3, "job_jitter_seconds": 0.3}}
-    state = tmp_path / "emulator-state.json"
-    emulator = start_emulator(tmp_path, config, "--state-file", str(state), port=port)
-    chaos = Chaos(cluster, api_client, emulator, namespace, tmp_path)
-    chaos.start_operator()
+    own = Restartable(cluster, namespace, tmp_path, behaviour={"job_seconds": 0.3, "job_jitter_seconds": 0.3})
+    chaos = Chaos(cluster, api_client, own.emulator, namespace, tmp_path)
+    chaos.operator = own.operator
     try:
         for n in range(ROUNDS):
 
@@ -141,12 +138,11 @@ def test_emulator_restarts_and_resets_connections(
                 time.sleep(rng.uniform(0.2, 1.5))
                 chaos.emulator.stop()  # state (groups, jobs, tokens) is on disk
                 time.sleep(rng.uniform(0.0, 1.0))
-                chaos.emulator = start_emulator(tmp_path, config, "--state-file", str(state), port=port)
+                chaos.emulator = own.start_emulator()
 
             chaos.round(first=n == 0, disturb=restart_emulator)
     finally:
-        chaos.stop()
-        chaos.emulator.stop()
+        own.stop()
 
 
 def test_api_server_restarts(chaos: Chaos, local_cluster: LocalCluster | None) -> None:

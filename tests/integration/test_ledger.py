@@ -18,11 +18,11 @@ from pathlib import Path
 import kubernetes
 import pytest
 
-from localcluster.cluster import free_port
 from localcluster.errors import ClusterError
 from tests.support.cluster import Cluster, wait_for
-from tests.support.emulator import EmulatorProcess, default_config, start_emulator
+from tests.support.emulator import EmulatorProcess
 from tests.support.operator import OperatorProcess, start_operator
+from tests.support.restartable import Restartable
 from tests.support.scenario import (
     FOREIGN,
     apply,
@@ -492,45 +492,29 @@ def test_leaks_made_while_no_operator_ran_are_repaired_at_start(
 
 
 def test_operator_killed_while_deleting_with_removals_pending_finishes_the_deletion(
-    cluster: Cluster,
-    api_client: kubernetes.client.ApiClient,
-    crd: None,
-    namespace: str,
-    tmp_path: Path,
+    cluster: Cluster, api_client: kubernetes.client.ApiClient, namespace: str, restartable: Restartable
 ) -> None:
-    port = free_port()
-    state = tmp_path / "emulator-state.json"
-    config = {**default_config(), "behaviour": {"job_seconds": 0.3}}
-    emulator = start_emulator(tmp_path, config, "--state-file", str(state), port=port)
     core = kubernetes.client.CoreV1Api(api_client)
-    operator = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
-    try:
-        ips = pods_as_members(cluster, core, emulator, namespace, 2)
-        emulator.stop()  # the cloud is unreachable: the removals are decided and recorded, no call goes out
-        cluster.kubectl("delete", "sgm", "web", "-n", namespace, "--wait=false")
-        wait_status(
-            cluster,
-            namespace,
-            "web",
-            lambda s: {f"Ip:{ip}:8080" for ip in ips.values()} <= set(pending_servers(s)),
-            "both removals pending while the resource is being deleted",
-        )
-        operator.kill()
-        assert not sgm_gone(cluster, namespace, "web"), "the finalizer holds the resource"
+    ips = pods_as_members(cluster, core, restartable.emulator, namespace, 2)
+    restartable.emulator.stop()  # the cloud is unreachable: the removals are decided and recorded, no call goes out
+    cluster.kubectl("delete", "sgm", "web", "-n", namespace, "--wait=false")
+    wait_status(
+        cluster,
+        namespace,
+        "web",
+        lambda s: {f"Ip:{ip}:8080" for ip in ips.values()} <= set(pending_servers(s)),
+        "both removals pending while the resource is being deleted",
+    )
+    restartable.operator.kill()
+    assert not sgm_gone(cluster, namespace, "web"), "the finalizer holds the resource"
 
-        emulator = start_emulator(tmp_path, config, "--state-file", str(state), port=port)
-        operator = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
-        wait_for(lambda: sgm_gone(cluster, namespace, "web"), "the resource released", timeout=60)
-        assert not in_group(emulator) & set(ips.values())
-        assert FOREIGN in in_group(emulator)
-        assert accepted_removals(emulator) == Counter(ips.values()), (
-            "each server in one accepted call",
-            calls(emulator)(),
-        )
-        assert jobs_removing(emulator) == Counter(ips.values()), "one job per server"
-    finally:
-        operator.stop()
-        emulator.stop()
+    emulator = restartable.start_emulator()
+    restartable.start_operator()
+    wait_for(lambda: sgm_gone(cluster, namespace, "web"), "the resource released", timeout=60)
+    assert not in_group(emulator) & set(ips.values())
+    assert FOREIGN in in_group(emulator)
+    assert accepted_removals(emulator) == Counter(ips.values()), ("each server in one accepted call", calls(emulator)())
+    assert jobs_removing(emulator) == Counter(ips.values()), "one job per server"
 
 
 # -- EndpointSlices -----------------------------------------------------------------------------------------------

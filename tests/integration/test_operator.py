@@ -7,10 +7,10 @@ from pathlib import Path
 import kubernetes
 import pytest
 
-from localcluster.cluster import free_port
 from tests.support.cluster import Cluster, wait_for
-from tests.support.emulator import EmulatorProcess, default_config, server, start_emulator
+from tests.support.emulator import EmulatorProcess, server
 from tests.support.operator import OperatorProcess, start_operator
+from tests.support.restartable import Restartable
 from tests.support.scenario import (
     FOREIGN,
     GROUP,
@@ -314,35 +314,22 @@ def test_throttling_and_a_busy_group_are_retried_with_one_job_per_token(
 
 
 def test_killed_after_the_pending_removal_was_written_and_before_its_call_went_out(
-    cluster: Cluster,
-    api_client: kubernetes.client.ApiClient,
-    namespace: str,
-    tmp_path: Path,
-    crd: None,
+    cluster: Cluster, api_client: kubernetes.client.ApiClient, namespace: str, restartable: Restartable
 ) -> None:
-    port = free_port()
-    state = tmp_path / "emulator-state.json"
-    config = {**default_config(), "behaviour": {"job_seconds": 0.3}}
-    emulator = start_emulator(tmp_path, config, "--state-file", str(state), port=port)
     core = kubernetes.client.CoreV1Api(api_client)
-    operator = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
-    try:
-        ips = pods_as_members(cluster, core, emulator, namespace, 1)
-        emulator.stop()  # the cloud is unreachable: the removal is decided and recorded, its call cannot go out
-        core.delete_namespaced_pod(next(iter(ips)), namespace)
-        pending = status_when(
-            cluster,
-            namespace,
-            lambda s: any(p.get("clientToken") for p in (s.get("pending") or {}).values()),
-            "the pending removal with its token in status",
-        )["pending"]
-        operator.kill()
-        token = next(iter(pending.values()))["clientToken"]
-        emulator = start_emulator(tmp_path, config, "--state-file", str(state), port=port)
-        operator = start_operator(cluster.kubeconfig, emulator.url, namespace, tmp_path)
-        wait_for(lambda: not in_group(emulator) & set(ips.values()), "the successor to send it")
-        assert {r["client_token"] for r in removal_requests(emulator)} == {token}
-        assert len(emulator.admin("GET", "jobs")) == 1
-    finally:
-        operator.stop()
-        emulator.stop()
+    ips = pods_as_members(cluster, core, restartable.emulator, namespace, 1)
+    restartable.emulator.stop()  # the cloud is unreachable: the removal is decided and recorded, its call cannot go out
+    core.delete_namespaced_pod(next(iter(ips)), namespace)
+    pending = status_when(
+        cluster,
+        namespace,
+        lambda s: any(p.get("clientToken") for p in (s.get("pending") or {}).values()),
+        "the pending removal with its token in status",
+    )["pending"]
+    restartable.operator.kill()
+    token = next(iter(pending.values()))["clientToken"]
+    emulator = restartable.start_emulator()
+    restartable.start_operator()
+    wait_for(lambda: not in_group(emulator) & set(ips.values()), "the successor to send it")
+    assert {r["client_token"] for r in removal_requests(emulator)} == {token}
+    assert len(emulator.admin("GET", "jobs")) == 1
