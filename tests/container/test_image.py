@@ -278,11 +278,11 @@ def pods(
 
 
 def test_the_image_runs_as_the_chart_runs_it(
-    image: str,
-    cluster: Cluster,
+    cluster: Cluster,  # first: the local cluster starts while the image builds
     api_client: kubernetes.client.ApiClient,
     emulator: EmulatorProcess,
     namespace: str,
+    image: str,
     pods: ChartPods,
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
