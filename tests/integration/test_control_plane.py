@@ -13,6 +13,8 @@ from kubernetes.client.rest import ApiException
 from localcluster import ClusterError, LocalCluster
 from localcluster.cluster import is_alive
 from tests.support.cluster import Cluster, wait_for
+from tests.support.scenario import deployment
+from tests.support.workloads import service
 
 pytestmark = pytest.mark.integration
 
@@ -45,28 +47,6 @@ WIDGET_CRD = {
         ],
     },
 }
-
-
-def deployment(name: str, replicas: int, grace: int = 2) -> dict[str, object]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "terminationGracePeriodSeconds": grace,
-                    "containers": [
-                        {"name": "web", "image": "example.invalid/web:1", "ports": [{"containerPort": 8080}]}
-                    ],
-                },
-            },
-        },
-    }
 
 
 def ready_pods(core: kubernetes.client.CoreV1Api, ns: str, selector: str) -> list[kubernetes.client.V1Pod]:
@@ -113,14 +93,8 @@ def test_deployment_pods_ready_with_ips_and_endpointslices(
     cluster: Cluster, api_client: kubernetes.client.ApiClient, namespace: str
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(deployment("web", 3)))
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "web"},
-        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
-    }
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(service))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(deployment("web", 3, grace=2)))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(service("web", {"app": "web"})))
 
     pods = wait_ready_pods(core, namespace, "app=web", 3)
     ips = {p.status.pod_ip for p in pods}

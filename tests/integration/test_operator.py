@@ -26,6 +26,7 @@ from tests.support.scenario import (
     status,
     status_when,
 )
+from tests.support.workloads import service
 
 pytestmark = pytest.mark.integration
 
@@ -184,16 +185,7 @@ def test_terminating_endpoint_of_service_ref_is_removed(
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
     apply(cluster, namespace, deployment("web", 2))
-    apply(
-        cluster,
-        namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "web"},
-            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
-        },
-    )
+    apply(cluster, namespace, service("web", {"app": "web"}))
     pods = pod_ips(core, namespace, "web", 2)
     seed(emulator, list(pods.values()))
     apply(cluster, namespace, sgm("web", serviceRef={"name": "web"}, backend={"serverType": "Ip", "port": 8080}))
