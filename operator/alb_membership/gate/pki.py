@@ -1,5 +1,5 @@
-"""A CA and serving certificates signed by it, as PEM bytes: the deletion gate's TLS (gate/tls.py) and the local
-cluster's PKI (localcluster/certs.py) are made the same way."""
+"""A CA and serving (and client) certificates signed by it, as PEM bytes: the deletion gate's TLS (gate/tls.py) and
+the local cluster's PKI (localcluster/certs.py) are made the same way."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
 
 
 def make_ca(common_name: str, days: int, now: dt.datetime) -> tuple[bytes, bytes]:
-    """(certificate, key) of a CA that signs serving certificates only."""
+    """(certificate, key) of a CA that signs leaf certificates only (path length 0)."""
     key = _key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     cert = (
@@ -56,26 +56,43 @@ def make_ca(common_name: str, days: int, now: dt.datetime) -> tuple[bytes, bytes
 
 def make_serving(ca_cert: bytes, ca_key: bytes, hosts: list[str], days: int, now: dt.datetime) -> tuple[bytes, bytes]:
     """(certificate, key) for ``hosts`` (DNS names or IP addresses; the first is the subject), signed by the CA."""
-    ca = x509.load_pem_x509_certificate(ca_cert)
-    signer = serialization.load_pem_private_key(ca_key, None)
-    assert isinstance(signer, ec.EllipticCurvePrivateKey)
-    key = _key()
     names: list[x509.GeneralName] = []
     for host in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             names.append(x509.DNSName(host))
+    builder = x509.CertificateBuilder().add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return _signed(builder, ca_cert, ca_key, hosts[0], ExtendedKeyUsageOID.SERVER_AUTH, days, now)
+
+
+def make_client(ca_cert: bytes, ca_key: bytes, common_name: str, days: int, now: dt.datetime) -> tuple[bytes, bytes]:
+    """(certificate, key) a TLS client presents (clientAuth), signed by the CA: a replica forwarding a review to
+    the leader under mTLS, or the local API server calling webhooks."""
+    return _signed(x509.CertificateBuilder(), ca_cert, ca_key, common_name, ExtendedKeyUsageOID.CLIENT_AUTH, days, now)
+
+
+def _signed(
+    builder: x509.CertificateBuilder,
+    ca_cert: bytes,
+    ca_key: bytes,
+    common_name: str,
+    usage: x509.ObjectIdentifier,
+    days: int,
+    now: dt.datetime,
+) -> tuple[bytes, bytes]:
+    ca = x509.load_pem_x509_certificate(ca_cert)
+    signer = serialization.load_pem_private_key(ca_key, None)
+    assert isinstance(signer, ec.EllipticCurvePrivateKey)
+    key = _key()
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        builder.subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .sign(signer, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM), pem_key(key)
