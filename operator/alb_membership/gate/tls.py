@@ -1,10 +1,18 @@
-"""The deletion gate's TLS: a CA and a serving certificate the operator makes and keeps in one Secret, shared by its
-replicas, and the CA kept in step in the ValidatingWebhookConfiguration's caBundle.
+"""The deletion gate's TLS and its path secret: a CA, a serving certificate and a random path token the operator
+makes and keeps in one Secret, shared by its replicas; the CA and the token kept in step in the
+ValidatingWebhookConfiguration (its caBundle, and its path: /validate-pod-deletion/<token>).
 
 Why the operator and not cert-manager or the chart: cert-manager is one more thing to install and trust, and a
 chart-made certificate is fixed at install (the plain manifests would ship one key to everyone). Here every
 install has its own CA, made on first start; the serving certificate is renewed a month before it expires; both
 replicas read the same Secret, and whichever starts first writes it (a conflict means the other did).
+
+Why a path token (PRODUCT.md 3.14): the API server does not authenticate itself to a webhook unless the cluster's
+admin configures it, which managed clusters (ACK) do not let users do. A random path that only the webhook
+configuration and the Secret know is the secret the API server presents on every call; anything else that posts to
+the port is refused (404). Where the admin does configure the API server's client certificate (AdmissionConfiguration
+kubeConfigFile), ``client_ca`` makes the server require and verify it (mTLS); the replicas then present a client
+certificate of the install's own CA to each other when a standby forwards a review to the leader.
 
 The key never touches the filesystem (the root filesystem is read-only): Python's ssl reads the chain from an
 anonymous in-memory file (memfd).
@@ -16,22 +24,36 @@ import base64
 import datetime as dt
 import logging
 import os
+import secrets
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from cryptography import x509
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from alb_membership.gate.pki import make_ca, make_serving
+from alb_membership.gate.pki import make_ca, make_client, make_serving
 
 log = logging.getLogger(__name__)
 
 CA_NAME = "alb-membership-operator webhook CA"
+REPLICA_NAME = "alb-membership-operator replica"  # the client certificate a standby forwards with, under mTLS
 CA_DAYS = 3650
 SERVING_DAYS = 365
 RENEW_BEFORE = dt.timedelta(days=30)
+REVIEW_PATH = "/validate-pod-deletion"  # + "/<token>": the only path the webhook answers on
+TOKEN_KEY = "path-token"
+
+
+def new_token() -> str:
+    """256 random bits, URL-safe (43 characters of [A-Za-z0-9_-])."""
+    return secrets.token_urlsafe(32)
+
+
+def review_path(token: str) -> str:
+    return f"{REVIEW_PATH}/{token}"
 
 
 @dataclass(frozen=True)
@@ -40,6 +62,7 @@ class Bundle:
     ca_key: bytes
     cert: bytes
     key: bytes
+    path_token: str = ""  # empty in a Secret an older operator wrote: one is added
 
     def to_secret_data(self) -> dict[str, str]:
         return {
@@ -49,13 +72,20 @@ class Bundle:
                 ("ca.key", self.ca_key),
                 ("tls.crt", self.cert),
                 ("tls.key", self.key),
+                (TOKEN_KEY, self.path_token.encode()),
             )
         }
 
     @classmethod
     def from_secret_data(cls, data: dict[str, str]) -> Bundle:
         raw = {k: base64.b64decode(v) for k, v in data.items()}
-        return cls(raw["ca.crt"], raw["ca.key"], raw["tls.crt"], raw["tls.key"])
+        token = raw.get(TOKEN_KEY, b"").decode("ascii")
+        return cls(raw["ca.crt"], raw["ca.key"], raw["tls.crt"], raw["tls.key"], token if _usable(token) else "")
+
+
+def _usable(token: str) -> bool:
+    """A token long enough not to be guessed, and one that can stand in a URL path as it is."""
+    return len(token) >= 32 and all(c.isascii() and (c.isalnum() or c in "-_") for c in token)
 
 
 def needs_renewal(bundle: Bundle, hosts: list[str], now: dt.datetime) -> bool:
@@ -68,30 +98,47 @@ def needs_renewal(bundle: Bundle, hosts: list[str], now: dt.datetime) -> bool:
     return not set(hosts) <= covered
 
 
-def server_context(bundle: Bundle) -> ssl.SSLContext:
+def server_context(bundle: Bundle, client_ca: bytes | None = None) -> ssl.SSLContext:
+    """With ``client_ca`` (mTLS), a client must present a certificate of that CA (the API server's, as its
+    AdmissionConfiguration gives it) or of this install's own (a replica forwarding to the leader)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if client_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cadata=client_ca.decode())
     load(context, bundle)
     return context
 
 
 def load(context: ssl.SSLContext, bundle: Bundle) -> None:
-    """Into a live context too: connections made after a renewal get the new certificate."""
+    """Into a live context too: connections made after a renewal get the new certificate (and, under mTLS, a CA
+    replaced by hand is trusted for the replicas' forwarding from then on)."""
+    _load_chain(context, bundle.cert, bundle.key)
+    if context.verify_mode == ssl.CERT_REQUIRED:
+        context.load_verify_locations(cadata=bundle.ca_cert.decode())
+
+
+def _load_chain(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
     fd = os.memfd_create("albm-webhook-tls", os.MFD_CLOEXEC)
     try:
-        os.write(fd, bundle.cert + bundle.key)
+        os.write(fd, cert + key)
         context.load_cert_chain(f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
 
 
-def client_context(bundle: Bundle) -> ssl.SSLContext:
-    """For a standby forwarding a review to the leader: trusts this install's CA only."""
-    return ssl.create_default_context(cadata=bundle.ca_cert.decode())
+def client_context(bundle: Bundle, mtls: bool = False) -> ssl.SSLContext:
+    """For a standby forwarding a review to the leader: trusts this install's CA only; under mTLS it presents a
+    client certificate of that CA, made in memory (each replica has the CA's key from the Secret)."""
+    context = ssl.create_default_context(cadata=bundle.ca_cert.decode())
+    if mtls:
+        cert, key = make_client(bundle.ca_cert, bundle.ca_key, REPLICA_NAME, SERVING_DAYS, dt.datetime.now(dt.UTC))
+        _load_chain(context, cert, key)
+    return context
 
 
 class Certificates:
-    """Makes, reads and renews the Secret; keeps the caBundle of the webhook configuration in step."""
+    """Makes, reads and renews the Secret; keeps the caBundle and the path of the webhook configuration in step."""
 
     def __init__(self, api: client.ApiClient, namespace: str, secret: str, hosts: list[str], configuration: str | None):
         self._core = client.CoreV1Api(api)
@@ -100,26 +147,30 @@ class Certificates:
         self._secret = secret
         self._hosts = hosts
         self._configuration = configuration
-        self.ca_bundle_written = configuration is None  # False until the configuration carries our CA
+        self.ca_bundle_written = configuration is None  # False until the configuration carries our CA and path
 
     async def ensure(self) -> Bundle:
         now = dt.datetime.now(dt.UTC)
         for _ in range(3):  # a conflict means another replica wrote it first: read again
             existing = await self._read()
             current = existing[0] if existing else None
-            if current is not None and not needs_renewal(current, self._hosts, now):
+            if current is not None and current.path_token and not needs_renewal(current, self._hosts, now):
                 bundle = current
                 break
-            ca_cert, ca_key = (current.ca_cert, current.ca_key) if current else make_ca(CA_NAME, CA_DAYS, now)
-            cert, key = make_serving(ca_cert, ca_key, self._hosts, SERVING_DAYS, now)
-            bundle = Bundle(ca_cert, ca_key, cert, key)
+            if current is not None and not needs_renewal(current, self._hosts, now):
+                bundle = replace(current, path_token=new_token())  # written by an operator before the path token
+            else:
+                ca_cert, ca_key = (current.ca_cert, current.ca_key) if current else make_ca(CA_NAME, CA_DAYS, now)
+                cert, key = make_serving(ca_cert, ca_key, self._hosts, SERVING_DAYS, now)
+                token = current.path_token if current and current.path_token else new_token()
+                bundle = Bundle(ca_cert, ca_key, cert, key, token)
             if await self._write(bundle, existing[1] if existing else None):
-                log.info("webhook certificate written to Secret %s/%s", self._namespace, self._secret)
+                log.info("webhook certificate and path token written to Secret %s/%s", self._namespace, self._secret)
                 break
         else:
             raise RuntimeError(f"could not write the Secret {self._namespace}/{self._secret}")
         if self._configuration:
-            await self._keep_ca_bundle(bundle)
+            await self._keep_configuration(bundle)
         return bundle
 
     async def _read(self) -> tuple[Bundle | None, str] | None:
@@ -152,7 +203,7 @@ class Certificates:
             raise
         return True
 
-    async def _keep_ca_bundle(self, bundle: Bundle) -> None:
+    async def _keep_configuration(self, bundle: Bundle) -> None:
         assert self._configuration is not None
         try:
             config = await self._admission.read_validating_webhook_configuration(self._configuration)
@@ -161,21 +212,37 @@ class Certificates:
                 raise
             # Installed after the operator started (or removed): tried again soon, see Runtime.keep_certificates.
             log.warning(
-                "ValidatingWebhookConfiguration %s not found; its caBundle is set once it exists", self._configuration
+                "ValidatingWebhookConfiguration %s not found; its caBundle and path are set once it exists",
+                self._configuration,
             )
             self.ca_bundle_written = False
             return
-        ca = base64.b64encode(bundle.ca_cert).decode()
-        patch = [
-            {
-                "op": "replace" if hook.client_config.ca_bundle else "add",
-                "path": f"/webhooks/{i}/clientConfig/caBundle",
-                "value": ca,
-            }
-            for i, hook in enumerate(config.webhooks or [])
-            if hook.client_config.ca_bundle != ca
-        ]
+        patch = configuration_patch(config.webhooks or [], bundle)
         if patch:
+            # One JSON patch: the API server switches to the new path and CA together.
             await self._admission.patch_validating_webhook_configuration(self._configuration, patch)
-            log.info("caBundle of ValidatingWebhookConfiguration %s updated", self._configuration)
+            log.info("caBundle and path of ValidatingWebhookConfiguration %s updated", self._configuration)
         self.ca_bundle_written = True
+
+
+def configuration_patch(webhooks: list[Any], bundle: Bundle) -> list[dict[str, Any]]:
+    """JSON patch operations that give every webhook of the configuration this install's CA and its path with the
+    token, whether it calls a Service (``service.path``) or a URL (its path replaced, query dropped)."""
+    ca = base64.b64encode(bundle.ca_cert).decode()
+    path = review_path(bundle.path_token)
+    patch: list[dict[str, Any]] = []
+    for i, hook in enumerate(webhooks):
+        config = hook.client_config
+        if config.ca_bundle != ca:
+            op = "replace" if config.ca_bundle else "add"
+            patch.append({"op": op, "path": f"/webhooks/{i}/clientConfig/caBundle", "value": ca})
+        if config.service is not None:
+            if config.service.path != path:
+                op = "replace" if config.service.path else "add"
+                patch.append({"op": op, "path": f"/webhooks/{i}/clientConfig/service/path", "value": path})
+        elif config.url:
+            parts = urlsplit(config.url)
+            url = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+            if url != config.url:
+                patch.append({"op": "replace", "path": f"/webhooks/{i}/clientConfig/url", "value": url})
+    return patch

@@ -1,0 +1,120 @@
+"""The gate's TLS Secret and webhook configuration (issue 17): a path token kept with the certificates and written into
+the configuration with the caBundle; under mTLS only the API server's CA and the install's own replicas get in."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import ssl
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from alb_membership.gate.pki import make_ca, make_client, make_serving
+from alb_membership.gate.tls import (
+    Bundle,
+    client_context,
+    configuration_patch,
+    new_token,
+    review_path,
+    server_context,
+)
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def bundle(token: str = "") -> Bundle:
+    ca_cert, ca_key = make_ca("install CA", 1, NOW)
+    cert, key = make_serving(ca_cert, ca_key, ["127.0.0.1"], 1, NOW)
+    return Bundle(ca_cert, ca_key, cert, key, token or new_token())
+
+
+def hook(ca: str | None = None, path: str | None = None, url: str | None = None) -> Any:
+    service = SimpleNamespace(path=path) if url is None else None
+    return SimpleNamespace(client_config=SimpleNamespace(ca_bundle=ca, service=service, url=url))
+
+
+def test_the_token_lives_in_the_secret_and_an_old_secret_gets_one() -> None:
+    b = bundle()
+    assert Bundle.from_secret_data(b.to_secret_data()) == b
+    old = {k: v for k, v in b.to_secret_data().items() if k != "path-token"}
+    assert Bundle.from_secret_data(old).path_token == "", "written by an operator before issue 17: one is added"
+    short = {**old, "path-token": "c2hvcnQ="}  # "short": guessable, so not used
+    assert Bundle.from_secret_data(short).path_token == ""
+    assert len(new_token()) >= 43 and new_token() != new_token()
+
+
+def test_the_configuration_gets_the_ca_and_the_path_with_the_token() -> None:
+    b = bundle()
+    path = review_path(b.path_token)
+    patch = configuration_patch([hook(path="/validate-pod-deletion"), hook(url="https://10.0.0.1:9443/x?y=1")], b)
+    ops = {op["path"]: (op["op"], op["value"]) for op in patch}
+    assert ops["/webhooks/0/clientConfig/service/path"] == ("replace", path)
+    assert ops["/webhooks/1/clientConfig/url"] == ("replace", f"https://10.0.0.1:9443{path}")
+    assert ops["/webhooks/0/clientConfig/caBundle"][0] == "add"
+    assert configuration_patch([hook(path=None)], b)[1] == {
+        "op": "add",
+        "path": "/webhooks/0/clientConfig/service/path",
+        "value": path,
+    }, "the chart renders no path: the operator adds it"
+    ca = next(v for p, (_, v) in ops.items() if p.endswith("caBundle"))
+    assert configuration_patch([hook(ca=ca, path=path), hook(ca=ca, url=f"https://h:1{path}")], b) == [], "in step"
+
+
+async def handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> bool:
+    """Whether a client with ``client`` gets an answer from a server with ``server``."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read(1)
+            writer.write(b"y")
+            await writer.drain()
+        except (ssl.SSLError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    listening = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server)
+    port = listening.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client, server_hostname="127.0.0.1")
+        writer.write(b"x")
+        await writer.drain()
+        answered = await asyncio.wait_for(reader.read(1), 5) == b"y"
+        writer.close()
+        return answered
+    except (ssl.SSLError, ConnectionError):
+        return False
+    finally:
+        listening.close()
+        await listening.wait_closed()
+
+
+@pytest.mark.parametrize("client", ["api-server", "replica", "none", "other-ca"])
+async def test_under_mtls_only_the_api_servers_ca_and_the_replicas_get_in(client: str) -> None:
+    b = bundle()
+    api_ca, api_ca_key = make_ca("API server's webhook client CA", 1, NOW)
+    server = server_context(b, client_ca=api_ca)
+    if client == "replica":
+        context = client_context(b, mtls=True)
+    else:
+        context = ssl.create_default_context(cadata=b.ca_cert.decode())
+        issuer = {"api-server": (api_ca, api_ca_key), "other-ca": make_ca("someone else", 1, NOW)}.get(client)
+        if issuer is not None:
+            cert, key = make_client(*issuer, "kube-apiserver", 1, NOW)
+            path = f"/proc/self/fd/{_memfd(cert + key)}"
+            context.load_cert_chain(path)
+    assert await handshake(server, context) == (client in ("api-server", "replica"))
+
+
+async def test_without_a_client_ca_no_certificate_is_asked() -> None:
+    b = bundle()
+    assert await handshake(server_context(b), client_context(b))
+
+
+def _memfd(data: bytes) -> int:
+    fd = os.memfd_create("test-cert")
+    os.write(fd, data)
+    return fd
