@@ -13,13 +13,14 @@ GATE_OUTCOMES = (
     "kept",
     "timed-out",
     "not-a-member",
+    "unknown-pod",
     "pdb-blocked",
     "dry-run",
-    "stopping",
     "too-many",
     "no-leader",
     "error",
 )
+WEBHOOK_REFUSALS = ("path", "body")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300)
 
 
@@ -96,8 +97,17 @@ class Metrics:
         )
         self.gate_outcomes = Counter(
             "albm_gate_outcomes",
-            "Deletion gate answers: confirmed (out of rotation), timed-out, not-a-member, no-leader",
+            "Deletion gate answers: confirmed (out of rotation), kept, not-a-member, unknown-pod (no such pod with "
+            "that UID in the watches), pdb-blocked, dry-run; let through unconfirmed: timed-out, too-many, "
+            "no-leader, error",
             ["outcome"],
+            registry=r,
+        )
+        self.webhook_refused = Counter(
+            "albm_webhook_refused",
+            "Requests to the webhook port refused before any review was read: path (not the review path with this "
+            "install's token: 404), body (not JSON: 400)",
+            ["reason"],
             registry=r,
         )
         self.gate_hold_seconds = Histogram(
@@ -108,8 +118,9 @@ class Metrics:
         )
         self.exposure_seconds = Histogram(
             "albm_exposure_seconds",
-            "Seconds a pod was terminating while its server was still in rotation (0 with the gate confirmed; "
-            "without it, from the deletion's start to the removal job's success)",
+            "Seconds a pod was terminating while its server was still in rotation: 0 for a deletion the gate held "
+            "until its servers were out; otherwise to the removal job's success, from the gate's let-through or "
+            "the deletion's start (gate: whether the pod's resource has the deletion gate on)",
             ["gate"],
             buckets=(0, *LATENCY_BUCKETS),
             registry=r,
@@ -120,6 +131,8 @@ class Metrics:
             self.jobs.labels(status)
         for outcome in GATE_OUTCOMES:
             self.gate_outcomes.labels(outcome)
+        for reason in WEBHOOK_REFUSALS:
+            self.webhook_refused.labels(reason)
         self.resources_degraded = Gauge(
             "albm_resources_degraded", "ServerGroupMemberships whose Degraded condition is True", registry=r
         )

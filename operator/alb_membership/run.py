@@ -16,9 +16,8 @@ from aiohttp import web
 
 from alb_membership import handlers
 from alb_membership.cluster.leader import LeaderElector, LeaseSettings
-from alb_membership.gate.tls import Certificates, client_context, server_context
-from alb_membership.gate.webhook import PATH as WEBHOOK_PATH
-from alb_membership.gate.webhook import Webhook
+from alb_membership.gate.tls import REVIEW_PATH, Certificates, server_context
+from alb_membership.gate.webhook import LeaderLookup, Webhook
 from alb_membership.runtime import Runtime
 from alb_membership.settings import Settings
 
@@ -28,6 +27,8 @@ log = logging.getLogger(__name__)
 # The chart's terminationGracePeriodSeconds is 30: whatever hangs (an unreachable API server or cloud), the
 # process is gone well before the kubelet's SIGKILL.
 SHUTDOWN_DEADLINE_SECONDS = 20.0
+# Reviews still in flight when the process stops are handed to the new leader; their answers get this long.
+WEBHOOK_SHUTDOWN_SECONDS = 12.0
 
 
 class Shutdown:
@@ -90,12 +91,11 @@ async def _hand_over_on_shutdown(
 
 
 async def _leader_url(elector: LeaderElector | None) -> str | None:
-    """Where a review goes when this replica does not act: the Lease holder's webhook."""
+    """Where a review goes when this replica does not act: the Lease holder's webhook, read afresh (shared and
+    rate-limited by LeaderLookup)."""
     if elector is None:
         return None
-    if elector.leader_url is None and not elector.is_leader:
-        with contextlib.suppress(Exception):  # the forwarding loop tries again
-            await elector.observe()
+    await elector.observe()
     return elector.leader_url
 
 
@@ -109,24 +109,32 @@ async def _serve_webhook(settings: Settings, runtime: Runtime, elector: LeaderEl
         settings.webhook_configuration,
     )
     bundle = await certificates.ensure()
-    context = server_context(bundle)
+    context = server_context(bundle, settings.webhook_client_ca)
     webhook = Webhook(
         runtime.gate,
         runtime.store,
         runtime.metrics,
-        settings.eni_annotation,
         # Leading from the moment the Lease is ours (the gate waits until kopf has loaded the resources), and no
         # longer once it stopped acting (it then asks the new leader, as a standby does).
         leading=lambda: not runtime.standby and not runtime.reconciler.stopped,
-        leader_url=functools.partial(_leader_url, elector),
+        leaders=LeaderLookup(functools.partial(_leader_url, elector)),
         session=runtime.session,
-        forward=(client_context(bundle), settings.webhook_hosts[0]),
+        bundle=bundle,
+        forward_name=settings.webhook_hosts[0],
+        mtls=settings.webhook_client_ca is not None,
     )
-    runner = web.AppRunner(webhook.app(), access_log=None)
+    runner = web.AppRunner(webhook.app(), access_log=None, shutdown_timeout=WEBHOOK_SHUTDOWN_SECONDS)
     await runner.setup()
     await web.TCPSite(runner, settings.listen_address, settings.webhook_port, ssl_context=context).start()
-    log.info("deletion gate on https://%s:%d%s", settings.listen_address, settings.webhook_port, WEBHOOK_PATH)
-    runtime.keep_certificates(certificates, context, webhook.trust)
+    log.info(
+        "deletion gate on https://%s:%d%s/<token>%s",
+        settings.listen_address,
+        settings.webhook_port,
+        REVIEW_PATH,
+        " (client certificates required)" if settings.webhook_client_ca else "",
+    )
+    runtime.gate.start()
+    runtime.keep_certificates(certificates, context, webhook.use)
     return runner
 
 
@@ -201,10 +209,13 @@ async def serve(settings: Settings) -> None:
             # Before the client closes, and bounded: a standby takes over at once, or after the Lease expires.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(elector.release(), timeout=3)
+        if webhook_runner is not None:
+            # First, while the session and the API client still work: reviews in flight here are being handed to
+            # the new leader (or answered), and finish.
+            await webhook_runner.cleanup()
         await runtime.close()
-        for runner in (site_runner, webhook_runner):
-            if runner is not None:
-                await runner.cleanup()
+        if site_runner is not None:
+            await site_runner.cleanup()
 
 
 def run(settings: Settings) -> int:

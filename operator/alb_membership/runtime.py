@@ -68,9 +68,7 @@ class Runtime:
         metrics.track_pending(lambda: census.oldest_pending(self.reconciler.ledgers))
         self._store_task: asyncio.Task[None] | None = None
         self._certificates_task: asyncio.Task[None] | None = None
-        self.gate = Gate(
-            self.reconciler, self.store, self.clients_for, metrics, settings.eni_annotation, kube.budgets_allow
-        )
+        self.gate = Gate(self.reconciler, self.store, self.clients_for, metrics, kube.budgets_allow)
         self._services: dict[str, Services] = {}
         self._anti_entropy_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()  # set by kopf once it watches everything
@@ -116,10 +114,11 @@ class Runtime:
             self.reconciler.pod_changed(new, deleted=False)
 
     def keep_certificates(
-        self, certificates: Certificates, context: ssl.SSLContext, trust: Callable[[Bundle], None]
+        self, certificates: Certificates, context: ssl.SSLContext, use: Callable[[Bundle], None]
     ) -> None:
         """Follows the Secret and the webhook configuration: renews the certificate (a month before it expires)
-        into the live server context, and trusts a new CA for forwarding (a Secret replaced by hand)."""
+        into the live server context, and uses a new CA and path token for forwarding and hearing (a Secret
+        replaced by hand), keeping the configuration's caBundle and path in step."""
 
         async def renew() -> None:
             while True:
@@ -128,7 +127,7 @@ class Runtime:
                 try:
                     bundle = await certificates.ensure()
                     load(context, bundle)
-                    trust(bundle)
+                    use(bundle)
                 except Exception as exc:  # the current certificate is good for a month more
                     log.warning("webhook certificate not renewed (%s: %s)", type(exc).__name__, exc)
                     self.metrics.internal_errors.labels("webhook-tls").inc()
@@ -155,6 +154,7 @@ class Runtime:
         await self.notices.close()
 
     async def close(self) -> None:
+        await self.gate.close()
         for task in (self._store_task, self._certificates_task):
             if task is not None:
                 task.cancel()

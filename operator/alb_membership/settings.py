@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from alb_membership.alb.batching import MAX_BATCH_SIZE
 from alb_membership.alb.endpoints import Endpoint, resolve
@@ -144,8 +145,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--webhook-configuration",
         default=_env("WEBHOOK_CONFIGURATION", ""),
-        help="ValidatingWebhookConfiguration whose caBundle the operator keeps in step "
-        "[env ALBM_WEBHOOK_CONFIGURATION]",
+        help="ValidatingWebhookConfiguration whose caBundle and path (with this install's token) the operator "
+        "keeps in step [env ALBM_WEBHOOK_CONFIGURATION]",
+    )
+    parser.add_argument(
+        "--webhook-client-ca",
+        default=_env("WEBHOOK_CLIENT_CA", ""),
+        help="PEM file of the CA that signed the API server's admission client certificate (AdmissionConfiguration "
+        "kubeConfigFile): the webhook then requires and verifies it (mTLS); empty: no client certificate asked "
+        "[env ALBM_WEBHOOK_CLIENT_CA]",
     )
     parser.add_argument(
         "--webhook-advertise",
@@ -196,6 +204,7 @@ class Settings:
     webhook_secret: str = "alb-membership-operator-webhook-tls"
     webhook_configuration: str | None = None
     webhook_advertise: str | None = None
+    webhook_client_ca: bytes | None = None  # the PEM, read at start
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -222,6 +231,7 @@ class Settings:
             webhook_secret=args.webhook_secret,
             webhook_configuration=args.webhook_configuration or None,
             webhook_advertise=args.webhook_advertise or None,
+            webhook_client_ca=_read_ca(args.webhook_client_ca) if args.webhook_client_ca else None,
         )
         if settings.webhook_port and not settings.webhook_hosts:
             raise ValueError("--webhook-port needs --webhook-hosts (the names its certificate is for)")
@@ -231,3 +241,14 @@ class Settings:
 
     def endpoint_for(self, region: str | None) -> Endpoint:
         return resolve(region or self.region, self.endpoint, self.vpc_endpoint)
+
+
+def _read_ca(path: str) -> bytes:
+    """A bad CA fails at start, not at the API server's first call."""
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"--webhook-client-ca {path}: {exc.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise ValueError(f"--webhook-client-ca {path}: no PEM certificate in it")
+    return pem

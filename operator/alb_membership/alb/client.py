@@ -81,6 +81,17 @@ class AlbClient:
     async def list_server_group_servers(self, server_group_id: str) -> list[dict[str, Any]]:
         return await self._all_pages("ListServerGroupServers", {"ServerGroupId": server_group_id}, "Servers")
 
+    async def servers_page(self, server_group_id: str, server_ids: Sequence[str]) -> tuple[list[dict[str, Any]], bool]:
+        """One page of ListServerGroupServers for these ServerIds, and whether it is the whole answer: a read of
+        one page is a snapshot of them, a paged one is not (a change between pages shifts them)."""
+        query = {
+            "ServerGroupId": server_group_id,
+            "MaxResults": str(PAGE_SIZE),
+            **wire.flatten("ServerIds", list(server_ids)),
+        }
+        body = await self.call("ListServerGroupServers", query)
+        return _list(body, "Servers"), not body.get("NextToken")
+
     async def servers_in_rotation(self, server_group_id: str) -> set[Server]:
         """The group's servers that still take new requests (Server.in_rotation)."""
         return Server.in_rotation(await self.list_server_group_servers(server_group_id))

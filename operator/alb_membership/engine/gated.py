@@ -1,7 +1,7 @@
 """Pods whose deletion the gate holds: still live, but no longer holders of their servers (the last check before a
 call must not keep a server the gate is taking out). Each is remembered for a while, so that a deletion refused after
 the gate (by a PodDisruptionBudget, another webhook) lets its pod count again; bounded in number and pruned on every
-use, whatever else happens."""
+use and on a clock of their own, whatever else happens."""
 
 from __future__ import annotations
 
@@ -25,17 +25,18 @@ class GatedPods:
     def add(self, pod_uid: str) -> None:
         self._until.pop(pod_uid, None)
         self._until[pod_uid] = self._clock() + self._seconds
-        self._prune()
+        self.prune()
 
     def __contains__(self, pod_uid: object) -> bool:
-        self._prune()
+        self.prune()
         return pod_uid in self._until
 
     def __len__(self) -> int:
-        self._prune()
+        self.prune()
         return len(self._until)
 
-    def _prune(self) -> None:
+    def prune(self) -> None:
+        """Drops the pods whose time ran out (also called on its own clock by the gate, see gate/review.py)."""
         clock = self._clock()
         while self._until and (len(self._until) > self._limit or next(iter(self._until.values())) <= clock):
             self._until.popitem(last=False)

@@ -226,6 +226,15 @@ class Reconciler:
                 self._endpoints(state, round_)
                 self._finish(state, round_, repair=False)
 
+    def let_through(self, servers: Iterable[tuple[GroupLedger, Server]]) -> None:
+        """The gate let a pod's deletion go ahead while these servers were still in rotation: they are exposed
+        from now until their removal ends (albm_exposure_seconds)."""
+        when = now()
+        for ledger, server in servers:
+            entry = ledger.entries.get(server)
+            if entry is not None and entry.removal is not None and entry.removal.exposed_since is None:
+                entry.removal.exposed_since = when
+
     def gate(self, pod: PodView) -> list[tuple[GroupLedger, Server]]:
         """A gated resource's member pod is about to be deleted: it leaves now, before the deletion exists (trigger
         deletion-gate), as an owner of every resource that picks it, gated or not (another resource's owner of
@@ -272,4 +281,10 @@ class Reconciler:
             self.endpoints_changed(state.ref.namespace, state.spec.service_name)
 
     def _finish(self, state: ResourceState, round_: Round, repair: bool) -> None:
-        self._effects.finish(state, self.ledger(state.group), round_, repair)
+        ledger = self.ledger(state.group)
+        if state.spec.gate_seconds is not None:
+            for server in round_.removals:  # for albm_exposure_seconds{gate="true"}
+                entry = ledger.entries.get(server)
+                if entry is not None and entry.removal is not None:
+                    entry.removal.gated = True
+        self._effects.finish(state, ledger, round_, repair)

@@ -23,12 +23,21 @@ def observe_latency(histogram: Histogram, batch: list[Entry]) -> None:
 
 
 def observe_exposure(metrics: Metrics, batch: list[Entry]) -> None:
-    """Without the gate, a pod is exposed from its deletion's start until its server is out (the job's end)."""
+    """A pod is exposed from its deletion's start until its server is out (here: the job's end). A removal the gate
+    held until the server was out was observed at 0 when the gate answered; one it let through (timed out, too
+    many) counts from the let-through; any other removal of a gated resource's pod (a deletion that passed no gate:
+    no leader answered, the webhook was down) from the deletion's start, under gate="true" all the same."""
     when = now()
     for entry in batch:
         removal = entry.removal
-        if removal is not None and removal.deletion_started is not None and removal.trigger != "deletion-gate":
-            metrics.exposure_seconds.labels("false").observe(_seconds(when - removal.deletion_started))
+        if removal is None:
+            continue
+        if removal.trigger == "deletion-gate":
+            if removal.exposed_since is not None:
+                metrics.exposure_seconds.labels("true").observe(_seconds(when - removal.exposed_since))
+        elif removal.deletion_started is not None:
+            label = "true" if removal.gated else "false"
+            metrics.exposure_seconds.labels(label).observe(_seconds(when - removal.deletion_started))
 
 
 def _seconds(delta: dt.timedelta) -> float:

@@ -1,37 +1,54 @@
 """The deletion gate (PRODUCT.md 3.10): an admission review of `DELETE pods` or `CREATE pods/eviction` for a member
 pod of a resource with `deletionGate.enabled` starts the pod's removal at once (the same ledger, batching and
-ClientTokens as every other trigger) and is answered only once every server of the pod is out of rotation
-(Draining or gone), or the resource's `maxWaitSeconds` ran out. It never denies.
+ClientTokens as every other trigger) and is answered only once every server of the pod is out of rotation, as the
+cloud shows it (gate/evidence.py), or the resource's `maxWaitSeconds` ran out. It never denies.
 
 Why an admission hold: the kubelet starts a pod's termination (preStop, SIGTERM) the moment the API server sets its
 deletionTimestamp, so a removal that starts then races the signal. Held here, the deletionTimestamp is set only
 after the server stopped receiving new requests.
+
+Trust the store, not the body (PRODUCT.md 3.14): a review names a pod; the gate acts only on the pod its own watches
+know under that namespace and name, with the UID the review gives (a DELETE always carries the pod as oldObject, an
+eviction may name a UID precondition). Labels, IPs and annotations come from the store, never from the request, so
+a forged oldObject or a random UID changes nothing and adds nothing to any set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.models import Server
-from alb_membership.cluster.store import ClusterStore
 from alb_membership.engine.reconciler import Reconciler
+from alb_membership.gate.evidence import GroupListings
 from alb_membership.metrics import Metrics
 from alb_membership.model.ledger import GroupKey, GroupLedger
 from alb_membership.model.membership import PodView
 from alb_membership.model.owners import picks
 from alb_membership.model.spec import Spec
+from alb_membership.model.view import LiveView
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
-GROUP_READ_SECONDS = 0.5  # how often a group's servers are read while a gated removal's job runs
-MAX_HOLDS = 500  # deletions held at once; more are let through unconfirmed (a flood, or someone abusing the port)
+MAX_HOLDS = 500  # deletions held at once; more start their removal and are let through unconfirmed
+SWEEP_SECONDS = 5.0  # the gated set and the listing cache are pruned this often, whatever else happens
+HANDED_OVER = "handed-over"  # not an answer: this replica stopped leading mid-hold; the new leader answers
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 @dataclass(frozen=True)
@@ -39,25 +56,37 @@ class Review:
     uid: str
     namespace: str
     pod_name: str
-    pod: PodView | None  # in the request for DELETE; looked up for an eviction
+    pod_uid: str | None  # DELETE: the oldObject's (always sent by the API server); eviction: its precondition's
     dry_run: bool
     eviction: bool
-    pod_uid: str | None  # an eviction's precondition, when it names one
+    of_a_pod: bool  # a DELETE of pods or a CREATE of pods/eviction: anything else is no business of the gate
 
     @classmethod
-    def parse(cls, body: dict[str, Any], eni_annotation: str) -> Review:
-        request = body.get("request") or {}
-        old = request.get("oldObject")
-        eviction = request.get("subResource") == "eviction"
-        options = ((request.get("object") or {}).get("deleteOptions") or {}) if eviction else {}
+    def parse(cls, body: Any) -> Review:
+        request = _mapping(_mapping(body).get("request"))
+        resource = _mapping(request.get("resource"))
+        pods = resource.get("group") == "" and resource.get("resource") == "pods"
+        sub = _text(request.get("subResource"))
+        eviction = pods and sub == "eviction" and request.get("operation") == "CREATE"
+        delete = pods and sub == "" and request.get("operation") == "DELETE"
+        namespace, name = _text(request.get("namespace")), _text(request.get("name"))
+        pod_uid: str | None = None
+        if delete:
+            # Only the identity of the oldObject is read, and only to be matched against the store's pod.
+            meta = _mapping(_mapping(request.get("oldObject")).get("metadata"))
+            if _text(meta.get("namespace")) in ("", namespace) and _text(meta.get("name")) in ("", name):
+                pod_uid = _text(meta.get("uid")) or None
+        elif eviction:
+            options = _mapping(_mapping(request.get("object")).get("deleteOptions"))
+            pod_uid = _text(_mapping(options.get("preconditions")).get("uid")) or None
         return cls(
-            uid=request.get("uid", ""),
-            namespace=request.get("namespace", ""),
-            pod_name=request.get("name", ""),
-            pod=PodView.from_body(old, eni_annotation) if old else None,
-            dry_run=bool(request.get("dryRun")),
+            uid=_text(request.get("uid")),
+            namespace=namespace,
+            pod_name=name,
+            pod_uid=pod_uid,
+            dry_run=request.get("dryRun") is True,
             eviction=eviction,
-            pod_uid=(options.get("preconditions") or {}).get("uid"),
+            of_a_pod=delete or eviction,
         )
 
 
@@ -69,6 +98,20 @@ def answer(uid: str, warning: str | None = None) -> dict[str, Any]:
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
 
 
+def pod_of(store: LiveView, review: Review) -> PodView | None:
+    """The pod the review is about, as this replica's watches know it: same namespace and name, and the review's
+    UID (required for a DELETE, whose oldObject always has it; an eviction without a UID precondition evicts the
+    pod of that name). None for anything else: a forged or stale review, or one for a pod not watched."""
+    if not review.of_a_pod or not review.namespace or not review.pod_name:
+        return None
+    if not review.eviction and review.pod_uid is None:
+        return None
+    return next(
+        (p for p in store.pods(review.namespace) if p.name == review.pod_name and review.pod_uid in (None, p.uid)),
+        None,
+    )
+
+
 @dataclass(frozen=True)
 class Hold:
     """How long a pod's deletion may be held (the longest maxWaitSeconds among the gated resources that pick it),
@@ -78,16 +121,15 @@ class Hold:
     resource_uids: set[str]
 
 
-def hold_for(store: ClusterStore, review: Review) -> Hold | None:
+def hold_for(store: LiveView, pod: PodView) -> Hold | None:
     """None when no gated resource picks the pod (answered at once). Read from the store, so a standby can tell
     too."""
-    pod = review.pod or find_pod(store, review.namespace, review.pod_name, review.pod_uid)
-    if pod is None or pod.going_away:
+    if pod.going_away:
         return None
     picked = [
         (spec.gate_seconds, meta["uid"])
-        for meta, spec in _specs_in(store.memberships(), review.namespace)
-        if spec.gate_seconds is not None and picks(spec, review.namespace, pod, store)
+        for meta, spec in _specs_in(store.memberships(), pod.namespace)
+        if spec.gate_seconds is not None and picks(spec, pod.namespace, pod, store)
     ]
     return Hold(max(w for w, _ in picked), {uid for _, uid in picked}) if picked else None
 
@@ -101,116 +143,241 @@ def _specs_in(bodies: Iterable[Mapping[str, Any]], namespace: str) -> list[tuple
     ]
 
 
-def find_pod(store: ClusterStore, namespace: str, name: str, uid: str | None = None) -> PodView | None:
-    return next((p for p in store.pods(namespace) if p.name == name and uid in (None, p.uid)), None)
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str  # albm_gate_outcomes_total's outcome, or HANDED_OVER
+    warning: str | None = None
+
+    @property
+    def handed_over(self) -> bool:
+        return self.outcome == HANDED_OVER
+
+
+@dataclass
+class _Awaited:
+    """A server a hold waits for, and what it has seen of its removal."""
+
+    ledger: GroupLedger
+    server: Server
+    decided_at: Any  # the removal's decision time when the hold began (a job submitted since then may prove it)
+    jobs: set[str] = field(default_factory=set)  # its removal's JobIds as seen
 
 
 class Gate:
     def __init__(
         self,
         reconciler: Reconciler,
-        store: ClusterStore,
+        store: LiveView,
         client_for: Callable[[str], AlbClient],
         metrics: Metrics,
-        eni_annotation: str,
         budgets: Callable[[str, PodView], Awaitable[bool]],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._reconciler = reconciler
         self._store = store
         self._client_for = client_for
         self._metrics = metrics
-        self._eni_annotation = eni_annotation
         self._budgets_allow = budgets
-        self._listed: dict[GroupKey, tuple[float, set[Server]]] = {}  # group -> (when read, servers in rotation)
-        self._reading: dict[GroupKey, asyncio.Lock] = {}  # one listing of a group at a time, shared by all holds
-        self._holds = 0
+        self._clock = clock
+        self.listings = GroupListings(self._read_page, clock=clock)
+        self._awaited: dict[GroupKey, Counter[Server]] = {}  # group -> servers the holds wait for (a listing's ids)
+        self.holds = 0
+        self._sweeper: asyncio.Task[None] | None = None
 
-    async def review(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Always answers (allowed): a failure here must not turn into the API server's silent Ignore."""
-        review = Review.parse(body, self._eni_annotation)
+    async def _read_page(self, key: GroupKey, server_ids: list[str]) -> tuple[list[dict[str, Any]], bool]:
+        return await self._client_for(key[0]).servers_page(key[1], server_ids)
+
+    # -- its own clock ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        async def sweep_forever() -> None:
+            while True:
+                await asyncio.sleep(SWEEP_SECONDS)
+                self.sweep()
+
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(sweep_forever(), name="gate-sweeper")
+
+    def sweep(self) -> None:
+        """The gated set and the listing cache, pruned whether or not any call or review happens."""
+        self._reconciler.gated.prune()
+        self.listings.prune()
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    # -- reviews ------------------------------------------------------------------------------------------------
+
+    async def review(self, review: Review, deadline: float | None = None) -> Verdict:
+        """Always a verdict, counted (a failure here must not turn into the API server's silent Ignore), except
+        HANDED_OVER, which the webhook passes to the new leader. ``deadline`` (this clock): when whoever asked
+        stops waiting (a standby that forwarded the review)."""
         try:
-            outcome, warning = await self._review(review)
+            verdict = await self._review(review, deadline)
         except Exception as exc:
             log.exception("deletion of pod %s/%s let through: the gate failed", review.namespace, review.pod_name)
-            outcome, warning = "error", f"alb-membership-operator: the deletion gate failed ({type(exc).__name__})"
-        self._metrics.gate_outcomes.labels(outcome).inc()
-        return answer(review.uid, warning)
+            verdict = Verdict("error", f"alb-membership-operator: the deletion gate failed ({type(exc).__name__})")
+        if not verdict.handed_over:
+            self._metrics.gate_outcomes.labels(verdict.outcome).inc()
+        return verdict
 
-    async def _review(self, review: Review) -> tuple[str, str | None]:
+    async def _review(self, review: Review, deadline: float | None) -> Verdict:
         if review.dry_run:
-            return "dry-run", None
-        hold = hold_for(self._store, review)
-        if hold is None:
-            return "not-a-member", None
-        pod = review.pod or find_pod(self._store, review.namespace, review.pod_name, review.pod_uid)
+            return Verdict("dry-run")
+        pod = pod_of(self._store, review)
         if pod is None:
-            return "not-a-member", None
+            return Verdict("unknown-pod")
+        hold = hold_for(self._store, pod)
+        if hold is None:
+            return Verdict("not-a-member")
         if review.eviction and not await self._budgets_allow(review.namespace, pod):
             # The Eviction API checks PodDisruptionBudgets after admission: a refused eviction must not have
             # taken the pod's servers out.
-            return "pdb-blocked", None
+            return Verdict("pdb-blocked")
         if self._reconciler.stopped:
-            return "stopping", "alb-membership-operator: this replica is stopping; deletion let through unconfirmed"
-        if self._holds >= MAX_HOLDS:
-            return "too-many", "alb-membership-operator: too many deletions held at once; let through unconfirmed"
-        started = time.monotonic()
-        self._holds += 1
-        try:
-            leaving = await asyncio.wait_for(self._hold(pod, hold.resource_uids), hold.seconds)
-        except TimeoutError:
-            held = time.monotonic() - started
-            self._metrics.gate_hold_seconds.observe(held)
-            log.warning(
-                "deletion of pod %s/%s let through after %.1fs: its servers are not out of rotation yet",
-                review.namespace,
-                review.pod_name,
-                held,
+            return Verdict(HANDED_OVER)
+        seconds = hold.seconds if deadline is None else min(hold.seconds, deadline - self._clock())
+        if self.holds >= MAX_HOLDS:
+            if hold.resource_uids <= self._reconciler.resources.keys():
+                self._reconciler.let_through(self._reconciler.gate(pod))  # out as soon as can be, and counted
+            return Verdict(
+                "too-many", "alb-membership-operator: too many deletions held at once; let through unconfirmed"
             )
-            return "timed-out", f"alb-membership-operator: this pod's servers still in rotation after {held:.1f}s"
+        self.holds += 1
+        try:
+            return await self._hold(review, pod, hold, self._clock() + max(0.0, seconds))
         finally:
-            self._holds -= 1
-        held = time.monotonic() - started
+            self.holds -= 1
+
+    async def _hold(self, review: Review, pod: PodView, hold: Hold, until: float) -> Verdict:
+        started = self._clock()
+        # Just after a takeover, kopf may not have loaded every resource yet (with its status: pending removals).
+        while not hold.resource_uids <= self._reconciler.resources.keys():
+            if self._reconciler.stopped:
+                return Verdict(HANDED_OVER)
+            if self._clock() >= until:
+                return self._timed_out(review, started, [])
+            await asyncio.sleep(min(POLL_SECONDS, max(0.0, until - self._clock())))
+        leaving = self._reconciler.gate(pod)
+        awaited = [self._awaiting(ledger, server) for ledger, server in leaving]
+        try:
+            outcome = await self._until_out(awaited, until)
+        except BaseException:
+            self._reconciler.let_through(leaving)  # failed or cancelled: the deletion goes ahead unconfirmed
+            raise
+        finally:
+            for w in awaited:
+                self._done_awaiting(w)
+        if outcome == HANDED_OVER:
+            return Verdict(HANDED_OVER)
+        held = self._clock() - started
+        if outcome == "timed-out":
+            return self._timed_out(review, started, leaving)
         self._metrics.gate_hold_seconds.observe(held)
-        if not leaving:
+        if outcome == "kept":
             # Its servers stay: another live pod holds them (hostNetwork), or a dry run removes nothing.
-            return "kept", "alb-membership-operator: this pod's servers stay in the group (held by another pod)"
+            return Verdict(
+                "kept", "alb-membership-operator: this pod's servers stay in the group (held by another pod)"
+            )
         self._metrics.exposure_seconds.labels("true").observe(0.0)
         log.info(
             "deletion of pod %s/%s held %.2fs: its servers are out of rotation", review.namespace, review.pod_name, held
         )
-        return "confirmed", f"alb-membership-operator: held {held:.1f}s until this pod's servers were out of rotation"
+        return Verdict(
+            "confirmed", f"alb-membership-operator: held {held:.2f}s until this pod's servers were out of rotation"
+        )
 
-    async def _hold(self, pod: PodView, uids: set[str]) -> list[tuple[GroupLedger, Server]]:
-        """Waits until the pod's servers are out of rotation; returns those that were removed (the others stay)."""
-        # Just after a takeover, kopf may not have loaded every resource yet (with its status: pending removals).
-        while True:
-            if uids <= self._reconciler.resources.keys():
-                break
-            await asyncio.sleep(POLL_SECONDS)
-        leaving = self._reconciler.gate(pod)
-        pending = list(leaving)
-        while pending:
-            pending = [(ledger, s) for ledger, s in pending if not await self._is_out(ledger, s)]
-            if pending:
-                await asyncio.sleep(POLL_SECONDS)
-        return leaving
+    def _timed_out(self, review: Review, started: float, leaving: list[tuple[GroupLedger, Server]]) -> Verdict:
+        held = self._clock() - started
+        self._metrics.gate_hold_seconds.observe(held)
+        self._reconciler.let_through(leaving)
+        log.warning(
+            "deletion of pod %s/%s let through after %.2fs: its servers are not out of rotation yet",
+            review.namespace,
+            review.pod_name,
+            held,
+        )
+        return Verdict(
+            "timed-out",
+            f"alb-membership-operator: let through after {held:.2f}s, this pod's servers not yet confirmed out of "
+            "rotation",
+        )
 
-    async def _is_out(self, ledger: GroupLedger, server: Server) -> bool:
+    # -- waiting for the cloud ----------------------------------------------------------------------------------
+
+    def _awaiting(self, ledger: GroupLedger, server: Server) -> _Awaited:
         entry = ledger.entries.get(server)
-        if entry is None or entry.removal is None:
-            return True  # removed (gate() only returns servers whose removal was decided)
-        if entry.removal.job_id is None:
-            return False  # not accepted yet
-        # Accepted: out of rotation as soon as the group shows it Draining or gone, which may be long before the
-        # job ends (when the job waits out the drain). One listing per group at a time, shared by every hold.
-        async with self._reading.setdefault(ledger.key, asyncio.Lock()):
-            read_at, in_rotation = self._listed.get(ledger.key, (0.0, set()))
-            if time.monotonic() - read_at > GROUP_READ_SECONDS:
-                try:
-                    in_rotation = await self._client_for(ledger.key[0]).servers_in_rotation(ledger.group_id)
-                except Exception as exc:  # not out as far as anyone knows: the next look may do better
-                    log.warning("could not list %s: %s", ledger.group_id, exc)
-                    self._listed[ledger.key] = (time.monotonic(), {server})
-                    return False
-                self._listed[ledger.key] = (time.monotonic(), in_rotation)
-        return server not in in_rotation
+        removal = entry.removal if entry is not None else None
+        self._awaited.setdefault(ledger.key, Counter())[server] += 1
+        return _Awaited(ledger, server, removal.decided_at if removal is not None else None)
+
+    def _done_awaiting(self, w: _Awaited) -> None:
+        waiting = self._awaited.get(w.ledger.key)
+        if waiting is not None:
+            waiting[w.server] -= 1
+            if waiting[w.server] <= 0:
+                del waiting[w.server]
+            if not waiting:
+                del self._awaited[w.ledger.key]
+
+    async def _until_out(self, awaited: list[_Awaited], until: float) -> str:
+        """confirmed (every server out), kept (the others out, these held by a live owner), timed-out, or
+        HANDED_OVER (this replica stopped leading: the new leader answers, as soon as it leads)."""
+        pending = list(awaited)
+        kept = False
+        while True:
+            if self._reconciler.stopped:
+                return HANDED_OVER
+            still = []
+            for w in pending:
+                seen = await self._seen(w, until)
+                kept |= seen == "kept"
+                if seen == "pending":
+                    still.append(w)
+            pending = still
+            if not pending:
+                return "kept" if kept or not awaited else "confirmed"
+            left = until - self._clock()
+            if left <= 0:
+                return "timed-out"
+            await asyncio.sleep(min(POLL_SECONDS, left))
+
+    async def _seen(self, w: _Awaited, until: float) -> str:
+        """out (proven), kept (a live owner holds it: it stays), or pending."""
+        entry = w.ledger.entries.get(w.server)
+        removal = entry.removal if entry is not None else None
+        if removal is not None and removal.job_id:
+            w.jobs.add(removal.job_id)
+        if self._job_succeeded(w):
+            return "out"
+        if removal is None and entry is not None and entry.live_owners():
+            return "kept"  # called off before its call went out: a live pod holds the server
+        if removal is not None and removal.job_id is None:
+            return "pending"  # not accepted yet: in the group as far as anyone knows
+        wanted = self._awaited.get(w.ledger.key, Counter()).keys()
+        try:
+            listed = await asyncio.wait_for(
+                self.listings.verdict(w.ledger.key, w.server, wanted), max(0.01, until - self._clock())
+            )
+        except TimeoutError:
+            return "pending"
+        return "out" if listed == "out" else "pending"
+
+    def _job_succeeded(self, w: _Awaited) -> bool:
+        """A job that removed the server Succeeded: one of its removal's JobIds as seen, or one submitted for it
+        since the hold's removal was decided (a hold that missed the JobId between two looks)."""
+        compact = w.server.compact
+        for state in self._reconciler.resources.values():
+            if state.group != w.ledger.key:
+                continue
+            for job in state.jobs:
+                if job.status != "Succeeded":
+                    continue
+                if job.job_id in w.jobs:
+                    return True
+                if w.decided_at is not None and compact in job.servers and job.submitted_at >= w.decided_at:
+                    return True
+        return False

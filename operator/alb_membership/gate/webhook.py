@@ -1,15 +1,23 @@
 """The deletion gate's HTTPS endpoint, served by every replica.
 
+Who is heard (PRODUCT.md 3.14): only a POST to ``/validate-pod-deletion/<token>``, the token this install keeps in
+its TLS Secret and writes into the webhook configuration (gate/tls.py), compared in constant time. Any other path,
+the old ``/validate-pod-deletion`` included, is answered 404 and counted (``albm_webhook_refused_total``) before
+anything is read. With ``deletionGate.clientCA`` the TLS layer also requires the API server's client certificate.
+
 The API server may call any replica (the webhook's Service selects them all). The leader answers itself; a
 standby answers at once for pods no gated resource picks (its own watches tell it), and forwards the others to
-the leader, whose address the leader writes on the Lease. A standby never lets a gated deletion through without
-the leader's word, except when no leader answers within the resource's maxWaitSeconds: the gate delays, it never
-blocks for good.
+the leader, on the same path, whose address the leader writes on the Lease. While it forwards, a standby re-reads
+the Lease after every failure and answers itself as soon as it leads (a takeover mid-hold is answered by the new
+leader, not after ``maxWaitSeconds``); a leader that stops leading mid-hold hands its reviews to the new leader the
+same way. A standby never lets a gated deletion through without the leader's word, except when no leader answers
+within the resource's maxWaitSeconds: the gate delays, it never blocks for good.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import ssl
 import time
@@ -19,90 +27,180 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from alb_membership.cluster.store import ClusterStore
-from alb_membership.gate.review import Gate, Review, answer, hold_for
-from alb_membership.gate.tls import Bundle, client_context
+from alb_membership.gate.review import Gate, Review, answer, hold_for, pod_of
+from alb_membership.gate.tls import REVIEW_PATH, Bundle, client_context, review_path
 from alb_membership.metrics import Metrics
+from alb_membership.model.view import LiveView
 
 log = logging.getLogger(__name__)
-PATH = "/validate-pod-deletion"
-FORWARDED = "X-Albm-Forwarded"  # on a review a standby passes to the leader: never passed on again
+# On a review a standby passes to the leader: the seconds the standby still waits for it. Never passed on again.
+FORWARDED = "X-Albm-Forwarded"
+FORWARD_MARGIN_SECONDS = 0.5  # a forwarded review is answered this long before its standby stops waiting
+RETRY_SECONDS = 0.2
+MAX_BODY_BYTES = 4 * 1024 * 1024  # an AdmissionReview with a pod as large as etcd takes (1.5 MiB) as oldObject
+
+
+class LeaderLookup:
+    """Where the leader's webhook is, read from the Lease: shared by every review being forwarded, re-read at most
+    every ``min_interval`` however many reviews ask (a takeover with hundreds of reviews in flight costs a few
+    GETs a second, not hundreds)."""
+
+    def __init__(
+        self,
+        read: Callable[[], Awaitable[str | None]],
+        min_interval: float = 0.25,
+        max_age: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read = read
+        self._min_interval = min_interval
+        self._max_age = max_age
+        self._clock = clock
+        self._value: str | None = None
+        self._read_at = -1e9
+        self._lock = asyncio.Lock()
+
+    async def url(self, refresh: bool = False) -> str | None:
+        """The leader's URL as last read; read again when older than ``max_age``, when none is known, or when
+        ``refresh`` (the last one failed or said it no longer leads) and the last read is older than
+        ``min_interval``."""
+        asked = self._clock()
+        age = asked - self._read_at
+        if age < self._min_interval or (age < self._max_age and self._value and not refresh):
+            return self._value
+        async with self._lock:
+            if self._read_at < asked:  # nobody read it while this one waited for the lock
+                try:
+                    self._value = await self._read()
+                except Exception as exc:  # the API server restarting: the forwarding loop tries again
+                    log.warning("could not read the lease (%s: %s)", type(exc).__name__, exc)
+                    self._value = None
+                self._read_at = self._clock()
+        return self._value
 
 
 class Webhook:
     def __init__(
         self,
         gate: Gate,
-        store: ClusterStore,
+        store: LiveView,
         metrics: Metrics,
-        eni_annotation: str,
         leading: Callable[[], bool],
-        leader_url: Callable[[], Awaitable[str | None]],
+        leaders: LeaderLookup,
         session: aiohttp.ClientSession,
-        forward: tuple[ssl.SSLContext, str],
+        bundle: Bundle,
+        forward_name: str,
+        mtls: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._gate = gate
         self._store = store
         self._metrics = metrics
-        self._eni_annotation = eni_annotation
         self._leading = leading
-        self._leader_url = leader_url
+        self._leaders = leaders
         self._session = session
+        self._mtls = mtls
+        self._clock = clock
         # The leader is reached at its pod IP; its certificate is checked against the Service's name it was made for.
-        self._forward_ssl, self._forward_name = forward
+        self._forward_name = forward_name
+        self._token = bundle.path_token.encode()
+        self._forward_ssl: ssl.SSLContext = client_context(bundle, mtls)
 
-    def trust(self, bundle: Bundle) -> None:
-        """The CA to check the leader's certificate against, when forwarding."""
-        self._forward_ssl = client_context(bundle)
+    def use(self, bundle: Bundle) -> None:
+        """The token to hear and to forward with, and the CA (and, under mTLS, the client certificate) for
+        forwarding: followed when the Secret changes."""
+        self._token = bundle.path_token.encode()
+        self._forward_ssl = client_context(bundle, self._mtls)
+
+    @property
+    def path(self) -> str:
+        return review_path(self._token.decode())
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.add_routes([web.post(PATH, self._review)])
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.add_routes([web.post(REVIEW_PATH + "/{token}", self._review), web.route("*", "/{tail:.*}", self._refused)])
         return app
 
-    async def _review(self, request: web.Request) -> web.Response:
-        body: dict[str, Any] = await request.json()
-        if self._leading():
-            return web.json_response(await self._gate.review(body))
-        if request.headers.get(FORWARDED):
-            # Sent here as to the leader, and this replica is not (any more): the sender tries again; never passed on.
-            return web.Response(status=503, text="not the leader")
-        review = Review.parse(body, self._eni_annotation)
-        hold = None if review.dry_run else hold_for(self._store, review)
-        if hold is None:
-            self._metrics.gate_outcomes.labels("not-a-member").inc()
-            return web.json_response(answer(review.uid))
-        return web.json_response(await self._forward(body, review, hold.seconds))
+    async def _refused(self, _: web.Request) -> web.Response:
+        """Not the API server (nor a replica): nothing read, nothing done."""
+        self._metrics.webhook_refused.labels("path").inc()
+        return web.Response(status=404, text="not found")
 
-    async def _forward(self, body: dict[str, Any], review: Review, wait: float) -> dict[str, Any]:
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            url = await self._leader_url()
-            if url:
-                try:
-                    left = max(0.1, deadline - time.monotonic())
-                    timeout = aiohttp.ClientTimeout(total=left, sock_connect=min(1.0, left))
-                    async with self._session.post(
-                        f"{url}{PATH}",
-                        json=body,
-                        headers={FORWARDED: "1"},
-                        ssl=self._forward_ssl,
-                        server_hostname=self._forward_name,
-                        timeout=timeout,
-                    ) as resp:
-                        resp.raise_for_status()
-                        answered: dict[str, Any] = await resp.json()
+    async def _review(self, request: web.Request) -> web.Response:
+        if not self._token or not hmac.compare_digest(request.match_info["token"].encode(), self._token):
+            return await self._refused(request)
+        started = self._clock()
+        try:
+            body: Any = await request.json()
+        except ValueError:
+            self._metrics.webhook_refused.labels("body").inc()
+            return web.Response(status=400, text="not an AdmissionReview")
+        review = Review.parse(body)
+        forwarded = _seconds(request.headers.get(FORWARDED))
+        if self._leading():
+            deadline = None if forwarded is None else started + max(0.0, forwarded - FORWARD_MARGIN_SECONDS)
+            verdict = await self._gate.review(review, deadline)
+            if not verdict.handed_over:
+                return web.json_response(answer(review.uid, verdict.warning))
+        if forwarded is not None:
+            # Sent here as to the leader, and this replica is not (any more): the sender asks the new one.
+            return web.Response(status=503, text="not the leader")
+        pod = None if review.dry_run else pod_of(self._store, review)
+        hold = hold_for(self._store, pod) if pod is not None else None
+        if hold is None:
+            outcome = "dry-run" if review.dry_run else "unknown-pod" if pod is None else "not-a-member"
+            self._metrics.gate_outcomes.labels(outcome).inc()
+            return web.json_response(answer(review.uid))
+        return web.json_response(await self._forward(body, review, started + hold.seconds))
+
+    async def _forward(self, body: Any, review: Review, deadline: float) -> dict[str, Any]:
+        refresh = False
+        while (left := deadline - self._clock()) > 0:
+            if self._leading():  # this replica took over meanwhile: it answers itself
+                verdict = await self._gate.review(review, deadline)
+                if not verdict.handed_over:
+                    return answer(review.uid, verdict.warning)
+            else:
+                url = await self._leaders.url(refresh)
+                refresh = True  # unless the leader answers below, the next try reads the Lease again
+                if url:
+                    answered = await self._ask(url, body, review, left)
+                    if answered is not None:
                         return answered
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    log.warning(
-                        "could not ask the leader at %s about pod %s/%s: %s",
-                        url,
-                        review.namespace,
-                        review.pod_name,
-                        exc,
-                    )
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(min(RETRY_SECONDS, max(0.0, deadline - self._clock())))
         self._metrics.gate_outcomes.labels("no-leader").inc()
         return answer(
             review.uid, "alb-membership-operator: no leader answered in time; deletion let through unconfirmed"
         )
+
+    async def _ask(self, url: str, body: Any, review: Review, left: float) -> dict[str, Any] | None:
+        """The leader's answer, or None when it did not give one (unreachable, or no longer the leader)."""
+        timeout = aiohttp.ClientTimeout(total=left, sock_connect=min(1.0, left))
+        try:
+            async with self._session.post(
+                f"{url}{self.path}",
+                json=body,
+                headers={FORWARDED: f"{left:.3f}"},
+                ssl=self._forward_ssl,
+                server_hostname=self._forward_name,
+                timeout=timeout,
+            ) as resp:
+                if resp.status == 503:
+                    return None
+                resp.raise_for_status()
+                answered: dict[str, Any] = await resp.json()
+                return answered
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning(
+                "could not ask the leader at %s about pod %s/%s: %s", url, review.namespace, review.pod_name, exc
+            )
+            return None
+
+
+def _seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return min(30.0, max(0.0, float(value)))
+    except ValueError:
+        return 0.0

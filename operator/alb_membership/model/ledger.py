@@ -51,6 +51,10 @@ class Removal:
     attempt: int = 0
     client_token: str | None = None
     job_id: str | None = None
+    # For albm_exposure_seconds (not kept in status): a resource with the deletion gate decided it, and when the
+    # gate let the pod's deletion go ahead while the server was still in rotation (a let-through), if it did.
+    gated: bool = False
+    exposed_since: dt.datetime | None = None
 
     @property
     def sent(self) -> bool:

@@ -1,0 +1,346 @@
+"""The deletion gate's own logic (issue 17): it trusts the store, not the body; it confirms a server out of rotation
+only on evidence (a Succeeded job, a snapshot listing without it, Draining), never from a failed or paged listing
+and never from Removing; a leader that stops mid-hold hands the review over; every let-through is exposure."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+
+from alb_membership.alb.client import AlbClient
+from alb_membership.alb.models import Server
+from alb_membership.engine import outcomes
+from alb_membership.engine.timings import observe_exposure
+from alb_membership.gate import review as review_module
+from alb_membership.gate.evidence import GroupListings, Listing
+from alb_membership.gate.review import HANDED_OVER, MAX_HOLDS, Gate, Review, pod_of
+from alb_membership.metrics import Metrics
+from alb_membership.model.ledger import Entry, GroupKey, Removal, now
+from alb_membership.model.membership import PodView
+from tests.unit.fakes import RecordingKube, RecordingReconciler, View, pod, selected
+
+GATED = {"enabled": True, "maxWaitSeconds": 20}
+GROUP: GroupKey = ("cn-hangzhou", "sgp-test00000001")
+
+
+def delete(name: str, uid: str | None, namespace: str = "shop", **old: Any) -> dict[str, Any]:
+    """An AdmissionReview of a pod's DELETE, with an oldObject naming ``uid`` (none when ``uid`` is None); ``old``:
+    more of the oldObject's metadata (``old_name`` for another pod's name)."""
+    request: dict[str, Any] = {
+        "uid": f"review-{name}",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "operation": "DELETE",
+        "namespace": namespace,
+        "name": name,
+    }
+    if uid is not None:
+        meta = {"name": old.pop("old_name", name), "namespace": namespace, "uid": uid, **old}
+        request["oldObject"] = {"metadata": meta}
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+
+
+def evict(name: str, uid: str | None = None, namespace: str = "shop") -> dict[str, Any]:
+    options = {"preconditions": {"uid": uid}} if uid else {}
+    return {
+        "request": {
+            "uid": f"review-{name}",
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "subResource": "eviction",
+            "operation": "CREATE",
+            "namespace": namespace,
+            "name": name,
+            "object": {"metadata": {"name": name}, "deleteOptions": options},
+        }
+    }
+
+
+class Pages:
+    """ListServerGroupServers as the gate reads it: one answer per call from ``answer`` (ServerIds -> (servers,
+    one page)), or an exception."""
+
+    def __init__(self, answer: Callable[[list[str]], tuple[list[dict[str, Any]], bool]]) -> None:
+        self.answer = answer
+        self.calls: list[list[str]] = []
+
+    async def servers_page(self, group_id: str, server_ids: list[str]) -> tuple[list[dict[str, Any]], bool]:
+        self.calls.append(list(server_ids))
+        return self.answer(server_ids)
+
+
+def failing(_ids: list[str]) -> tuple[list[dict[str, Any]], bool]:
+    raise RuntimeError("Throttling.User")
+
+
+def listed(*servers: tuple[str, str]) -> Callable[[list[str]], tuple[list[dict[str, Any]], bool]]:
+    """One page holding these (ip, Status) servers."""
+    return lambda _ids: ([{"ServerType": "Ip", "ServerId": ip, "Port": 8080, "Status": st} for ip, st in servers], True)
+
+
+class Setup:
+    def __init__(self, pages: Pages) -> None:
+        self.view = View()
+        self.kube = RecordingKube()
+        self.rec = RecordingReconciler(self.view, self.kube)
+        self.metrics = Metrics()
+        self.pages = pages
+
+        async def budgets(_ns: str, _pod: PodView) -> bool:
+            return True
+
+        self.gate = Gate(self.rec, self.view, lambda _r: cast(AlbClient, pages), self.metrics, budgets)
+
+    def members(self, *names: str) -> None:
+        self.view.pod_list = [pod(n, ip=f"10.0.0.{i + 1}") for i, n in enumerate(names)]
+        body = selected(deletionGate=GATED)
+        self.view.bodies = [body]
+        self.rec.start(body, repair=False)
+
+    def outcome(self, outcome: str) -> float:
+        return self.metrics.registry.get_sample_value("albm_gate_outcomes_total", {"outcome": outcome}) or 0.0
+
+    def entry(self, ip: str) -> Entry | None:
+        return self.rec.ledger(GROUP).entries.get(Server("Ip", ip, 8080))
+
+    async def decided(self, *ips: str) -> list[Entry]:
+        """Once the gate has decided these servers' removals (its hold's first step)."""
+        for _ in range(500):
+            entries = [self.entry(ip) for ip in ips]
+            if all(e is not None and e.removal is not None for e in entries):
+                return cast(list[Entry], entries)
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no removal decided for {ips}")
+
+    async def accepted(self, *ips: str, job: str = "job-1") -> None:
+        """What the pipeline does once the call is accepted: the JobId on the removals and in status."""
+        batch = await self.decided(*ips)
+        outcomes.record_accepted(batch, self.rec.resources.values(), job, "token-1")
+
+    def succeeded(self, *ips: str, job: str = "job-1") -> None:
+        batch = cast(list[Entry], [self.entry(ip) for ip in ips])
+        outcomes.finish_removals(batch, self.rec.ledger(GROUP), list(self.rec.resources.values()), job)
+
+    async def review(self, body: dict[str, Any], seconds: float = 20.0) -> str:
+        verdict = await self.gate.review(Review.parse(body), time.monotonic() + seconds)
+        return verdict.outcome
+
+
+@pytest.fixture
+def ok() -> Setup:
+    return Setup(Pages(listed()))
+
+
+# -- trust the store, not the body ------------------------------------------------------------------------------
+
+
+def test_a_review_reads_only_the_pods_identity_and_survives_any_body() -> None:
+    review = Review.parse(delete("a", "uid-a", labels={"app": "web"}))
+    assert (review.namespace, review.pod_name, review.pod_uid, review.of_a_pod) == ("shop", "a", "uid-a", True)
+    assert Review.parse(delete("a", "uid-a", old_name="b")).pod_uid is None, "an oldObject of another pod names nothing"
+    assert Review.parse(evict("a", "uid-a")).pod_uid == "uid-a" and Review.parse(evict("a")).eviction
+    configmap = delete("a", "uid-a")
+    configmap["request"]["resource"]["resource"] = "configmaps"
+    assert not Review.parse(configmap).of_a_pod
+    for junk in ([], "x", {"request": "x"}, {"request": {"resource": [], "oldObject": 3, "namespace": 7}}):
+        assert not Review.parse(junk).of_a_pod
+
+
+def test_only_a_pod_the_store_knows_with_that_uid_is_acted_on() -> None:
+    view = View()
+    view.pod_list = [pod("a"), pod("a", uid="uid-a-other", namespace="other")]
+    assert pod_of(view, Review.parse(delete("a", "uid-a"))) == view.pod_list[0]
+    assert pod_of(view, Review.parse(delete("a", "uid-random"))) is None
+    assert pod_of(view, Review.parse(delete("a", None))) is None, "a DELETE always carries its pod: none, no pod"
+    assert pod_of(view, Review.parse(delete("a", "uid-a", namespace="other"))) is None
+    assert pod_of(view, Review.parse(evict("a"))) == view.pod_list[0], "an eviction names the pod by name"
+    assert pod_of(view, Review.parse(evict("a", "uid-random"))) is None
+
+
+async def test_forged_reviews_change_nothing_and_grow_nothing(ok: Setup) -> None:
+    ok.members("a")
+    ok.view.pod_list.append(pod("api", ip="10.0.0.9", labels={"app": "api"}))
+    forged = [
+        delete("a", "uid-random"),  # a random UID
+        delete("a", None),  # looked up by name before issue 17
+        delete("api", "uid-api", labels={"app": "web"}),  # an oldObject dressed as a member
+        delete("ghost", "uid-ghost", labels={"app": "web"}),  # no such pod at all
+        evict("a", "uid-random"),
+    ]
+    answers = [await ok.review(body) for body in forged]
+    assert answers == ["unknown-pod", "unknown-pod", "not-a-member", "unknown-pod", "unknown-pod"]
+    assert ok.rec.sent() == [], "nothing left the group"
+    assert len(ok.rec.gated) == 0, "nothing was added to the gated set"
+    assert ok.entry("10.0.0.1") is not None and ok.entry("10.0.0.1").removal is None  # type: ignore[union-attr]
+
+
+# -- evidence ---------------------------------------------------------------------------------------------------
+
+
+def test_what_a_listing_proves() -> None:
+    a, b, c = (Server("Ip", f"10.0.0.{i}", 8080) for i in (1, 2, 3))
+    snapshot = Listing(0.0, frozenset({a, b, c}), {a: "Removing", b: "Draining"}, frozenset({"10.0.0.1", "10.0.0.3"}))
+    assert snapshot.verdict(a) == "in", "Removing alone is no proof"
+    assert snapshot.verdict(b) == "out", "Draining is (where the cloud reports it)"
+    assert snapshot.verdict(c) == "out", "absent from a snapshot"
+    assert snapshot.verdict(Server("Ip", "10.0.0.4", 8080)) == "unknown", "not asked about"
+    paged = Listing(0.0, frozenset({a, c}), {}, frozenset())
+    assert paged.verdict(c) == "unknown", "absent from a paged listing proves nothing"
+    failed = Listing(0.0, frozenset({a, b, c}), failed=True)
+    assert {failed.verdict(s) for s in (a, b, c)} == {"unknown"}
+
+
+async def test_a_failed_listing_is_unknown_for_every_server_of_the_group_and_is_not_retried_at_once() -> None:
+    calls = 0
+
+    async def read(_key: GroupKey, _ids: list[str]) -> tuple[list[dict[str, Any]], bool]:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("SystemBusy")
+
+    listings = GroupListings(read, max_age=0.5)
+    a, b = Server("Ip", "10.0.0.1", 8080), Server("Ip", "10.0.0.2", 8080)
+    assert await listings.verdict(GROUP, a, {a, b}) == "unknown"
+    assert await listings.verdict(GROUP, b, {a, b}) == "unknown", "before issue 17: b read as out of rotation"
+    assert calls == 1, "one failed read per group per max_age, however many holds look"
+
+
+async def test_a_failed_listing_confirms_no_held_deletion() -> None:
+    setup = Setup(Pages(failing))
+    setup.members("a", "b")
+    holds = [asyncio.create_task(setup.review(delete(n, f"uid-{n}"), seconds=0.8)) for n in ("a", "b")]
+    await setup.accepted("10.0.0.1", "10.0.0.2")
+    assert await asyncio.gather(*holds) == ["timed-out", "timed-out"]
+    assert setup.outcome("confirmed") == 0
+    for ip in ("10.0.0.1", "10.0.0.2"):  # let through while still in rotation: exposed from now
+        entry = setup.entry(ip)
+        assert entry is not None and entry.removal is not None and entry.removal.exposed_since is not None
+
+
+async def test_removing_is_no_proof_a_snapshot_without_the_server_is() -> None:
+    pages = Pages(listed(("10.0.0.1", "Removing")))
+    setup = Setup(pages)
+    setup.members("a")
+    hold = asyncio.create_task(setup.review(delete("a", "uid-a"), seconds=5))
+    await setup.accepted("10.0.0.1")
+    await asyncio.sleep(0.7)
+    assert not hold.done(), "held while the group shows it Removing"
+    pages.answer = listed()
+    assert await hold == "confirmed"
+    assert pages.calls and all(ids == ["10.0.0.1"] for ids in pages.calls), "only the held servers are asked about"
+
+
+async def test_draining_is_out_of_rotation() -> None:
+    setup = Setup(Pages(listed(("10.0.0.1", "Draining"))))
+    setup.members("a")
+    hold = asyncio.create_task(setup.review(delete("a", "uid-a"), seconds=5))
+    await setup.accepted("10.0.0.1")
+    assert await hold == "confirmed"
+
+
+async def test_a_paged_listing_proves_no_absence() -> None:
+    setup = Setup(Pages(lambda _ids: ([], False)))
+    setup.members("a")
+    hold = asyncio.create_task(setup.review(delete("a", "uid-a"), seconds=0.8))
+    await setup.accepted("10.0.0.1")
+    assert await hold == "timed-out"
+
+
+async def test_a_succeeded_job_is_proof_even_while_every_listing_fails() -> None:
+    setup = Setup(Pages(failing))
+    setup.members("a")
+    hold = asyncio.create_task(setup.review(delete("a", "uid-a"), seconds=5))
+    await setup.accepted("10.0.0.1")
+    await asyncio.sleep(0.3)
+    setup.succeeded("10.0.0.1")
+    assert await hold == "confirmed"
+    assert setup.metrics.registry.get_sample_value("albm_exposure_seconds_count", {"gate": "true"}) == 1.0
+
+
+async def test_a_removal_called_off_for_a_live_owner_is_kept_not_confirmed(ok: Setup) -> None:
+    ok.members("a")
+    hold = asyncio.create_task(ok.review(delete("a", "uid-a"), seconds=5))
+    [entry] = await ok.decided("10.0.0.1")
+    ok.rec.ledger(GROUP).cancel_held(entry.server, {("sgm-other", "uid-new"): ("pod", "new")})
+    assert await hold == "kept"
+
+
+# -- takeovers and let-throughs ---------------------------------------------------------------------------------
+
+
+async def test_a_leader_that_stops_mid_hold_hands_the_review_over(ok: Setup) -> None:
+    ok.pages.answer = listed(("10.0.0.1", "Available"))
+    ok.members("a")
+    hold = asyncio.create_task(ok.gate.review(Review.parse(delete("a", "uid-a")), time.monotonic() + 20))
+    await ok.accepted("10.0.0.1")
+    await asyncio.sleep(0.2)
+    ok.rec.stopped = True
+    started = time.monotonic()
+    verdict = await hold
+    assert verdict.outcome == HANDED_OVER and time.monotonic() - started < 0.5
+    assert sum(ok.outcome(o) for o in ("confirmed", "timed-out", "error")) == 0, "the new leader answers it"
+
+
+async def test_too_many_holds_still_start_the_removal_and_count_its_exposure(ok: Setup) -> None:
+    ok.members("a")
+    ok.gate.holds = MAX_HOLDS
+    assert await ok.review(delete("a", "uid-a")) == "too-many"
+    entry = ok.entry("10.0.0.1")
+    assert entry is not None and entry.removal is not None and entry.removal.exposed_since is not None
+    assert ok.rec.sent() == ["Ip:10.0.0.1:8080"]
+
+
+def test_every_let_through_is_exposure() -> None:
+    metrics = Metrics()
+    server = Server("Ip", "10.0.0.1", 8080)
+    started = now()
+    removals = [
+        Removal("deletion-gate", started, started),  # held until out: observed at 0 by the gate, not here
+        Removal("deletion-gate", started, started, exposed_since=started),  # timed out, too many
+        Removal("pod-terminating", started, started, gated=True),  # no leader, webhook down
+        Removal("pod-terminating", started, started),  # no gate at all
+    ]
+    observe_exposure(metrics, [Entry(server, removal=r) for r in removals])
+    count = metrics.registry.get_sample_value
+    assert count("albm_exposure_seconds_count", {"gate": "true"}) == 2.0
+    assert count("albm_exposure_seconds_count", {"gate": "false"}) == 1.0
+
+
+async def test_removals_of_a_gated_resource_are_marked_gated(ok: Setup) -> None:
+    ok.members("a")
+    ok.rec.pod_changed(pod("a", ip="10.0.0.1", deleting=True), deleted=False)
+    entry = ok.entry("10.0.0.1")
+    assert entry is not None and entry.removal is not None and entry.removal.gated
+
+
+# -- bounded, on their own clock --------------------------------------------------------------------------------
+
+
+def test_the_listing_cache_forgets_groups_on_its_own_clock() -> None:
+    clock = [0.0]
+    listings = GroupListings(lambda _k, _i: asyncio.sleep(0, ([], True)), clock=lambda: clock[0])
+    a = Server("Ip", "10.0.0.1", 8080)
+    asyncio.run(listings.verdict(GROUP, a, {a}))
+    assert len(listings) == 1
+    clock[0] = 10.0
+    listings.prune()
+    assert len(listings) == 1
+    clock[0] = 100.0
+    listings.prune()
+    assert len(listings) == 0
+
+
+async def test_the_sweeper_prunes_the_gated_set_and_the_cache_without_any_call(
+    ok: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    swept: list[str] = []
+    monkeypatch.setattr(review_module, "SWEEP_SECONDS", 0.01)
+    monkeypatch.setattr(ok.rec.gated, "prune", lambda: swept.append("gated"))
+    monkeypatch.setattr(ok.gate.listings, "prune", lambda: swept.append("listings"))
+    ok.gate.start()
+    await asyncio.sleep(0.1)
+    await ok.gate.close()
+    assert swept.count("gated") >= 2 and swept.count("listings") >= 2

@@ -1,0 +1,217 @@
+"""The webhook's HTTP side (issue 17): only the path with this install's token is heard, everything else is a counted
+404; a standby forwards on that same path and answers itself as soon as it leads; a leader that stops mid-hold asks
+the new leader; the Lease is read once for many reviews."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from alb_membership.gate.pki import make_ca, make_serving
+from alb_membership.gate.review import HANDED_OVER, Gate, Review, Verdict
+from alb_membership.gate.tls import Bundle, new_token
+from alb_membership.gate.webhook import FORWARDED, LeaderLookup, Webhook
+from alb_membership.metrics import Metrics
+from tests.unit.fakes import View, pod, selected
+from tests.unit.test_gate import delete
+
+TOKEN = new_token()
+
+
+def bundle() -> Bundle:
+    now = dt.datetime.now(dt.UTC)
+    ca_cert, ca_key = make_ca("test CA", 1, now)
+    cert, key = make_serving(ca_cert, ca_key, ["127.0.0.1"], 1, now)
+    return Bundle(ca_cert, ca_key, cert, key, TOKEN)
+
+
+class FakeGate:
+    def __init__(self, verdict: Callable[[], Verdict] = lambda: Verdict("confirmed", "held")) -> None:
+        self.verdict = verdict
+        self.reviews: list[tuple[Review, float | None]] = []
+
+    async def review(self, review: Review, deadline: float | None = None) -> Verdict:
+        self.reviews.append((review, deadline))
+        await asyncio.sleep(0)
+        return self.verdict()
+
+
+def gated_view() -> View:
+    view = View()
+    view.pod_list = [pod("a")]
+    view.bodies = [selected(deletionGate={"enabled": True, "maxWaitSeconds": 3})]
+    return view
+
+
+class Replica:
+    def __init__(self, gate: FakeGate, leading: Callable[[], bool], leader: Callable[[], str | None]) -> None:
+        self.gate = gate
+        self.metrics = Metrics()
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        self.session = aiohttp.ClientSession()
+
+        async def read() -> str | None:
+            return leader()
+
+        self.webhook = Webhook(
+            cast(Gate, gate),
+            gated_view(),
+            self.metrics,
+            leading,
+            LeaderLookup(read, min_interval=0.05),
+            self.session,
+            bundle(),
+            "127.0.0.1",
+        )
+
+        @web.middleware
+        async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+            self.seen.append((request.path, dict(request.headers)))
+            return cast(web.StreamResponse, await handler(request))
+
+        app = self.webhook.app()
+        app.middlewares.append(record)
+        self.client = TestClient(TestServer(app))
+
+    @property
+    def url(self) -> str:
+        return str(self.client.make_url("")).rstrip("/")
+
+    def refused(self, reason: str = "path") -> float:
+        return self.metrics.registry.get_sample_value("albm_webhook_refused_total", {"reason": reason}) or 0.0
+
+    async def close(self) -> None:
+        await self.client.close()
+        await self.session.close()
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[list[Replica]]:
+    made: list[Replica] = []
+    yield made
+    for r in made:
+        await r.close()
+
+
+async def started(replicas: list[Replica], *args: Any) -> Replica:
+    replica = Replica(*args)
+    await replica.client.start_server()
+    replicas.append(replica)
+    return replica
+
+
+async def test_only_the_review_path_with_this_installs_token_is_heard(replicas: list[Replica]) -> None:
+    leader = await started(replicas, FakeGate(), lambda: True, lambda: None)
+    body = delete("a", "uid-a")
+    for method, path in [
+        ("POST", "/validate-pod-deletion"),  # the path before issue 17
+        ("POST", "/validate-pod-deletion/" + new_token()),
+        ("POST", "/validate-pod-deletion/" + TOKEN[:-1]),
+        ("POST", "/validate-pod-deletion/" + TOKEN + "/x"),
+        ("GET", "/validate-pod-deletion/" + TOKEN),
+        ("POST", "/"),
+    ]:
+        resp = await leader.client.request(method, path, json=body)
+        assert resp.status == 404, (method, path)
+    assert leader.refused() == 6 and leader.gate.reviews == [], "nothing read, nothing done"
+    resp = await leader.client.post("/validate-pod-deletion/" + TOKEN, data=b"not json")
+    assert resp.status == 400 and leader.refused("body") == 1
+    resp = await leader.client.post("/validate-pod-deletion/" + TOKEN, json=body)
+    assert resp.status == 200 and (await resp.json())["response"] == {
+        "uid": "review-a",
+        "allowed": True,
+        "warnings": ["held"],
+    }
+
+
+async def test_a_standby_forwards_on_the_same_path_with_its_deadline(replicas: list[Replica]) -> None:
+    leader = await started(replicas, FakeGate(), lambda: True, lambda: None)
+    standby = await started(replicas, FakeGate(), lambda: False, lambda: leader.url)
+    resp = await standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a"))
+    assert (await resp.json())["response"]["warnings"] == ["held"]
+    [(path, headers)] = leader.seen
+    assert path == "/validate-pod-deletion/" + TOKEN
+    assert 2.0 < float(headers[FORWARDED]) <= 3.0, "the leader is told how long the standby waits (maxWaitSeconds)"
+    [(_, deadline)] = leader.gate.reviews
+    assert deadline is not None and deadline - time.monotonic() < 3.0 - 0.4, "and answers before that"
+    assert standby.gate.reviews == []
+
+
+async def test_a_standby_that_takes_over_mid_forward_answers_itself(replicas: list[Replica]) -> None:
+    leads = False
+    standby = await started(replicas, FakeGate(), lambda: leads, lambda: "https://127.0.0.1:9")  # a dead leader
+    review = asyncio.create_task(standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a")))
+    await asyncio.sleep(0.5)
+    assert not review.done()
+    leads = True
+    took_over = time.monotonic()
+    resp = await review
+    assert (await resp.json())["response"]["warnings"] == ["held"], "answered by the new leader, not no-leader"
+    assert time.monotonic() - took_over < 0.5
+    assert standby.metrics.registry.get_sample_value("albm_gate_outcomes_total", {"outcome": "no-leader"}) == 0
+
+
+async def test_a_leader_that_stops_mid_hold_asks_the_new_leader(replicas: list[Replica]) -> None:
+    new = await started(replicas, FakeGate(), lambda: True, lambda: None)
+    stopped = False
+
+    def stop() -> Verdict:  # as Runtime.stop_work does mid-hold: this replica no longer leads
+        nonlocal stopped
+        stopped = True
+        return Verdict(HANDED_OVER)
+
+    old = await started(replicas, FakeGate(stop), lambda: not stopped, lambda: new.url)
+    resp = await old.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a"))
+    assert (await resp.json())["response"]["warnings"] == ["held"]
+    assert len(new.gate.reviews) == 1
+    # Forwarded to it by a standby, it says so, and the standby asks again.
+    resp = await old.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a"), headers={FORWARDED: "3"})
+    assert resp.status == 503
+
+
+async def test_with_no_leader_the_deletion_goes_through_after_max_wait(replicas: list[Replica]) -> None:
+    standby = await started(replicas, FakeGate(), lambda: False, lambda: None)
+    began = time.monotonic()
+    resp = await standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a"))
+    assert "no leader" in (await resp.json())["response"]["warnings"][0]
+    assert 2.8 < time.monotonic() - began < 4.0
+    assert standby.metrics.registry.get_sample_value("albm_gate_outcomes_total", {"outcome": "no-leader"}) == 1
+
+
+async def test_a_standby_answers_forged_and_non_member_reviews_itself(replicas: list[Replica]) -> None:
+    standby = await started(replicas, FakeGate(), lambda: False, lambda: "https://127.0.0.1:9")
+    for body in (delete("a", "uid-random"), delete("a", None)):
+        began = time.monotonic()
+        resp = await standby.client.post("/validate-pod-deletion/" + TOKEN, json=body)
+        assert (await resp.json())["response"] == {"uid": "review-a", "allowed": True}
+        assert time.monotonic() - began < 0.5
+    value = standby.metrics.registry.get_sample_value("albm_gate_outcomes_total", {"outcome": "unknown-pod"})
+    assert value == 2
+
+
+async def test_the_lease_is_read_once_for_many_reviews() -> None:
+    reads = 0
+
+    async def read() -> str | None:
+        nonlocal reads
+        reads += 1
+        await asyncio.sleep(0.01)
+        return "https://10.0.0.2:9443"
+
+    leaders = LeaderLookup(read, min_interval=0.25, max_age=2.0)
+    urls = await asyncio.gather(*(leaders.url(refresh=True) for _ in range(100)))
+    assert set(urls) == {"https://10.0.0.2:9443"} and reads == 1
+    assert await leaders.url(refresh=True) and reads == 1, "not again within min_interval"
+    await asyncio.sleep(0.3)
+    await leaders.url()
+    assert reads == 1, "a known leader is reused for max_age"
+    await leaders.url(refresh=True)
+    assert reads == 2, "after a failure it is read again"
