@@ -40,7 +40,8 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
 @pytest.fixture(scope="session")
 def cluster(local_cluster: LocalCluster | None) -> Cluster:
     kubeconfig = Path(os.environ.get("ALBM_TEST_KUBECONFIG") or local_cluster.kubeconfig)  # type: ignore[union-attr]
-    return Cluster(kubeconfig=kubeconfig, kubectl_bin=locate_binaries().kubectl)
+    client_ca = local_cluster.webhook_client_ca if local_cluster is not None else None
+    return Cluster(kubeconfig=kubeconfig, kubectl_bin=locate_binaries().kubectl, webhook_client_ca=client_ca)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from localcluster.binaries import Binaries, locate_binaries
-from localcluster.certs import write_pki
+from localcluster.certs import WEBHOOK_CLIENT_CA, write_pki
 from localcluster.errors import ClusterError
 
 STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
@@ -83,6 +83,11 @@ class LocalCluster:
     @property
     def kubeconfig(self) -> Path:
         return self.state_dir / "kubeconfig"
+
+    @property
+    def webhook_client_ca(self) -> Path:
+        """The CA of the client certificate the API server presents to webhooks (localcluster/certs.py)."""
+        return self.state_dir / "pki" / WEBHOOK_CLIENT_CA
 
     @property
     def server(self) -> str:
@@ -147,6 +152,8 @@ class LocalCluster:
                     # SIGTERM ends the open watches after this; without it the server waits for them until its
                     # 60 s shutdown timeout (and stop() kills it after 10 s).
                     "--shutdown-watch-termination-grace-period=2s",
+                    # A client certificate for admission webhooks that ask for one (the deletion gate's mTLS).
+                    f"--admission-control-config-file={pki / 'admission.yaml'}",
                 ],
             )
             self._wait_http("kube-apiserver", f"{self.server}/readyz", deadline, cafile=pki / "ca.crt")

@@ -1,15 +1,22 @@
 """The deletion gate on the real API server: member pods' deletions (kubectl, the ReplicaSet controller, the
 Eviction API, a force delete) are held until their servers are out of rotation in the emulator, then allowed;
 non-members are not delayed; a webhook that is down or slow leaves deletions working; a standby answers by asking
-the leader; with connection draining, a Draining server is out of rotation already."""
+the leader; with connection draining, a Draining server is out of rotation already. Only the API server is heard
+(issue 17): forged reviews on the webhook port change nothing, with the path token or with mTLS; a failed listing
+confirms nothing; a takeover mid-hold is answered by the new leader within one job of its leading."""
 
 from __future__ import annotations
 
 import base64
+import json
 import select
 import socket
+import ssl
+import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,7 +81,7 @@ class Gated:
         bundle = wait_for(ca, "the caBundle written by the operator", timeout=30)
         assert b"BEGIN CERTIFICATE" in base64.b64decode(bundle)
 
-    def members(self, replicas: int, **spec: Any) -> dict[str, str]:
+    def members(self, replicas: int, gate: dict[str, Any] | None = None, **spec: Any) -> dict[str, str]:
         apply(self.cluster, self.namespace, deployment("web", replicas))
         ips = pod_ips(self.core, self.namespace, "web", replicas)
         self.emulator.add_group(GROUP, [server(ip) for ip in ips.values()] + [server(FOREIGN)], **spec)
@@ -85,11 +92,27 @@ class Gated:
                 "web",
                 podSelector={"matchLabels": {"app": "web"}},
                 backend={"serverType": "Ip", "port": 8080},
-                deletionGate=GATE,
+                deletionGate=gate or GATE,
             ),
         )
         status_when(self.cluster, self.namespace, lambda s: s.get("memberCount") == replicas, "members recorded")
         return ips
+
+    def token(self) -> str:
+        """The path token the operator keeps in its TLS Secret (what only the API server and the replicas know)."""
+        data = self.core.read_namespaced_secret("albm-webhook-tls", self.namespace).data
+        return base64.b64decode(data["path-token"]).decode()
+
+    def delete(self, name: str) -> tuple[float, float, str]:
+        """``kubectl delete pod`` (no wait): when it was sent, when the API server answered, and what kubectl
+        printed on stderr (the gate's warning)."""
+        started = time.time()
+        done = subprocess.run(
+            [str(self.cluster.kubectl_bin), f"--kubeconfig={self.cluster.kubeconfig}", "delete", "pod", name,
+             "-n", self.namespace, "--wait=false"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return started, time.time(), done.stderr
 
     def out_at(self, ip: str) -> float:
         [record] = self.emulator.admin("GET", f"server-groups/{GROUP}/history?server_id={ip}")
@@ -273,3 +296,170 @@ def test_an_eviction_a_disruption_budget_refuses_removes_nothing(gated: Gated) -
     time.sleep(1.0)
     assert ips[victim] in in_group(gated.emulator), "a refused eviction took nothing out of rotation"
     assert gated.emulator.requests("RemoveServersFromServerGroup") == []
+
+
+# -- only the API server is heard (issue 17) ----------------------------------------------------------------------
+
+
+def forge(port: int, path: str, namespace: str, pod: dict[str, Any] | None, name: str) -> tuple[int, Any]:
+    """An AdmissionReview written by hand (a DELETE of ``name``, ``pod`` as its oldObject), posted straight to the
+    webhook port as any pod in the cluster could. Returns (HTTP status, body)."""
+    request: dict[str, Any] = {
+        "uid": f"forged-{time.monotonic_ns()}",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "operation": "DELETE",
+        "namespace": namespace,
+        "name": name,
+    }
+    if pod is not None:
+        request["oldObject"] = pod
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    post = urllib.request.Request(
+        f"https://127.0.0.1:{port}{path}",
+        data=json.dumps(review).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(post, context=context, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric(op: OperatorProcess, sample: str) -> float:
+    line = next((x for x in op.metrics().splitlines() if x.startswith(sample + " ")), None)
+    return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+
+def test_forged_reviews_on_the_webhook_port_change_nothing(gated: Gated) -> None:
+    port = free_port()
+    op = gated.operator(port)
+    gated.register(port)
+    gated.trusted()
+    ips = gated.members(2)
+    victim, other = sorted(ips)
+    pod = json.loads(gated.cluster.kubectl("get", "pod", victim, "-n", gated.namespace, "-o", "json"))
+    wrong_uid = {**pod, "metadata": {**pod["metadata"], "uid": "00000000-0000-0000-0000-000000000000"}}
+    # Anyone who can reach the port, without the token: the path the API server used before, and guesses.
+    for path, old in [
+        ("/validate-pod-deletion", pod),  # oldObject copied from kubectl get pod -o json
+        ("/validate-pod-deletion", None),  # no oldObject: looked up by name before issue 17
+        ("/validate-pod-deletion", wrong_uid),
+        (f"/validate-pod-deletion/{'A' * 43}", pod),
+    ]:
+        status, _ = forge(port, path, gated.namespace, old, victim)
+        assert status == 404, (path, status)
+    assert metric(op, 'albm_webhook_refused_total{reason="path"}') == 4
+    # Even with the token (what only the API server and the replicas know), the store decides, not the body.
+    token_path = f"/validate-pod-deletion/{gated.token()}"
+    for old in (None, wrong_uid):
+        status, answered = forge(port, token_path, gated.namespace, old, victim)
+        assert status == 200 and answered["response"]["allowed"] and "warnings" not in answered["response"]
+    assert metric(op, 'albm_gate_outcomes_total{outcome="unknown-pod"}') == 2
+    time.sleep(1.5)
+    assert {ips[victim], ips[other], FOREIGN} <= in_group(gated.emulator), "nothing left the group"
+    assert gated.emulator.requests("RemoveServersFromServerGroup") == []
+    # The API server itself is still heard: a real deletion is held until its server is out.
+    started, allowed, warning = gated.delete(victim)
+    assert started < gated.out_at(ips[victim]) <= allowed and "were out of rotation" in warning
+    assert ips[other] in in_group(gated.emulator)
+
+
+def test_with_a_client_ca_only_the_api_servers_certificate_gets_in_and_a_standby_still_forwards(
+    gated: Gated,
+) -> None:
+    client_ca = gated.cluster.webhook_client_ca
+    if client_ca is None:
+        pytest.skip("the cluster was not started by this run: its API server's webhook client certificate is unknown")
+    ports = free_port(), free_port()
+    ha = ("--leader-elect", "--webhook-client-ca", str(client_ca))
+    first = gated.operator(ports[0], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[0]}")
+    wait_for(lambda: first.ready()["leader"], "the first replica to lead")
+    second = gated.operator(ports[1], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[1]}")
+    gated.register(ports[1])  # the API server asks the standby, which forwards under mTLS
+    gated.trusted()
+    ips = gated.members(2)
+    victim, other = sorted(ips)
+    pod = json.loads(gated.cluster.kubectl("get", "pod", victim, "-n", gated.namespace, "-o", "json"))
+    for port in ports:  # no client certificate, even with the right path: refused at the handshake
+        with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
+            forge(port, f"/validate-pod-deletion/{gated.token()}", gated.namespace, pod, victim)
+    started, allowed, warning = gated.delete(victim)
+    assert started < gated.out_at(ips[victim]) <= allowed, "the API server's certificate got in; the leader answered"
+    assert "were out of rotation" in warning and ips[other] in in_group(gated.emulator)
+    assert not second.ready()["leader"]
+
+
+def test_a_failed_listing_confirms_nothing(gated: Gated) -> None:
+    """Two held deletions in one group while every listing of it fails and the job is still running (its servers
+    Removing): neither is confirmed; both are let through at maxWaitSeconds, before their servers left rotation.
+    (Before issue 17 one failed listing read as "the other servers are out", and the second was confirmed.)"""
+    gated.emulator.admin("PUT", "behaviour", {"job_seconds": 8.0})
+    port = free_port()
+    op = gated.operator(port)
+    gated.register(port)
+    gated.trusted()
+    ips = gated.members(3, gate={"enabled": True, "maxWaitSeconds": 3})
+    gated.emulator.admin(
+        "PUT", "faults", {"rates": {"Forbidden.NoPermission": 1.0}, "actions": ["ListServerGroupServers"]}
+    )
+    victims = sorted(ips)[:2]
+    answers: dict[str, tuple[float, float, str]] = {}
+    threads = [threading.Thread(target=lambda n=n: answers.__setitem__(n, gated.delete(n))) for n in victims]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for name in victims:
+        started, allowed, warning = answers[name]
+        assert "let through after" in warning, f"{name}: {warning}"
+        assert allowed - started >= 2.5, f"{name} was answered after {allowed - started:.1f}s"
+        out = gated.emulator.admin("GET", f"server-groups/{GROUP}/history?server_id={ips[name]}")[0]
+        assert out["out_of_rotation_at"] is None or out["out_of_rotation_at"] > allowed
+    assert metric(op, 'albm_gate_outcomes_total{outcome="confirmed"}') == 0
+    assert metric(op, 'albm_gate_outcomes_total{outcome="timed-out"}') == 2
+    assert gated.emulator.requests("ListServerGroupServers"), "the gate did look"
+
+
+@pytest.mark.parametrize(
+    ("asked", "how"),
+    [("standby", "sigterm"), ("standby", "sigkill"), ("leader", "sigterm")],
+    ids=["standby-asked-leader-stops", "standby-asked-leader-killed", "leader-asked-leader-stops"],
+)
+def test_a_takeover_mid_hold_confirms_within_one_job_of_the_new_leader_leading(
+    gated: Gated, asked: str, how: str
+) -> None:
+    job = 2.0
+    gated.emulator.admin("PUT", "behaviour", {"job_seconds": job})
+    ports = free_port(), free_port()
+    ha = ("--leader-elect",)
+    first = gated.operator(ports[0], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[0]}")
+    wait_for(lambda: first.ready()["leader"], "the first replica to lead")
+    second = gated.operator(ports[1], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[1]}")
+    gated.register(ports[1] if asked == "standby" else ports[0])
+    gated.trusted()
+    ips = gated.members(2, gate={"enabled": True, "maxWaitSeconds": 25})
+    victim = sorted(ips)[0]
+    answered: list[tuple[float, float, str]] = []
+    deletion = threading.Thread(target=lambda: answered.append(gated.delete(victim)))
+    deletion.start()
+    wait_for(lambda: gated.emulator.requests("RemoveServersFromServerGroup"), "the leader's removal call", 30, 0.05)
+    if how == "sigkill":
+        first.kill()
+    else:
+        first.process.terminate()
+    leading_at = wait_for(lambda: second.ready()["leader"] and time.time(), "the standby to lead", 60, 0.05)
+    deletion.join(60)
+    first.stop()
+    [(started, allowed, warning)] = answered
+    print(
+        f"\n{asked} asked, leader {how}: new leader {leading_at - started:.1f}s after the deletion, answered "
+        f"{allowed - leading_at:.2f}s after it led"
+    )
+    assert "were out of rotation" in warning, warning
+    assert gated.out_at(ips[victim]) <= allowed
+    assert allowed - leading_at <= job + 3.0, "within one job of the new leader leading (plus its start)"

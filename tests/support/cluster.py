@@ -19,6 +19,9 @@ T = TypeVar("T")
 class Cluster:
     kubeconfig: Path
     kubectl_bin: Path
+    # The CA of the client certificate the API server presents to webhooks, when this run started the cluster (an
+    # existing one, $ALBM_TEST_KUBECONFIG, may present none).
+    webhook_client_ca: Path | None = None
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:
         return run_kubectl(self.kubectl_bin, self.kubeconfig, *args, check=check, input=input)
