@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 help:
 	@echo "make demo    - a local cluster, the ALB emulator and the operator: watch a rolling update leave the group"
 	@echo "make test    - the whole test suite against a real local control plane"
-	@echo "make lint    - ruff and mypy"
+	@echo "make lint    - ruff, mypy, the docs (mkdocs --strict), the alerts (promtool) and the chart (kube-score)"
 	@echo "make binaries - build/reuse etcd, kube-*, kubectl, kwok, helm (cached outside the repo)"
 
 $(VENV)/.installed: pyproject.toml
@@ -35,6 +35,7 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mkdocs build --strict --quiet
 	scripts/test-alerts
+	scripts/kube-score
 
 demo: venv binaries
 	scripts/demo

@@ -3,6 +3,7 @@ exactly one active replica with a measured takeover."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -118,6 +119,83 @@ def test_chart_options() -> None:
     assert single["spec"]["strategy"]["type"] == "Recreate"
 
 
+def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def test_the_replicas_spread_across_nodes_unless_told_otherwise() -> None:
+    term = pod_spec(render())["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "albm"
+    required = pod_spec(render("podAntiAffinity=required"))["affinity"]["podAntiAffinity"]
+    assert required["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"] == "kubernetes.io/hostname"
+    assert "affinity" not in pod_spec(render("podAntiAffinity=none"))
+    own = pod_spec(render("affinity.podAntiAffinity.x=y", "affinity.nodeAffinity.a=b"))["affinity"]
+    assert own == {"podAntiAffinity": {"x": "y"}, "nodeAffinity": {"a": "b"}}, "the user's own affinity wins"
+    mixed = pod_spec(render("affinity.nodeAffinity.a=b"))["affinity"]
+    assert set(mixed) == {"nodeAffinity", "podAntiAffinity"}
+
+
+def test_network_policies_admit_the_webhook_from_the_api_server_and_metrics_from_a_selector() -> None:
+    [base] = by_kind(render(), "NetworkPolicy")
+    assert base["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    [metrics] = base["spec"]["ingress"]
+    assert metrics["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert metrics["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    egress_ports = {p["port"] for rule in base["spec"]["egress"] for p in rule.get("ports", [])}
+    assert egress_ports == {53, 443, 6443}
+    gated = render(
+        "deletionGate.enabled=true",
+        "networkPolicy.webhook.apiServerCIDRs={192.168.0.0/24}",
+        "networkPolicy.metrics.from[0].namespaceSelector.matchLabels.name=arms-prom",
+        "credentials.mode=ecsRole",
+    )
+    base, webhook = sorted(by_kind(gated, "NetworkPolicy"), key=lambda d: d["metadata"]["name"])
+    assert base["spec"]["ingress"][0]["from"] == [{"namespaceSelector": {"matchLabels": {"name": "arms-prom"}}}]
+    assert {"to": [{"ipBlock": {"cidr": "100.100.100.200/32"}}], "ports": [{"port": 80, "protocol": "TCP"}]} in base[
+        "spec"
+    ]["egress"]
+    [hook] = webhook["spec"]["ingress"]
+    assert hook["ports"] == [{"port": "webhook", "protocol": "TCP"}]
+    assert hook["from"][0] == {"ipBlock": {"cidr": "192.168.0.0/24"}} and "podSelector" in hook["from"][1]
+    [open_port] = by_kind(render("deletionGate.enabled=true"), "NetworkPolicy")[1]["spec"]["ingress"]
+    assert "from" not in open_port, "no CIDRs (ACK): the port is open, and the path token tells the API server apart"
+    assert not by_kind(render("networkPolicy.enabled=false", "deletionGate.enabled=true"), "NetworkPolicy")
+
+
+def test_the_webhook_configuration_leaves_its_path_and_ca_to_the_operator_and_mtls_mounts_the_client_ca(
+    tmp_path: Path,
+) -> None:
+    [config] = by_kind(render("deletionGate.enabled=true"), "ValidatingWebhookConfiguration")
+    client_config = config["webhooks"][0]["clientConfig"]
+    assert "path" not in client_config["service"] and "caBundle" not in client_config
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    args = [
+        "--set",
+        "region=cn-hangzhou",
+        "--set",
+        "deletionGate.enabled=true",
+        "--set-file",
+        f"deletionGate.clientCA={pem}",
+    ]
+    docs = [d for d in yaml.safe_load_all(helm("template", "albm", str(CHART), "-n", "ops", *args).stdout) if d]
+    [configmap] = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("webhook-client-ca")]
+    assert "BEGIN CERTIFICATE" in configmap["data"]["ca.crt"]
+    container = pod_spec(docs)["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "webhook-client-ca")
+    assert env["ALBM_WEBHOOK_CLIENT_CA"] == mount["mountPath"] + "/ca.crt"
+
+
+def test_the_chart_and_the_plain_manifests_pass_kube_score() -> None:
+    """No NetworkPolicy, anti-affinity or other finding; the house choices (no CPU limit, IfNotPresent, no
+    ephemeral-storage figures) are ignored in scripts/kube-score, and the chart README says why."""
+    proc = subprocess.run([str(ROOT / "scripts" / "kube-score")], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("clean:") == 5
+
+
 @pytest.mark.parametrize(
     ("sets", "complaint"),
     [
@@ -125,6 +203,9 @@ def test_chart_options() -> None:
         (["region=cn-hangzhou", "credentials.mode=magic"], "credentials/mode"),
         (["region=Hangzhou"], "region"),
         (["region=cn-hangzhou", "credentials.mode=rrsa"], "credentials.rrsa.roleArn is required"),
+        (["region=cn-hangzhou", "podAntiAffinity=sometimes"], "podAntiAffinity"),
+        (["region=cn-hangzhou", "networkPolicy.webhook.apiServerCIDRs={the-api-server}"], "apiServerCIDRs"),
+        (["region=cn-hangzhou", "deletionGate.clientCA=not-a-pem"], "clientCA"),
         ([], "set region"),
     ],
 )
@@ -275,11 +356,36 @@ def test_helm_install_then_the_operator_works_with_only_the_charts_rights(
         wait_for(lambda: ips[victim] not in in_group(emulator), "the removal, under least privilege")
         assert core.read_namespaced_secret(f"{fullname}-webhook-tls", ns).data["ca.crt"]
         admission = kubernetes.client.AdmissionregistrationV1Api(api_client)
-        assert admission.read_validating_webhook_configuration(fullname).webhooks[0].client_config.ca_bundle
+        written = admission.read_validating_webhook_configuration(fullname).webhooks[0].client_config
+        token = base64.b64decode(core.read_namespaced_secret(f"{fullname}-webhook-tls", ns).data["path-token"])
+        assert written.ca_bundle and written.url == f"https://127.0.0.1:{port}/validate-pod-deletion/{token.decode()}"
         assert "Forbidden" not in operator.log.read_text()
     finally:
         operator.stop()
         cluster.kubectl("delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all([*rbac, config]))
+
+
+@pytest.mark.integration
+def test_the_api_server_accepts_the_network_policies(
+    cluster: Cluster, api_client: kubernetes.client.ApiClient, namespace: str
+) -> None:
+    docs = render(
+        "deletionGate.enabled=true",
+        "networkPolicy.webhook.apiServerCIDRs={10.0.0.0/8,fd00::/8}",
+        "credentials.mode=ecsRole",
+        "endpoint=http://alb.internal:8080",
+    )
+    policies = by_kind(docs, "NetworkPolicy")
+    for policy in policies:
+        policy["metadata"]["namespace"] = namespace
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(policies))
+    stored = kubernetes.client.NetworkingV1Api(api_client).list_namespaced_network_policy(namespace).items
+    assert sorted(p.metadata.name for p in stored) == [
+        "albm-alb-membership-operator",
+        "albm-alb-membership-operator-webhook",
+    ]
+    webhook = next(p for p in stored if p.metadata.name.endswith("-webhook"))
+    assert [peer.ip_block.cidr for peer in webhook.spec.ingress[0]._from if peer.ip_block] == ["10.0.0.0/8", "fd00::/8"]
 
 
 @pytest.mark.integration

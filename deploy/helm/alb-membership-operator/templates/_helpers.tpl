@@ -56,3 +56,21 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   verbs: [list]
 {{- end }}
 {{- end -}}
+
+{{/* The pod's affinity: .Values.affinity, plus a podAntiAffinity on kubernetes.io/hostname for the replicas
+     (podAntiAffinity: preferred | required | none) unless affinity sets its own. */}}
+{{- define "albm.affinity" -}}
+{{- $affinity := deepCopy (.Values.affinity | default dict) -}}
+{{- $mode := .Values.podAntiAffinity | default "none" -}}
+{{- if and (ne $mode "none") (not (hasKey $affinity "podAntiAffinity")) -}}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "albm.selectorLabels" . | fromYaml)) -}}
+{{- if eq $mode "required" -}}
+{{- $_ := set $affinity "podAntiAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (list $term)) -}}
+{{- else -}}
+{{- $_ := set $affinity "podAntiAffinity" (dict "preferredDuringSchedulingIgnoredDuringExecution" (list (dict "weight" 100 "podAffinityTerm" $term))) -}}
+{{- end -}}
+{{- end -}}
+{{- if $affinity -}}
+{{- toYaml $affinity -}}
+{{- end -}}
+{{- end -}}
