@@ -90,11 +90,9 @@ async def _hand_over_on_shutdown(
         await asyncio.wait_for(elector.release(), timeout=3)
 
 
-async def _leader_url(elector: LeaderElector | None) -> str | None:
+async def _leader_url(elector: LeaderElector) -> str | None:
     """Where a review goes when this replica does not act: the Lease holder's webhook, read afresh (shared and
     rate-limited by LeaderLookup)."""
-    if elector is None:
-        return None
     await elector.observe()
     return elector.leader_url
 
@@ -117,11 +115,12 @@ async def _serve_webhook(settings: Settings, runtime: Runtime, elector: LeaderEl
         # Leading from the moment the Lease is ours (the gate waits until kopf has loaded the resources), and no
         # longer once it stopped acting (it then asks the new leader, as a standby does).
         leading=lambda: not runtime.standby and not runtime.reconciler.stopped,
-        leaders=LeaderLookup(functools.partial(_leader_url, elector)),
+        leaders=LeaderLookup(functools.partial(_leader_url, elector)) if elector is not None else None,
         session=runtime.session,
         bundle=bundle,
         forward_name=settings.webhook_hosts[0],
         mtls=settings.webhook_client_ca is not None,
+        unknown_token=runtime.recheck_certificates,
     )
     runner = web.AppRunner(webhook.app(), access_log=None, shutdown_timeout=WEBHOOK_SHUTDOWN_SECONDS)
     await runner.setup()

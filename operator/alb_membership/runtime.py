@@ -4,6 +4,7 @@ the reconciler, metrics and health endpoints. Built in kopf's startup handler, c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable
@@ -32,6 +33,9 @@ from alb_membership.settings import Settings
 log = logging.getLogger(__name__)
 CERTIFICATE_CHECK_SECONDS = 60.0  # a Secret or configuration replaced by hand is followed within a minute
 CA_BUNDLE_RETRY_SECONDS = 5.0
+# A review on a token this replica does not know (the token rotated by the other replica) has the Secret read again
+# at once, but not more often than this: a stranger guessing tokens costs one GET per 10 s at most.
+CERTIFICATE_RECHECK_SECONDS = 10.0
 
 
 class Runtime:
@@ -72,6 +76,7 @@ class Runtime:
         self._services: dict[str, Services] = {}
         self._anti_entropy_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()  # set by kopf once it watches everything
+        self._recheck = asyncio.Event()  # set by the webhook when a review names a token it does not know
         self.standby = False  # True while another replica holds the Lease
 
     @classmethod
@@ -121,9 +126,17 @@ class Runtime:
         replaced by hand), keeping the configuration's caBundle and path in step."""
 
         async def renew() -> None:
+            loop = asyncio.get_running_loop()
+            checked = loop.time()
             while True:
                 pending = not certificates.ca_bundle_written  # the configuration was not there yet
-                await asyncio.sleep(CA_BUNDLE_RETRY_SECONDS if pending else CERTIFICATE_CHECK_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._recheck.wait(), CA_BUNDLE_RETRY_SECONDS if pending else CERTIFICATE_CHECK_SECONDS
+                    )
+                    await asyncio.sleep(max(0.0, checked + CERTIFICATE_RECHECK_SECONDS - loop.time()))
+                self._recheck.clear()
+                checked = loop.time()
                 try:
                     bundle = await certificates.ensure()
                     load(context, bundle)
@@ -133,6 +146,10 @@ class Runtime:
                     self.metrics.internal_errors.labels("webhook-tls").inc()
 
         self._certificates_task = asyncio.create_task(renew(), name="webhook-certificates")
+
+    def recheck_certificates(self) -> None:
+        """Read the Secret again soon (rate-limited): a review came with a path token this replica does not know."""
+        self._recheck.set()
 
     def start_work(self) -> None:
         self._anti_entropy_task = asyncio.create_task(self.anti_entropy.run(self.ready), name="anti-entropy")

@@ -52,24 +52,30 @@ def gated_view() -> View:
 
 
 class Replica:
-    def __init__(self, gate: FakeGate, leading: Callable[[], bool], leader: Callable[[], str | None]) -> None:
+    def __init__(self, gate: FakeGate, leading: Callable[[], bool], leader: Callable[[], str | None] | None) -> None:
+        """``leader``: None without leader election."""
         self.gate = gate
         self.metrics = Metrics()
         self.seen: list[tuple[str, dict[str, str]]] = []
         self.session = aiohttp.ClientSession()
+        self.rechecks = 0
+
+        def recheck() -> None:
+            self.rechecks += 1
 
         async def read() -> str | None:
-            return leader()
+            return leader() if leader is not None else None
 
         self.webhook = Webhook(
             cast(Gate, gate),
             gated_view(),
             self.metrics,
             leading,
-            LeaderLookup(read, min_interval=0.05),
+            LeaderLookup(read, min_interval=0.05) if leader is not None else None,
             self.session,
             bundle(),
             "127.0.0.1",
+            unknown_token=recheck,
         )
 
         @web.middleware
@@ -122,6 +128,7 @@ async def test_only_the_review_path_with_this_installs_token_is_heard(replicas: 
         resp = await leader.client.request(method, path, json=body)
         assert resp.status == 404, (method, path)
     assert leader.refused() == 6 and leader.gate.reviews == [], "nothing read, nothing done"
+    assert leader.rechecks == 1, "a token of the right shape has the Secret read again (the token may have rotated)"
     resp = await leader.client.post("/validate-pod-deletion/" + TOKEN, data=b"not json")
     assert resp.status == 400 and leader.refused("body") == 1
     resp = await leader.client.post("/validate-pod-deletion/" + TOKEN, json=body)
@@ -215,3 +222,11 @@ async def test_the_lease_is_read_once_for_many_reviews() -> None:
     assert reads == 1, "a known leader is reused for max_age"
     await leaders.url(refresh=True)
     assert reads == 2, "after a failure it is read again"
+
+
+async def test_without_leader_election_a_stopping_replica_lets_through_at_once(replicas: list[Replica]) -> None:
+    alone = await started(replicas, FakeGate(), lambda: False, None)
+    began = time.monotonic()
+    resp = await alone.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a"))
+    assert "no leader" in (await resp.json())["response"]["warnings"][0]
+    assert time.monotonic() - began < 0.5, "no other replica to ask: no point in waiting"

@@ -86,13 +86,16 @@ class Webhook:
         store: LiveView,
         metrics: Metrics,
         leading: Callable[[], bool],
-        leaders: LeaderLookup,
+        leaders: LeaderLookup | None,
         session: aiohttp.ClientSession,
         bundle: Bundle,
         forward_name: str,
         mtls: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        unknown_token: Callable[[], None] = lambda: None,
     ) -> None:
+        """``leaders``: None without leader election (no other replica could answer). ``unknown_token``: called when
+        a review names a token-shaped path that is not this replica's token (the Secret may have changed)."""
         self._gate = gate
         self._store = store
         self._metrics = metrics
@@ -101,6 +104,7 @@ class Webhook:
         self._session = session
         self._mtls = mtls
         self._clock = clock
+        self._unknown_token = unknown_token
         # The leader is reached at its pod IP; its certificate is checked against the Service's name it was made for.
         self._forward_name = forward_name
         self._token = bundle.path_token.encode()
@@ -127,7 +131,10 @@ class Webhook:
         return web.Response(status=404, text="not found")
 
     async def _review(self, request: web.Request) -> web.Response:
-        if not self._token or not hmac.compare_digest(request.match_info["token"].encode(), self._token):
+        token = request.match_info["token"].encode()
+        if not self._token or not hmac.compare_digest(token, self._token):
+            if len(token) == len(self._token):
+                self._unknown_token()  # rotated by the other replica, perhaps: read the Secret again soon
             return await self._refused(request)
         started = self._clock()
         try:
@@ -160,6 +167,8 @@ class Webhook:
                 verdict = await self._gate.review(review, deadline)
                 if not verdict.handed_over:
                     return answer(review.uid, verdict.warning)
+            elif self._leaders is None:
+                break  # no leader election: no other replica to ask
             else:
                 url = await self._leaders.url(refresh)
                 refresh = True  # unless the leader answers below, the next try reads the Lease again
