@@ -1,10 +1,10 @@
 """The deletion gate's hold time for one gated deletion, and how a forged review is answered (issue 17).
 
 A local cluster (one kwok node), the ALB emulator (jobs of --job-seconds, no draining) and the operator with its
-webhook, registered as tests/integration/test_gate.py registers it (at a URL: the local API server cannot reach a
-Service). A Deployment of --pods members of one gated ServerGroupMembership: the first is the forged review's
-target, the others are deleted with `kubectl delete pod --wait=false`, one after another, and per deletion the
-harness records:
+webhook, registered as tests/integration/test_gate.py registers it (the chart's configuration at a URL: the local
+API server cannot reach a Service). A Deployment of --pods members of one gated ServerGroupMembership: the first
+is the forged review's target, the others are deleted with `kubectl delete pod --wait=false`, one after another,
+and per deletion the harness records:
 
   hold          how long kubectl's DELETE took (the API server's round trip with the webhook's hold in it)
   gate's figure the "held X.Xs" of the warning the gate answers with, as kubectl prints it
@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "operator"))
 from tests.support.cluster import Cluster, wait_for  # noqa: E402
 from tests.support.emulator import server, start_emulator  # noqa: E402
+from tests.support.gate import webhook_configuration  # noqa: E402
 from tests.support.operator import OperatorProcess, start_operator  # noqa: E402
 from tests.support.scenario import FOREIGN, GROUP, apply, deployment, pod_ips, sgm, status_when  # noqa: E402
 
@@ -50,38 +51,6 @@ from localcluster.cluster import free_port  # noqa: E402
 
 HELD = re.compile(r"held (\d+\.\d+)s")
 NAME = "albm-bench-hold"
-
-
-def configuration(namespace: str, port: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": NAME},
-        "webhooks": [
-            {
-                "name": "pod-deletion.albmembership.io",
-                "admissionReviewVersions": ["v1"],
-                "sideEffects": "NoneOnDryRun",
-                "failurePolicy": "Ignore",
-                "timeoutSeconds": 30,
-                "clientConfig": {"url": f"https://127.0.0.1:{port}/validate-pod-deletion"},
-                "rules": [
-                    {"operations": ["DELETE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]},
-                    {
-                        "operations": ["CREATE"],
-                        "apiGroups": [""],
-                        "apiVersions": ["v1"],
-                        "resources": ["pods/eviction"],
-                    },
-                ],
-                "namespaceSelector": {
-                    "matchExpressions": [
-                        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]}
-                    ]
-                },
-            }
-        ],
-    }
 
 
 def forged(port: int, namespace: str, pod: dict[str, Any]) -> str:
@@ -140,7 +109,7 @@ def run_mode(cluster: Cluster, core: Any, admission: Any, emulator: Any, tmp: Pa
             wait_for(lambda: first.ready()["leader"], "the first replica to lead")
             operator(ports[1], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[1]}")
             asked = ports[1]
-        admission.create_validating_webhook_configuration(configuration(namespace, asked))
+        admission.create_validating_webhook_configuration(webhook_configuration(NAME, namespace, asked))
         wait_for(
             lambda: admission.read_validating_webhook_configuration(NAME).webhooks[0].client_config.ca_bundle,
             "the caBundle",

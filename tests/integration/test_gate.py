@@ -337,8 +337,8 @@ def metric(op: OperatorProcess, sample: str) -> float:
 
 def test_forged_reviews_on_the_webhook_port_change_nothing(gated: Gated) -> None:
     port = free_port()
+    gated.register(port)  # as the chart installs it: the operator writes its CA and its path at start
     op = gated.operator(port)
-    gated.register(port)
     gated.trusted()
     ips = gated.members(2)
     victim, other = sorted(ips)
@@ -399,10 +399,7 @@ def test_a_failed_listing_confirms_nothing(gated: Gated) -> None:
     Removing): neither is confirmed; both are let through at maxWaitSeconds, before their servers left rotation.
     (Before issue 17 one failed listing read as "the other servers are out", and the second was confirmed.)"""
     gated.emulator.admin("PUT", "behaviour", {"job_seconds": 8.0})
-    port = free_port()
-    op = gated.operator(port)
-    gated.register(port)
-    gated.trusted()
+    op = gated.serving()
     ips = gated.members(3, gate={"enabled": True, "maxWaitSeconds": 3})
     gated.emulator.admin(
         "PUT", "faults", {"rates": {"Forbidden.NoPermission": 1.0}, "actions": ["ListServerGroupServers"]}

@@ -31,7 +31,8 @@ def _chart_configuration() -> dict[str, Any]:
 
 def served_at(config: dict[str, Any], port: int, namespace: str, timeout: int | None = None) -> dict[str, Any]:
     """``config`` (a copy) calling https://127.0.0.1:``port``/validate-pod-deletion for pods of ``namespace`` only,
-    with ``timeout`` seconds when given."""
+    with ``timeout`` seconds when given. The operator named in it (``--webhook-configuration``) rewrites the path to
+    /validate-pod-deletion/<its token> as it writes its CA: until then the API server's calls get a 404."""
     out = copy.deepcopy(config)
     [webhook] = out["webhooks"]
     assert webhook["name"] == NAME, webhook["name"]
