@@ -275,3 +275,25 @@ async def test_a_refused_batch_is_retried_before_removals_decided_after_it(
     sent = [r["servers"] for r in emulator.requests("RemoveServersFromServerGroup") if r["code"] == "OK"]
     assert "10.0.0.1" in sent[0], f"the refused removal was overtaken: {sent}"
     await pipeline.close()
+
+
+async def test_a_static_server_dropped_put_back_and_dropped_again_leaves_twice(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    """The second removal of one owner must not reuse the first one's token: the cloud would answer it with the
+    first (finished) job and the server would stay while status said Succeeded."""
+    emulator.add_group(GROUP, [server("10.0.0.1")])
+    pipeline, _, _ = setup(client)
+    static: OwnerKey = (UID, "static/Ip:10.0.0.1:8080")
+    target = Server("Ip", "10.0.0.1", 8080)
+    for round_ in (1, 2):
+        pipeline.ledger.hold(static, target, "static")
+        assert pipeline.ledger.leave(static, "spec-change")
+        pipeline.enqueue([target])
+        await until(lambda: not pipeline.ledger.entries, f"removal {round_} to finish")
+        assert in_group(emulator) == set(), f"removal {round_} took the server out"
+        if round_ == 1:
+            emulator.add_group(GROUP, [server("10.0.0.1")])  # put back in the group, as a person would
+    tokens = [r["client_token"] for r in accepted(emulator)]
+    assert len(tokens) == 2 and tokens[0] != tokens[1]
+    await pipeline.close()

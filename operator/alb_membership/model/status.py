@@ -62,7 +62,7 @@ def pending_status(ledger: GroupLedger, uid: str) -> dict[str, dict[str, Any]]:
 
 
 def _removal_status(removal: Removal) -> dict[str, Any]:
-    out: dict[str, Any] = {"owners": [], "trigger": removal.trigger, "decidedAt": _seconds(removal.decided_at)}
+    out: dict[str, Any] = {"owners": [], "trigger": removal.trigger, "decidedAt": decided_stamp(removal.decided_at)}
     if removal.attempt:
         out["attempt"] = removal.attempt
     if removal.client_token:
@@ -72,8 +72,10 @@ def _removal_status(removal: Removal) -> dict[str, Any]:
     return out
 
 
-def _seconds(when: dt.datetime) -> str:
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def decided_stamp(when: dt.datetime) -> str:
+    """To the millisecond: the decision's time is also what tells one removal of an owner from an earlier one in
+    its ClientToken (engine/batches.py), so status must give a successor the same value."""
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _size(key: str, value: Any) -> int:
