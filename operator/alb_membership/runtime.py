@@ -12,9 +12,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from alb_membership.alb import quotas
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.credentials import CredentialSource, DefaultChain
-from alb_membership.alb.ratelimit import SlidingWindowLimiter
 from alb_membership.cluster.kube import Kube
 from alb_membership.cluster.notices import Notices
 from alb_membership.cluster.store import ClusterStore
@@ -84,12 +84,11 @@ class Runtime:
         endpoint = self.settings.endpoint_for(region or None)
         services = self._services.get(endpoint.base_url)
         if services is None:
-            limiter = SlidingWindowLimiter(self.settings.api_rate_limit, self.settings.api_rate_period)
             client = AlbClient(
                 self.session,
                 endpoint,
                 self.credentials,
-                limiters={"RemoveServersFromServerGroup": limiter},
+                limiters=quotas.limiters(self.settings.api_rate_limit, self.settings.api_rate_period),
                 observer=self.metrics.observe_call,
             )
             tracker = JobTracker(

@@ -67,8 +67,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-rate-limit",
         type=_positive(int, 1),
         default=_env("API_RATE_LIMIT", "180"),
-        help="RemoveServersFromServerGroup calls allowed per --api-rate-period seconds "
-        "(default 180, under the cloud's 200/60s) [env ALBM_API_RATE_LIMIT]",
+        help="calls of each write action (RemoveServersFromServerGroup, AddServersToServerGroup) allowed per "
+        "--api-rate-period seconds (default 180, under the cloud's 200/60s; reads are held at 90%% of their "
+        "quota) [env ALBM_API_RATE_LIMIT]",
     )
     parser.add_argument(
         "--api-rate-period",

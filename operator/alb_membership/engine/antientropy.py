@@ -80,9 +80,9 @@ class AntiEntropy:
             idle = [e for e in ledger.pending() if e.server not in self._in_flight(key)]
             if not idle:
                 continue
-            present = await self._client_for(key[0]).servers_in_rotation(ledger.group_id)
+            out = await self._client_for(key[0]).out_of_rotation(ledger.group_id, [e.server for e in idle])
             # In flight may have changed during the listing: a batch taken up meanwhile is the pipeline's.
-            gone = [e for e in idle if e.server not in present and e.server not in self._in_flight(key)]
+            gone = [e for e in idle if e.server in out and e.server not in self._in_flight(key)]
             if not gone:
                 continue
             states = self._reconciler.directory.states_of(gone)

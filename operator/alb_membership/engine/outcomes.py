@@ -84,10 +84,10 @@ def record_failed(
     return Failure(f"job {job_id} {status.lower()} ({error_code or 'no error code'}: {error_message or '-'})", attempts)
 
 
-def split_gone(batch: list[Entry], present: set[Server]) -> tuple[list[Entry], list[Entry]]:
-    """The cloud refuses a whole call when any one server is not in the group: which are gone, which are not."""
-    gone = [e for e in batch if e.server not in present]
-    return gone, [e for e in batch if e.server in present]
+def split_gone(batch: list[Entry], out: set[Server]) -> tuple[list[Entry], list[Entry]]:
+    """The cloud refuses a whole call when any one server is not in the group: which are gone (``out``: out of
+    the group's rotation), which are not."""
+    return [e for e in batch if e.server in out], [e for e in batch if e.server not in out]
 
 
 def retry_soon(exc: AlbError) -> bool:
@@ -114,3 +114,24 @@ def record_refused(batch: list[Entry], ledger: GroupLedger, states: Iterable[Res
     for state in states:
         set_health(state, degraded)
     return degraded[1]
+
+
+def record_refused_alone(
+    entry: Entry, ledger: GroupLedger, states: Iterable[ResourceState], exc: AlbError, max_attempts: int
+) -> Failure:
+    """One server whose call something on the way to the cloud refused: each try is a new attempt, and after
+    ``max_attempts`` the removal is given up on (it stays in status, marked, until a restart tries again or the
+    server is found gone)."""
+    ledger.new_attempt(entry.server)
+    attempts = entry.removal.attempt if entry.removal is not None else max_attempts
+    given_up = attempts >= max_attempts
+    if given_up and entry.removal is not None:
+        entry.removal.abandoned = True
+    message = (
+        f"removing {entry.server} from {ledger.group_id} was refused on the way to the ALB API ({exc}); "
+        + (f"given up after {attempts} tries" if given_up else f"try {attempts} of {max_attempts}")
+        + ": check the proxy, gateway or WAF between the operator and the API"
+    )
+    for state in states:
+        set_health(state, ("TransportRefused", message))
+    return Failure(message, attempts)

@@ -51,6 +51,7 @@ class Removal:
     attempt: int = 0
     client_token: str | None = None
     job_id: str | None = None
+    abandoned: bool = False  # refused on the way too often: not sent again by this process
 
     @property
     def sent(self) -> bool:

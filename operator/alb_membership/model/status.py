@@ -69,6 +69,8 @@ def _removal_status(removal: Removal) -> dict[str, Any]:
         out["clientToken"] = removal.client_token
     if removal.job_id:
         out["jobId"] = removal.job_id
+    if removal.abandoned:
+        out["abandoned"] = True  # read by people; a restart tries again
     return out
 
 
