@@ -7,6 +7,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+from typing import TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -28,6 +29,8 @@ from alb_membership.gate.tls import Bundle, Certificates, load
 from alb_membership.metrics import Metrics
 from alb_membership.model.membership import PodView
 from alb_membership.settings import Settings
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 CERTIFICATE_CHECK_SECONDS = 60.0  # a Secret or configuration replaced by hand is followed within a minute
@@ -57,8 +60,8 @@ class Runtime:
             kube.api,
             settings.namespaces,
             settings.eni_annotation,
-            on_pod=self._pod_changed,
-            on_slice=self.reconciler.endpoints_changed,
+            on_pod=self._counting_failures(self._pod_changed),
+            on_slice=self._counting_failures(self.reconciler.endpoints_changed),
             on_relist=self.anti_entropy.soon,
         )
         self.reconciler.view = self.store
@@ -106,6 +109,18 @@ class Runtime:
     def start_watching(self) -> None:
         """From process start, leader or not: a standby's view is current when it takes over."""
         self._store_task = asyncio.create_task(self.store.run(), name="store")
+
+    def _counting_failures(self, handle: Callable[[T, T], None]) -> Callable[[T, T], None]:
+        """A watch event the engine fails on is logged and counted, and the watch goes on (cluster/informer.py)."""
+
+        def counted(first: T, second: T) -> None:
+            try:
+                handle(first, second)
+            except Exception:
+                self.metrics.internal_errors.labels("watch-event").inc()
+                raise
+
+        return counted
 
     def _pod_changed(self, old: PodView | None, new: PodView | None) -> None:
         if old is not None and (new is None or new.uid != old.uid):

@@ -226,8 +226,12 @@ class Settings:
         )
         if settings.webhook_port and not settings.webhook_hosts:
             raise ValueError("--webhook-port needs --webhook-hosts (the names its certificate is for)")
-        if settings.region or settings.endpoint:  # a bad region or URL fails at start, not at the first removal
-            settings.endpoint_for(settings.region)
+        if not (settings.region or settings.endpoint):
+            raise ValueError(
+                "run needs --region (the region of resources without spec.region) or --endpoint (one API URL for "
+                "every call, e.g. the local emulator's)"
+            )
+        settings.endpoint_for(settings.region)  # a bad region or URL fails at start, not at the first removal
         return settings
 
     def endpoint_for(self, region: str | None) -> Endpoint:

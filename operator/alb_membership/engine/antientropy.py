@@ -23,7 +23,6 @@ from alb_membership.engine import outcomes
 from alb_membership.engine.reconciler import Reconciler
 from alb_membership.metrics import Metrics
 from alb_membership.model.ledger import GroupKey
-from alb_membership.model.membership import PodView
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +64,16 @@ class AntiEntropy:
         await self.check_groups()
 
     async def check_cluster(self) -> None:
-        states = [s for s in self._reconciler.resources.values() if not s.deleting]
-        # Owners recorded before the lists begin: one recorded later may be a pod newer than the list.
-        before = {s.ref.uid: set(self._reconciler.ledger(s.group).owner_ids(s.ref.uid)) for s in states}
-        listed: dict[str, list[PodView]] = {}
-        for namespace in sorted({s.ref.namespace for s in states}):
-            listed[namespace] = await self._kube.list_pods(namespace, self._reconciler.settings.eni_annotation)
-        for state in states:
-            if self._reconciler.resources.get(state.ref.uid) is state:
-                self._reconciler.repair(state, listed[state.ref.namespace], before[state.ref.uid])
+        """One namespace at a time: a fresh list of its pods is held only while its resources are checked."""
+        namespaces = sorted({s.ref.namespace for s in self._reconciler.resources.values() if not s.deleting})
+        for namespace in namespaces:
+            states = [s for s in self._reconciler.resources.values() if s.ref.namespace == namespace and not s.deleting]
+            # Owners recorded before the list begins: one recorded later may be a pod newer than the list.
+            before = {s.ref.uid: set(self._reconciler.ledger(s.group).owner_ids(s.ref.uid)) for s in states}
+            listed = await self._kube.list_pods(namespace, self._reconciler.settings.eni_annotation)
+            for state in states:
+                if self._reconciler.resources.get(state.ref.uid) is state:
+                    self._reconciler.repair(state, listed, before[state.ref.uid])
 
     async def check_groups(self) -> None:
         for key, ledger in list(self._reconciler.ledgers.items()):
@@ -86,7 +86,7 @@ class AntiEntropy:
             if not gone:
                 continue
             states = self._reconciler.directory.states_of(gone)
-            overtaken = outcomes.finish_removals(gone, ledger, states)
+            overtaken = outcomes.finish_removals(gone, ledger, states, removed_here=False)
             self._metrics.forgotten.inc(len(gone))
             if overtaken:
                 self._reconciler.notices.post(

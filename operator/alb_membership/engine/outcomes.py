@@ -41,6 +41,7 @@ def finish_removals(
     states: Iterable[ResourceState],
     job_id: str | None = None,
     drain_seconds: float = 0.0,
+    removed_here: bool = True,
 ) -> list[Entry]:
     """The servers are out of the group (``job_id`` succeeded, or they were gone already): the resources record it,
     and the ledger forgets the removals and their leaving owners. Returns the entries a live owner came to hold
@@ -52,7 +53,7 @@ def finish_removals(
             state.job_finished(job_id, "Succeeded", None)
             if drain_seconds:  # UNCONFIRMED that the job ends as draining begins: then "until at most" holds
                 state.drained([e.server.compact for e in batch], now() + dt.timedelta(seconds=drain_seconds))
-    for entry in batch:
+    for entry in batch if removed_here else ():  # found out already by anti-entropy: not counted as removed
         for uid in {uid for uid, _ in entry.leaving_owners()}:
             if uid in by_uid:
                 by_uid[uid].removed_count += 1
