@@ -19,6 +19,12 @@ from alb_membership.runtime import Runtime
 
 registry = kopf.OperatorRegistry()
 FINALIZER = f"{GROUP}/finalizer"
+MAX_DELETION_RECHECK_SECONDS = 15.0
+
+
+def deletion_recheck(retry: int) -> float:
+    """Seconds until a deletion waiting for removals is looked at again: 1, 2, 4, 8, then every 15."""
+    return min(MAX_DELETION_RECHECK_SECONDS, float(2 ** min(retry, 4)))
 
 
 def _runtime(memo: kopf.Memo) -> Runtime:
@@ -79,13 +85,15 @@ async def membership_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
-async def membership_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def membership_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     # Also runs for a resource whose deletion began before this operator started (kopf resumes no deleted
     # object): load() restores its pending removals from status and sends them again.
     runtime = _runtime(memo)
     await runtime.store.ensure(body["metadata"]["namespace"])
     if not runtime.reconciler.deleting(body):
-        raise kopf.TemporaryError("waiting for the members' removal jobs to finish", delay=1)
+        # Each look is a write of kopf's progress to the resource: at once at first (jobs take seconds), then
+        # less often for a deletion that waits on the cloud for long.
+        raise kopf.TemporaryError("waiting for the members' removal jobs to finish", delay=deletion_recheck(retry))
     state = runtime.reconciler.load(body)
     if group_missing(state):
         runtime.notices.post(

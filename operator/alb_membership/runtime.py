@@ -8,14 +8,15 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
+from typing import TypeVar
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from alb_membership.alb import quotas
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.credentials import CredentialSource, DefaultChain
-from alb_membership.alb.ratelimit import SlidingWindowLimiter
 from alb_membership.cluster.kube import Kube
 from alb_membership.cluster.notices import Notices
 from alb_membership.cluster.store import ClusterStore
@@ -29,6 +30,8 @@ from alb_membership.gate.tls import Bundle, Certificates, load
 from alb_membership.metrics import Metrics
 from alb_membership.model.membership import PodView
 from alb_membership.settings import Settings
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 CERTIFICATE_CHECK_SECONDS = 60.0  # a Secret or configuration replaced by hand is followed within a minute
@@ -61,8 +64,8 @@ class Runtime:
             kube.api,
             settings.namespaces,
             settings.eni_annotation,
-            on_pod=self._pod_changed,
-            on_slice=self.reconciler.endpoints_changed,
+            on_pod=self._counting_failures(self._pod_changed),
+            on_slice=self._counting_failures(self.reconciler.endpoints_changed),
             on_relist=self.anti_entropy.soon,
         )
         self.reconciler.view = self.store
@@ -87,12 +90,11 @@ class Runtime:
         endpoint = self.settings.endpoint_for(region or None)
         services = self._services.get(endpoint.base_url)
         if services is None:
-            limiter = SlidingWindowLimiter(self.settings.api_rate_limit, self.settings.api_rate_period)
             client = AlbClient(
                 self.session,
                 endpoint,
                 self.credentials,
-                limiters={"RemoveServersFromServerGroup": limiter},
+                limiters=quotas.limiters(self.settings.api_rate_limit, self.settings.api_rate_period),
                 observer=self.metrics.observe_call,
             )
             tracker = JobTracker(
@@ -110,6 +112,18 @@ class Runtime:
     def start_watching(self) -> None:
         """From process start, leader or not: a standby's view is current when it takes over."""
         self._store_task = asyncio.create_task(self.store.run(), name="store")
+
+    def _counting_failures(self, handle: Callable[[T, T], None]) -> Callable[[T, T], None]:
+        """A watch event the engine fails on is logged and counted, and the watch goes on (cluster/informer.py)."""
+
+        def counted(first: T, second: T) -> None:
+            try:
+                handle(first, second)
+            except Exception:
+                self.metrics.internal_errors.labels("watch-event").inc()
+                raise
+
+        return counted
 
     def _pod_changed(self, old: PodView | None, new: PodView | None) -> None:
         if old is not None and (new is None or new.uid != old.uid):

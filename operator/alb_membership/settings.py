@@ -6,6 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from alb_membership.alb.batching import MAX_BATCH_SIZE
 from alb_membership.alb.endpoints import Endpoint, resolve
@@ -16,21 +17,31 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"ALBM_{name}", default)
 
 
+def _option(parser: argparse.ArgumentParser, flag: str, help: str, default: str | None = None, **kw: Any) -> None:
+    """A flag whose default comes from its environment variable, ALBM_ and the flag's name in capitals
+    (--batch-size: ALBM_BATCH_SIZE), which the help names."""
+    env = flag.removeprefix("--").replace("-", "_").upper()
+    if kw.get("action") == "store_true":
+        kw["default"] = _env(env) == "true"
+        help += f" [env ALBM_{env}=true]"
+    else:
+        kw["default"] = _env(env, default)
+        help += f" [env ALBM_{env}]"
+    parser.add_argument(flag, help=help, **kw)
+
+
 def add_cloud_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--region", default=_env("REGION"), help="default ALB region, e.g. cn-hangzhou [env ALBM_REGION]"
-    )
-    parser.add_argument(
+    _option(parser, "--region", "default ALB region, e.g. cn-hangzhou")
+    _option(
+        parser,
         "--endpoint",
-        default=_env("ENDPOINT"),
-        help="explicit ALB API URL, e.g. http://127.0.0.1:8080 for the local emulator "
-        "(overrides --region for every call) [env ALBM_ENDPOINT]",
+        "explicit ALB API URL, e.g. http://127.0.0.1:8080 for the local emulator (overrides --region for every call)",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--vpc-endpoint",
+        "use alb-vpc.<region>.aliyuncs.com instead of the public endpoint",
         action="store_true",
-        default=_env("VPC_ENDPOINT") == "true",
-        help="use alb-vpc.<region>.aliyuncs.com instead of the public endpoint [env ALBM_VPC_ENDPOINT]",
     )
 
 
@@ -50,45 +61,49 @@ def _positive(kind: type[int] | type[float], low: float, high: float | None = No
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_cloud_arguments(parser)
-    parser.add_argument(
+    _option(
+        parser,
         "--batch-size",
+        "servers per RemoveServersFromServerGroup call, 1-200 (default 40, the API page's figure)",
+        "40",
         type=_positive(int, 1, MAX_BATCH_SIZE),
-        default=_env("BATCH_SIZE", "40"),
-        help="servers per RemoveServersFromServerGroup call, 1-200 (default 40, the API page's "
-        "figure) [env ALBM_BATCH_SIZE]",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--coalesce-seconds",
+        "how long removals for one group wait for others to join the same call (default 0.2)",
+        "0.2",
         type=_positive(float, 0, 10),
-        default=_env("COALESCE_SECONDS", "0.2"),
-        help="how long removals for one group wait for others to join the same call "
-        "(default 0.2) [env ALBM_COALESCE_SECONDS]",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--api-rate-limit",
+        "calls of each write action (RemoveServersFromServerGroup, AddServersToServerGroup) allowed per "
+        "--api-rate-period seconds (default 180, under the cloud's 200/60s; reads are held at 90%% of their quota)",
+        "180",
         type=_positive(int, 1),
-        default=_env("API_RATE_LIMIT", "180"),
-        help="RemoveServersFromServerGroup calls allowed per --api-rate-period seconds "
-        "(default 180, under the cloud's 200/60s) [env ALBM_API_RATE_LIMIT]",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--api-rate-period",
+        "the window of --api-rate-limit in seconds (default 60)",
+        "60",
         type=_positive(float, 0.001),
-        default=_env("API_RATE_PERIOD", "60"),
-        help="the window of --api-rate-limit in seconds (default 60) [env ALBM_API_RATE_PERIOD]",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--job-poll-seconds",
+        "how often running jobs are checked with ListAsynJobs (default 0.5)",
+        "0.5",
         type=_positive(float, 0.05),
-        default=_env("JOB_POLL_SECONDS", "0.5"),
-        help="how often running jobs are checked with ListAsynJobs (default 0.5) [env ALBM_JOB_POLL_SECONDS]",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--anti-entropy-seconds",
+        "how often owned servers are compared with the cluster and the groups (ListServerGroupServers, paged), "
+        "besides once after start (default 300)",
+        "300",
         type=_positive(float, 1),
-        default=_env("ANTI_ENTROPY_SECONDS", "300"),
-        help="how often owned servers are compared with the cluster and the groups (ListServerGroupServers, "
-        "paged), besides once after start (default 300) [env ALBM_ANTI_ENTROPY_SECONDS]",
     )
     parser.add_argument(
         "--namespace",
@@ -99,22 +114,19 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="watch only this namespace (repeatable, exact names); "
         "default: the whole cluster [env ALBM_NAMESPACES, comma-separated]",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--eni-annotation",
-        default=_env("ENI_ANNOTATION", DEFAULT_ENI_ANNOTATION),
-        help="pod annotation holding the ENI id for backend Eni (default %(default)s) [env ALBM_ENI_ANNOTATION]",
+        "pod annotation holding the ENI id for backend Eni (default %(default)s)",
+        DEFAULT_ENI_ANNOTATION,
     )
-    parser.add_argument(
-        "--log-format",
-        choices=["json", "text"],
-        default=_env("LOG_FORMAT", "text"),
-        help="log format; the Helm chart sets json [env ALBM_LOG_FORMAT]",
-    )
-    parser.add_argument(
+    _option(parser, "--log-format", "log format; the Helm chart sets json", "text", choices=["json", "text"])
+    _option(
+        parser,
         "--metrics-port",
+        "port for /metrics, /healthz and /readyz; 0 disables (default 8080)",
+        "8080",
         type=_positive(int, 0, 65535),
-        default=_env("METRICS_PORT", "8080"),
-        help="port for /metrics, /healthz and /readyz; 0 disables (default 8080) [env ALBM_METRICS_PORT]",
     )
     parser.add_argument(
         "--listen-address",
@@ -124,59 +136,63 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="address the metrics/probe port and the deletion gate's webhook port bind to "
         "[env ALBM_LISTEN_ADDRESS; --metrics-address and ALBM_METRICS_ADDRESS are its old names]",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--webhook-port",
+        "port of the deletion gate's HTTPS endpoint; 0 (the default) serves none",
+        "0",
         type=_positive(int, 0, 65535),
-        default=_env("WEBHOOK_PORT", "0"),
-        help="port of the deletion gate's HTTPS endpoint; 0 (the default) serves none [env ALBM_WEBHOOK_PORT]",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--webhook-hosts",
-        default=_env("WEBHOOK_HOSTS", ""),
-        help="names (and IPs) the webhook's certificate is for, comma-separated, e.g. the Service's DNS names "
-        "[env ALBM_WEBHOOK_HOSTS]",
+        "names (and IPs) the webhook's certificate is for, comma-separated, e.g. the Service's DNS names",
+        "",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--webhook-secret",
-        default=_env("WEBHOOK_SECRET", "alb-membership-operator-webhook-tls"),
-        help="Secret (in --leader-election-namespace) holding the webhook's CA and certificate; made on first "
-        "start (default %(default)s) [env ALBM_WEBHOOK_SECRET]",
+        "Secret (in --leader-election-namespace) holding the webhook's CA and certificate; made on first start "
+        "(default %(default)s)",
+        "alb-membership-operator-webhook-tls",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--webhook-configuration",
-        default=_env("WEBHOOK_CONFIGURATION", ""),
-        help="ValidatingWebhookConfiguration whose caBundle and path (with this install's token) the operator "
-        "keeps in step [env ALBM_WEBHOOK_CONFIGURATION]",
+        "ValidatingWebhookConfiguration whose caBundle and path (with this install's token) the operator keeps in step",
+        "",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--webhook-client-ca",
-        default=_env("WEBHOOK_CLIENT_CA", ""),
-        help="PEM file of the CA that signed the API server's admission client certificate (AdmissionConfiguration "
-        "kubeConfigFile): the webhook then requires and verifies it (mTLS); empty: no client certificate asked "
-        "[env ALBM_WEBHOOK_CLIENT_CA]",
+        "PEM file of the CA that signed the API server's admission client certificate (AdmissionConfiguration "
+        "kubeConfigFile): the webhook then requires and verifies it (mTLS); empty: no client certificate asked",
+        "",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--webhook-advertise",
-        default=_env("WEBHOOK_ADVERTISE", ""),
-        help="this replica's webhook URL, e.g. https://POD_IP:9443, written on the Lease while it leads so that a "
-        "standby can forward gated reviews to it [env ALBM_WEBHOOK_ADVERTISE]",
+        "this replica's webhook URL, e.g. https://POD_IP:9443, written on the Lease while it leads so that a "
+        "standby can forward gated reviews to it",
+        "",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--leader-elect",
+        "run as one of several replicas: only the holder of a coordination.k8s.io Lease acts, the others stand by",
         action="store_true",
-        default=_env("LEADER_ELECT") == "true",
-        help="run as one of several replicas: only the holder of a coordination.k8s.io Lease acts, the others "
-        "stand by [env ALBM_LEADER_ELECT=true]",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--leader-election-namespace",
-        default=_env("LEADER_ELECTION_NAMESPACE", os.environ.get("POD_NAMESPACE", "default")),
-        help="namespace of the Lease (default: $POD_NAMESPACE or default) [env ALBM_LEADER_ELECTION_NAMESPACE]",
+        "namespace of the Lease (default: $POD_NAMESPACE or default)",
+        os.environ.get("POD_NAMESPACE", "default"),
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--leader-election-name",
-        default=_env("LEADER_ELECTION_NAME", "alb-membership-operator"),
-        help="name of the Lease (default %(default)s) [env ALBM_LEADER_ELECTION_NAME]",
+        "name of the Lease (default %(default)s)",
+        "alb-membership-operator",
     )
 
 
@@ -235,8 +251,12 @@ class Settings:
         )
         if settings.webhook_port and not settings.webhook_hosts:
             raise ValueError("--webhook-port needs --webhook-hosts (the names its certificate is for)")
-        if settings.region or settings.endpoint:  # a bad region or URL fails at start, not at the first removal
-            settings.endpoint_for(settings.region)
+        if not (settings.region or settings.endpoint):
+            raise ValueError(
+                "run needs --region (the region of resources without spec.region) or --endpoint (one API URL for "
+                "every call, e.g. the local emulator's)"
+            )
+        settings.endpoint_for(settings.region)  # a bad region or URL fails at start, not at the first removal
         return settings
 
     def endpoint_for(self, region: str | None) -> Endpoint:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import aiohttp
@@ -49,7 +50,6 @@ def members(emulator: EmulatorProcess) -> set[str]:
 
 
 async def wait_done(client: AlbClient, job_id: str) -> str:
-    import asyncio
 
     for _ in range(200):
         job = (await client.list_asyn_jobs([job_id]))[job_id]
@@ -253,3 +253,50 @@ async def test_throttled_error_type(
     impatient = alb_client(session, emulator, retry=RetryPolicy(base_seconds=0.01, cap_seconds=0.02, total_seconds=0.2))
     with pytest.raises(AlbThrottled):
         await impatient.list_server_groups()
+
+
+async def test_a_read_with_a_deadline_stays_within_it_whatever_its_retries(
+    session: aiohttp.ClientSession, emulator: EmulatorProcess
+) -> None:
+    """A throttled read must not outlive its caller's budget (the pipeline's 30 s wait for a busy group): the
+    client's own retries (up to 60 s by default) are cut to the deadline."""
+
+    emulator.add_group(GROUP, [server(ip(1))])
+    emulator.admin("PUT", "faults", {"rates": {"Throttling.User": 1.0}, "actions": ["ListServerGroups"]})
+    client = alb_client(session, emulator, retry=RetryPolicy())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(AlbError):
+        await client.list_server_groups([GROUP], deadline=started + 1.0)
+    assert loop.time() - started < 2.0
+
+
+async def test_a_server_shifted_between_pages_is_not_taken_for_gone(
+    session: aiohttp.ClientSession, emulator: EmulatorProcess
+) -> None:
+    """150 servers, two pages: a server the first page had is removed before the second page is read, so every
+    later server moves up one place and one of them is on neither page. out_of_rotation must not count it."""
+    emulator.add_group(GROUP, [server(ip(i)) for i in range(150)])
+    client = alb_client(session, emulator, retry=FAST_RETRY)
+    real_call = client.call
+    pages = 0
+
+    async def call(
+        action: str, query: dict[str, str], form: dict[str, str] | None = None, deadline: float | None = None
+    ):  # type: ignore[no-untyped-def]
+        nonlocal pages
+        body = await real_call(action, query, form, deadline)
+        if action == "ListServerGroupServers" and "ServerIds.1" not in query:
+            pages += 1
+            if pages == 1:  # someone else removes server 0 between the two pages
+                emulator.admin(
+                    "POST",
+                    "server-groups",
+                    {"id": GROUP, "type": "Ip", "servers": [server(ip(i)) for i in range(1, 150)]},
+                )
+        return body
+
+    client.call = call  # type: ignore[method-assign]
+    shifted = Server("Ip", ip(100), 8080)  # page 2 now starts at what was index 101
+    assert await client.out_of_rotation(GROUP, [shifted, Server("Ip", ip(0), 8080)]) == {Server("Ip", ip(0), 8080)}
+    assert pages >= 3, "the disagreeing listing was taken again"

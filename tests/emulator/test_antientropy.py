@@ -68,6 +68,7 @@ async def test_pending_removals_already_out_of_the_group_are_forgotten(
     ledger = rec.ledger(state.group)
     assert [e.server.compact for e in ledger.pending()] == ["Ip:10.0.0.2:8080"], "b is still in the group"
     assert metrics.forgotten._value.get() == 1
+    assert state.removed_count == 0, "found out already, not removed by this operator"
     assert {s["ServerId"] for s in emulator.group(group)["Servers"]} == {"10.0.0.2", "192.0.2.250"}
     assert emulator.requests("RemoveServersFromServerGroup") == [], "anti-entropy only reads"
 

@@ -272,3 +272,86 @@ async def test_a_refused_batch_is_retried_before_removals_decided_after_it(
     sent = [r["servers"] for r in emulator.requests("RemoveServersFromServerGroup") if r["code"] == "OK"]
     assert "10.0.0.1" in sent[0], f"the refused removal was overtaken: {sent}"
     await pipeline.close()
+
+
+async def test_a_static_server_dropped_put_back_and_dropped_again_leaves_twice(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    """The second removal of one owner must not reuse the first one's token: the cloud would answer it with the
+    first (finished) job and the server would stay while status said Succeeded."""
+    emulator.add_group(GROUP, [server("10.0.0.1")])
+    pipeline, _, _ = setup(client)
+    static: OwnerKey = (UID, "static/Ip:10.0.0.1:8080")
+    target = Server("Ip", "10.0.0.1", 8080)
+    for round_ in (1, 2):
+        pipeline.ledger.hold(static, target, "static")
+        assert pipeline.ledger.leave(static, "spec-change")
+        pipeline.enqueue([target])
+        await until(lambda: not pipeline.ledger.entries, f"removal {round_} to finish")
+        assert in_group(emulator) == set(), f"removal {round_} took the server out"
+        if round_ == 1:
+            emulator.add_group(GROUP, [server("10.0.0.1")])  # put back in the group, as a person would
+    tokens = [r["client_token"] for r in accepted(emulator)]
+    assert len(tokens) == 2 and tokens[0] != tokens[1]
+    await pipeline.close()
+
+
+def refused_on_the_way(emulator: EmulatorProcess, times: int, status: int = 414) -> None:
+    """The next ``times`` removal calls are refused before the API, as a gateway's request-line limit, a proxy or a
+    WAF refuses: a 4xx that is not the API's JSON."""
+    body = "<html><body>Request-URI Too Large</body></html>"
+    script = [{"kind": "http", "status": status, "body": body}] * times
+    emulator.admin("PUT", "faults", {"script": script, "actions": ["RemoveServersFromServerGroup"]})
+
+
+async def test_a_call_refused_on_the_way_is_split_never_sent_again_as_it_was(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    emulator.add_group(GROUP, [server(f"10.0.0.{i}") for i in range(1, 11)])
+    refused_on_the_way(emulator, times=1)
+    pipeline, directory, kube = setup(client)
+    leaving(pipeline, *(Server("Ip", f"10.0.0.{i}", 8080) for i in range(1, 11)))
+    await until(lambda: not pipeline.ledger.entries, "the ledger to empty")
+    assert in_group(emulator) == set()
+    calls = emulator.requests("RemoveServersFromServerGroup")
+    assert [len(c["servers"]) for c in calls] == [10, 5, 5]
+    assert len({c["client_token"] for c in calls}) == 3, "another set of servers, another token"
+    assert "RemovalSplit" in [reason for _, reason, _ in kube.events]
+    assert "Degraded" not in directory.state.conditions or directory.state.conditions["Degraded"].status == "False"
+    await pipeline.close()
+
+
+async def test_a_server_refused_alone_fails_with_the_answer_named_and_is_given_up_on(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    emulator.add_group(GROUP, [server("10.0.0.1"), server("10.0.0.2")])
+    refused_on_the_way(emulator, times=100, status=403)
+    pipeline, directory, kube = setup(client)
+    leaving(pipeline, Server("Ip", "10.0.0.1", 8080))
+    await until(lambda: "RemovalAbandoned" in [r for _, r, _ in kube.events], "the removal to be given up on")
+    await asyncio.sleep(1.5)  # three retry periods: nothing more goes out
+    calls = emulator.requests("RemoveServersFromServerGroup")
+    assert len(calls) == FAST.max_job_attempts and len({c["client_token"] for c in calls}) == len(calls)
+    degraded = directory.state.conditions["Degraded"]
+    assert (degraded.status, degraded.reason) == ("True", "TransportRefused") and "HTTP 403" in degraded.message
+    entry = pipeline.ledger.entries[Server("Ip", "10.0.0.1", 8080)]
+    assert entry.removal is not None and entry.removal.abandoned
+    await pipeline.close()
+
+
+async def test_already_gone_without_a_listing_splits_the_call_instead_of_looping(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    """A RAM policy without ListServerGroupServers: a multi-server call that comes back "already gone" cannot be
+    told apart by a listing, so it is split until each server's own answer tells."""
+    emulator.add_group(GROUP, [server("10.0.0.2")])
+    emulator.admin("PUT", "faults", {"rates": {"Forbidden.NoPermission": 1.0}, "actions": ["ListServerGroupServers"]})
+    pipeline, directory, kube = setup(client)
+    leaving(pipeline, *(Server("Ip", f"10.0.0.{i}", 8080) for i in range(1, 4)))
+    await until(lambda: not pipeline.ledger.entries, "the ledger to empty")
+    assert in_group(emulator) == set()
+    assert [r["servers"] for r in accepted(emulator)] == [["10.0.0.2"]]
+    assert "ServerGroupUnlisted" in [reason for _, reason, _ in kube.events]
+    assert directory.state.conditions["Ready"].status == "True"
+    assert len(emulator.requests("RemoveServersFromServerGroup")) <= 6, "a few splits, not a loop"
+    await pipeline.close()

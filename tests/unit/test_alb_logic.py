@@ -65,10 +65,13 @@ def test_flatten_numbers_from_one() -> None:
         ("Ip:10.0.0.5:8080", Server("Ip", "10.0.0.5", 8080)),
         ("Eni:eni-bp1abc:80:10.0.0.5", Server("Eni", "eni-bp1abc", 80, "10.0.0.5")),
         ("Ecs:i-bp67acfmxazb4p1234:80", Server("Ecs", "i-bp67acfmxazb4p1234", 80)),
+        ("Ip:[fd00::5]:8080", Server("Ip", "fd00::5", 8080)),
+        ("Eni:eni-bp1abc:80:[fd00::5]", Server("Eni", "eni-bp1abc", 80, "fd00::5")),
     ],
 )
 def test_server_specs(spec: str, server: Server) -> None:
     assert Server.parse(spec) == server
+    assert server.compact == spec, "compact is the form parse reads"
 
 
 @pytest.mark.parametrize(
@@ -79,6 +82,8 @@ def test_server_specs(spec: str, server: Server) -> None:
         ("Ip:10.0.0.5:http", "not a number"),
         ("Ip:10.0.0.5:0", "between 1 and 65535"),
         ("Ecs:i-1:", "needs a port"),
+        ("Ip:[fd00::5:8080", "TYPE:ID:PORT"),
+        ("Ip:[fd00::5]x:8080", "TYPE:ID:PORT"),
     ],
 )
 def test_bad_server_specs(spec: str, message: str) -> None:

@@ -160,3 +160,33 @@ async def test_a_failed_fill_is_tried_again_when_a_handler_asks() -> None:
         assert raised
         await store.ensure("x")
         assert calls == ["x", "x"] and [p.name for p in store.pods("x")] == ["p1"]
+
+
+async def test_an_event_its_handler_fails_on_is_not_read_again_and_again() -> None:
+    """Raised into the watch, the failure would make it resume from the same resourceVersion, read the same event
+    and fail again, forever. The watch goes on with the next event instead."""
+    watched_from: list[str] = []
+
+    async def call(**q: Any) -> Resp:
+        if not q.get("watch"):
+            return Resp({"metadata": {"resourceVersion": "10"}, "items": []})
+        watched_from.append(q["resource_version"])
+        return Resp(content=Body([event("ADDED", "a", "bad", "u1", "11"),
+                                  event("ADDED", "a", "good", "u2", "12")], fail=False))  # fmt: skip
+
+    handled: list[str] = []
+
+    def on_change(_old: Any, new: Any) -> None:
+        if new["metadata"]["name"] == "bad":
+            raise RuntimeError("a bug in the handler")
+        handled.append(new["metadata"]["name"])
+
+    inf: Informer[dict[str, Any]] = Informer(
+        Source(call), lambda o: o, lambda o: o["metadata"]["uid"], lambda ns: True, on_change
+    )
+    task = asyncio.create_task(inf.run())
+    await asyncio.sleep(0.5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert handled == ["good"] and inf.callback_errors == 1
+    assert watched_from == ["10"], "one watch: the failing event was not read again"

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+
 from alb_membership.alb.models import Server
 from alb_membership.engine.batches import token_for
 from alb_membership.model.ledger import GroupLedger, Removal, now
+from alb_membership.model.spec import Ref, Spec
+from alb_membership.model.state import ResourceState
+from alb_membership.model.status import restore, to_status
 
 NODE = Server("Ip", "10.0.0.9", 8080)
 A, B = ("sgm-1", "pod-a"), ("sgm-1", "pod-b")
@@ -167,3 +173,33 @@ def test_an_owner_that_left_beside_a_live_one_is_not_acted_on_again() -> None:
     assert g.leave(("sgm-2", "endpoint/pod-a"), "endpoint-terminating")
     g.finished(NODE)
     assert not g.leave(A, "pod-terminating", server=NODE), "the pod's next update is not a second removal"
+
+
+def test_a_second_removal_of_the_same_owner_gets_a_new_token() -> None:
+    """A static server dropped, put back and dropped again: the cloud would answer the first removal's token
+    with the first job, and the server would stay while status said Succeeded."""
+    g = ledger()
+    static = ("sgm-1", f"static/{NODE.compact}")
+    g.hold(static, NODE, "static")
+    assert g.leave(static, "spec-change")
+    removal = g.entries[NODE].removal
+    assert removal is not None
+    removal.decided_at -= dt.timedelta(seconds=2)  # a job's time at least passes before it can have succeeded
+    first = token_for([g.entries[NODE]])
+    g.entries[NODE].removal.client_token = first  # type: ignore[union-attr]
+    g.finished(NODE)  # the first removal succeeded
+    g.hold(static, NODE, "static")  # put back (someone added it again)
+    assert g.leave(static, "spec-change")
+    assert token_for([g.entries[NODE]]) != first
+
+
+def test_a_restored_removal_keeps_its_token_seed() -> None:
+    """The decision's time is in status: a successor operator computes the same token for the same removal."""
+    g = ledger()
+    g.hold(A, NODE, "pod")
+    g.leave(A, "pod-terminating")
+    st = ResourceState(Ref("shop", "web", A[0]), Spec.parse({"serverGroupId": g.group_id}), g.key)
+    recorded = json.loads(json.dumps(to_status(st, g)))
+    again = ledger()
+    assert restore(again, A[0], recorded) == [NODE]
+    assert token_for([again.entries[NODE]]) == token_for([g.entries[NODE]])

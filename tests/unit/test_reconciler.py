@@ -327,3 +327,20 @@ async def test_the_gate_takes_a_pod_out_of_every_resource_that_picks_it(rec: Rec
     assert "Ip:10.0.0.1:8080" not in {s.compact for s in holders}, "a pod being deleted holds nothing"
     assert Spec.parse(gated_body["spec"]).gate_seconds == 10.0
     assert picks(Spec.parse(other["spec"]), "shop", pod("a"), view), "picked through its Service"
+
+
+async def test_a_group_recorded_missing_does_not_release_a_deletion_unasked(
+    rec: RecordingReconciler, view: View
+) -> None:
+    """A Degraded=ResourceNotFoundServerGroup in status is an earlier answer (the group may exist again): deleting
+    the resource on its word would release the finalizer with the members still in the group."""
+    view.pod_list = [pod("a")]
+    body = selected(deletionPolicy="Remove")
+    body["status"] = {
+        "members": {"uid-a": {"server": "Ip:10.0.0.1:8080", "source": "pod", "pod": "a"}},
+        "conditions": [
+            {"type": "Degraded", "status": "True", "reason": "ResourceNotFoundServerGroup", "message": "gone"}
+        ],
+    }
+    assert not rec.deleting(body), "the member's removal goes out first"
+    assert rec.sent() == ["Ip:10.0.0.1:8080"]

@@ -134,3 +134,45 @@ def test_status_size_follows_the_workload_not_its_history() -> None:
     assert sizes[-1] == sizes[1], sizes[:3]
     print(f"status of a 200-member resource: {sizes[-1]} bytes ({sizes[-1] / 200:.0f} per member with jobs)")
     assert sizes[-1] < 64 * 1024
+
+
+def test_ipv6_members_and_removals_survive_a_restart() -> None:
+    """Dual-stack pods (IPv6 ENIs on ACK): what status keeps must read back as the same servers."""
+    g, st = GroupLedger(KEY), state()
+    live, leaving = Server("Ip", "fd00::5", 8080), Server("Eni", "eni-1", 80, "fd00::6")
+    g.hold((UID, "uid-a"), live, "pod", "web-a")
+    g.hold((UID, "uid-b"), leaving, "pod", "web-b")
+    g.leave((UID, "uid-b"), "pod-terminating")
+    out = json.loads(json.dumps(to_status(st, g)))
+    assert out["members"]["uid-a"]["server"] == "Ip:[fd00::5]:8080"
+    assert list(out["pending"]) == ["Eni:eni-1:80:[fd00::6]"]
+
+    g2 = GroupLedger(KEY)
+    assert restore(g2, UID, out) == [leaving]
+    assert g2.server_of((UID, "uid-a")) == live
+
+
+def test_the_unbracketed_ipv6_form_earlier_operators_wrote_is_read() -> None:
+    recorded = {
+        "members": {"uid-a": {"server": "Ip:fd00::5:8080", "source": "pod", "pod": "web-a"}},
+        "pending": {"Eni:eni-1:80:fd00::6": {"owners": ["uid-b"], "trigger": "pod-terminating", "attempt": 0}},
+    }
+    g = GroupLedger(KEY)
+    assert restore(g, UID, recorded) == [Server("Eni", "eni-1", 80, "fd00::6")]
+    assert g.server_of((UID, "uid-a")) == Server("Ip", "fd00::5", 8080)
+
+
+def test_an_unreadable_record_is_skipped_and_the_rest_restored() -> None:
+    recorded = {
+        "members": {
+            "uid-a": {"server": "Ip:10.0.0.1:8080", "source": "pod"},
+            "uid-x": {"server": "Bogus:thing", "source": "pod"},
+        },
+        "pending": {
+            "Ip:10.0.0.2:8080": {"owners": ["uid-b"], "trigger": "pod-terminating"},
+            "Ip:10.0.0.3:port": {"owners": ["uid-c"], "trigger": "pod-terminating"},
+        },
+    }
+    g = GroupLedger(KEY)
+    assert restore(g, UID, recorded) == [Server("Ip", "10.0.0.2", 8080)]
+    assert g.owner_ids(UID) == ["uid-a", "uid-b"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,13 +14,24 @@ from yarl import URL
 from alb_membership.alb import request as wire
 from alb_membership.alb.credentials import CredentialsError, CredentialSource
 from alb_membership.alb.endpoints import Endpoint
-from alb_membership.alb.errors import CREDENTIALS_UNAVAILABLE, AlbError, AlbTransportError, from_response
+from alb_membership.alb.errors import (
+    CREDENTIALS_UNAVAILABLE,
+    AlbError,
+    AlbRequestRefused,
+    AlbTransportError,
+    from_response,
+)
 from alb_membership.alb.models import Job, RemoveAnswer, Server
 from alb_membership.alb.ratelimit import SlidingWindowLimiter
 from alb_membership.alb.retry import RetryPolicy, with_retries
 
+log = logging.getLogger(__name__)
+
 MAX_JOB_IDS_PER_CALL = 20
 PAGE_SIZE = 100
+MAX_SERVER_IDS_PER_READ = 40
+LISTING_TRIES = 3  # a listing whose pages disagree is taken again this many times before it counts as failed
+JOB_STATUSES = ("Processing", "Succeeded", "Failed")
 
 # Observers of every attempt, for metrics and logs: (action, outcome code, seconds).
 CallObserver = Callable[[str, str, float], None]
@@ -78,8 +90,19 @@ class AlbClient:
         body = await self.call("AddServersToServerGroup", query, wire.flatten("Servers", [s.to_api() for s in servers]))
         return _required(body, "JobId")
 
-    async def list_server_group_servers(self, server_group_id: str) -> list[dict[str, Any]]:
-        return await self._all_pages("ListServerGroupServers", {"ServerGroupId": server_group_id}, "Servers")
+    async def list_server_group_servers(
+        self, server_group_id: str, server_ids: Sequence[str] = (), *, deadline: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Every server of the group (or those with ``server_ids``), from pages that agree with each other."""
+        query = {"ServerGroupId": server_group_id}
+        if not server_ids:
+            return await self._all_pages("ListServerGroupServers", query, "Servers", deadline)
+        out: list[dict[str, Any]] = []
+        ids = sorted(set(server_ids))
+        for i in range(0, len(ids), MAX_SERVER_IDS_PER_READ):
+            chunk = {**query, **wire.flatten("ServerIds", ids[i : i + MAX_SERVER_IDS_PER_READ])}
+            out += await self._all_pages("ListServerGroupServers", chunk, "Servers", deadline)
+        return out
 
     async def servers_page(self, server_group_id: str, server_ids: Sequence[str]) -> tuple[list[dict[str, Any]], bool]:
         """One page of ListServerGroupServers for these ServerIds, and whether it is the whole answer: a read of
@@ -92,13 +115,37 @@ class AlbClient:
         body = await self.call("ListServerGroupServers", query)
         return _list(body, "Servers"), not body.get("NextToken")
 
-    async def servers_in_rotation(self, server_group_id: str) -> set[Server]:
-        """The group's servers that still take new requests (Server.in_rotation)."""
-        return Server.in_rotation(await self.list_server_group_servers(server_group_id))
+    async def servers_in_rotation(self, server_group_id: str, *, deadline: float | None = None) -> set[Server]:
+        """The group's servers that still take new requests (Server.in_rotation). Absence from it is a hint, not
+        proof: pages that agreed can still have missed a server moved between them; ``still_in_rotation`` asks
+        about such servers alone before anything is concluded from their absence."""
+        return Server.in_rotation(await self.list_server_group_servers(server_group_id, deadline=deadline))
 
-    async def list_server_groups(self, server_group_ids: Sequence[str] = ()) -> list[dict[str, Any]]:
+    async def out_of_rotation(
+        self, server_group_id: str, servers: Sequence[Server], *, deadline: float | None = None
+    ) -> set[Server]:
+        """Which of ``servers`` are out of the group's rotation (gone, or draining): missing from a whole listing
+        and from a read of their own."""
+        candidates = set(servers) - await self.servers_in_rotation(server_group_id, deadline=deadline)
+        return candidates - await self.still_in_rotation(server_group_id, sorted(candidates), deadline=deadline)
+
+    async def still_in_rotation(
+        self, server_group_id: str, servers: Sequence[Server], *, deadline: float | None = None
+    ) -> set[Server]:
+        """Which of ``servers`` the group has in rotation, read for those servers alone (ServerIds): the
+        follow-up that turns "not in the listing" into "gone"."""
+        if not servers:
+            return set()
+        listed = await self.list_server_group_servers(
+            server_group_id, [s.server_id for s in servers], deadline=deadline
+        )
+        return Server.in_rotation(listed) & set(servers)
+
+    async def list_server_groups(
+        self, server_group_ids: Sequence[str] = (), *, deadline: float | None = None
+    ) -> list[dict[str, Any]]:
         return await self._all_pages(
-            "ListServerGroups", wire.flatten("ServerGroupIds", list(server_group_ids)), "ServerGroups"
+            "ListServerGroups", wire.flatten("ServerGroupIds", list(server_group_ids)), "ServerGroups", deadline
         )
 
     async def list_asyn_jobs(self, job_ids: Sequence[str]) -> dict[str, Job]:
@@ -110,8 +157,11 @@ class AlbClient:
             body = await self.call("ListAsynJobs", query)
             for raw in _list(body, "Jobs"):
                 status = raw.get("Status")
-                if status not in ("Processing", "Succeeded", "Failed"):
-                    raise AlbTransportError("InvalidResponse", f"job {raw.get('Id')} has status {status!r}")
+                if status not in JOB_STATUSES or not raw.get("Id"):
+                    # One job the operator cannot read must not blind it to every other job of the region: left
+                    # out, it stays unconfirmed (Unknown once its time is up).
+                    log.warning("ListAsynJobs: job %s has status %r; left unconfirmed", raw.get("Id"), status)
+                    continue
                 found[str(raw["Id"])] = Job(
                     job_id=str(raw["Id"]),
                     status=status,
@@ -122,8 +172,16 @@ class AlbClient:
 
     # -- transport -----------------------------------------------------------------------------------------
 
-    async def call(self, action: str, query: dict[str, str], form: dict[str, str] | None = None) -> dict[str, Any]:
-        """One API call with retries for retryable errors; the query (and its ClientToken) never changes."""
+    async def call(
+        self,
+        action: str,
+        query: dict[str, str],
+        form: dict[str, str] | None = None,
+        deadline: float | None = None,
+    ) -> dict[str, Any]:
+        """One API call with retries for retryable errors; the query (and its ClientToken) never changes.
+        ``deadline`` (the event loop's clock): the caller's budget, which the retries, the wait for a rate-limit
+        slot and the last attempt all stay within."""
 
         def count_retry(_exc: AlbError, _sleep: float) -> None:
             self.retries += 1
@@ -131,7 +189,14 @@ class AlbClient:
         async def attempt() -> dict[str, Any]:
             return await self._attempt(action, query, form or {})
 
-        return await with_retries(self._retry, attempt, count_retry)
+        if deadline is None:
+            return await with_retries(self._retry, attempt, count_retry)
+        policy = self._retry.within(deadline - asyncio.get_running_loop().time())
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await with_retries(policy, attempt, count_retry)
+        except TimeoutError:
+            raise AlbTransportError("Transport.Deadline", f"{action}: no answer within the caller's time") from None
 
     async def _attempt(self, action: str, query: dict[str, str], form: dict[str, str]) -> dict[str, Any]:
         limiter = self._limiters.get(action)
@@ -152,7 +217,7 @@ class AlbClient:
                 raw = await resp.read()
                 status = resp.status
                 headers = {k.lower(): v for k, v in resp.headers.items()}
-            body = _parse(raw, status)
+            body = _parse(raw, status, action)
             if status >= 400:
                 raise from_response(status, body, headers)
             if not isinstance(body, dict):
@@ -171,26 +236,41 @@ class AlbClient:
             if self._observer is not None:
                 self._observer(action, outcome, loop.time() - started)
 
-    async def _all_pages(self, action: str, query: dict[str, str], key: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        token = ""
-        while True:
-            page_query = {**query, "MaxResults": str(PAGE_SIZE), **({"NextToken": token} if token else {})}
-            body = await self.call(action, page_query)
-            items += _list(body, key)
-            token = str(body.get("NextToken") or "")
-            if not token:
+    async def _all_pages(
+        self, action: str, query: dict[str, str], key: str, deadline: float | None = None
+    ) -> list[dict[str, Any]]:
+        """All pages of a listing. Pages are not a snapshot: a change between two of them shifts what the next
+        one holds. A listing whose pages disagree (TotalCount changed, or the items are not TotalCount distinct
+        ones) is taken again; one that keeps disagreeing fails."""
+        for _ in range(LISTING_TRIES):
+            items: list[dict[str, Any]] = []
+            totals: set[int] = set()
+            token = ""
+            while True:
+                page_query = {**query, "MaxResults": str(PAGE_SIZE), **({"NextToken": token} if token else {})}
+                body = await self.call(action, page_query, deadline=deadline)
+                items += _list(body, key)
+                if isinstance(body.get("TotalCount"), int):
+                    totals.add(body["TotalCount"])
+                token = str(body.get("NextToken") or "")
+                if not token:
+                    break
+            distinct = {json.dumps(item, sort_keys=True) for item in items}
+            if not totals or (len(totals) == 1 and len(distinct) == len(items) == totals.pop()):
                 return items
+            log.info("%s changed while it was paged; listing again", action)
+        raise AlbTransportError("Listing.Inconsistent", f"{action}: the pages kept disagreeing ({LISTING_TRIES} tries)")
 
 
-def _parse(raw: bytes, status: int) -> Any:
+def _parse(raw: bytes, status: int, action: str) -> Any:
     try:
         return json.loads(raw)
     except ValueError:
         snippet = raw[:80].decode(errors="replace")
-        raise AlbTransportError(
-            "InvalidResponse", f"HTTP {status} answer is not the API's JSON: {snippet!r}", http_status=status
-        ) from None
+        message = f"{action}: HTTP {status} answer is not the API's JSON: {snippet!r}"
+        if 400 <= status < 500 and status not in (408, 429):
+            raise AlbRequestRefused(message, http_status=status) from None
+        raise AlbTransportError("InvalidResponse", message, http_status=status) from None
 
 
 def _required(body: Any, key: str) -> str:

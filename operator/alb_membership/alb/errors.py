@@ -85,3 +85,12 @@ def from_response(status: int, body: Any, headers: dict[str, str]) -> AlbError:
         retry_after = int(raw_retry) / 1000  # milliseconds on the wire
     cls = AlbThrottled if code.startswith("Throttling") or retry_after else AlbError
     return cls(code, message, request_id=request_id, http_status=status, retry_after=retry_after)
+
+
+class AlbRequestRefused(AlbError):
+    """Something on the way (the API gateway's request-line limit, a proxy, a WAF) refused the request with a 4xx
+    that is not the API's JSON. Not retried as it is: the same request gets the same answer. A call of several
+    servers is split; one server refused alone is a failure a person must see."""
+
+    def __init__(self, message: str, *, http_status: int) -> None:
+        super().__init__("Transport.Refused", message, http_status=http_status, retryable=False)

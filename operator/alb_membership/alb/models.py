@@ -30,9 +30,10 @@ class Server:
 
     @classmethod
     def parse(cls, spec: str) -> Server:
-        """``TYPE:ID:PORT[:IP]``, e.g. ``Ip:10.0.0.5:8080`` or ``Eni:eni-bp1abc:80:10.0.0.5``."""
-        parts = spec.split(":")
-        if len(parts) not in (3, 4) or not all(parts[:2]):
+        """``TYPE:ID:PORT[:IP]``, e.g. ``Ip:10.0.0.5:8080``, ``Eni:eni-bp1abc:80:10.0.0.5`` or, with IPv6 in
+        brackets, ``Ip:[fd00::5]:8080``. Also reads the unbracketed IPv6 form operator 0.1 wrote to status."""
+        parts = _fields(spec)
+        if parts is None:
             raise ValueError(f"server {spec!r} is not TYPE:ID:PORT[:IP]")
         try:
             port = int(parts[2]) if parts[2] else None
@@ -51,10 +52,12 @@ class Server:
 
     @property
     def compact(self) -> str:
-        """``TYPE:ID:PORT[:IP]``, the form ``parse`` reads: short enough to key status maps by."""
-        return f"{self.server_type}:{self.server_id}:{self.port or ''}" + (
-            f":{self.server_ip}" if self.server_ip else ""
-        )
+        """``TYPE:ID:PORT[:IP]``, the form ``parse`` reads: short enough to key status maps by. A field with a
+        colon in it (an IPv6 address) is put in brackets."""
+        fields = [self.server_type, self.server_id, str(self.port or "")]
+        if self.server_ip:
+            fields.append(self.server_ip)
+        return ":".join(f"[{f}]" if ":" in f else f for f in fields)
 
     @staticmethod
     def in_rotation(listed: list[dict[str, Any]]) -> set[Server]:
@@ -75,7 +78,8 @@ class Server:
         )
 
     def __str__(self) -> str:
-        address = f"{self.server_id}:{self.port}" if self.port else self.server_id
+        host = f"[{self.server_id}]" if ":" in self.server_id and self.port else self.server_id
+        address = f"{host}:{self.port}" if self.port else self.server_id
         return f"{self.server_type}/{address}" + (f" ({self.server_ip})" if self.server_ip else "")
 
     def to_status(self) -> dict[str, str | int]:
@@ -119,3 +123,36 @@ class Job:
     status: Literal["Processing", "Succeeded", "Failed", "Unknown"]
     error_code: str | None = None
     error_message: str | None = None
+
+
+def _fields(spec: str) -> list[str] | None:
+    """The fields of a compact server: bracketed ones may hold colons."""
+    fields: list[str] = []
+    rest = spec
+    while True:
+        if rest.startswith("["):
+            end = rest.find("]")
+            if end < 0 or rest[end + 1 : end + 2] not in ("", ":"):
+                return None
+            fields.append(rest[1:end])
+            rest = rest[end + 1 :]
+        else:
+            field, sep, rest = rest.partition(":")
+            fields.append(field)
+            rest = sep + rest
+        if not rest:
+            break
+        rest = rest[1:]
+    if len(fields) > 4 and "[" not in spec:
+        fields = _unbracketed_ipv6(fields)
+    if len(fields) not in (3, 4) or not all(fields[:2]):
+        return None
+    return fields
+
+
+def _unbracketed_ipv6(fields: list[str]) -> list[str]:
+    """Operator 0.1 wrote IPv6 without brackets: ``Ip:fd00::5:8080`` (the id is everything between the type and
+    the port) or ``Eni:eni-1:80:fd00::5`` (the IP is everything after the port)."""
+    if fields[0] == "Eni":
+        return [*fields[:3], ":".join(fields[3:])]
+    return [fields[0], ":".join(fields[1:-1]), fields[-1]]

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
@@ -21,6 +21,10 @@ class RetryPolicy:
     cap_seconds: float = 10.0
     total_seconds: float = 60.0
     max_attempts: int = 12
+
+    def within(self, seconds: float) -> RetryPolicy:
+        """The same policy, retrying no longer than ``seconds`` (a caller's deadline)."""
+        return replace(self, total_seconds=max(0.0, min(self.total_seconds, seconds)))
 
 
 class _WaitJitterOrRetryAfter(wait_base):

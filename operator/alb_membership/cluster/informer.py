@@ -64,6 +64,7 @@ class Informer(Generic[R]):
         self.synced = asyncio.Event()
         self.relists = 0
         self.events = 0
+        self.callback_errors = 0
         self._version: str | None = None  # the last resourceVersion seen: a broken watch resumes from it
         self._filling: dict[str, set[Key]] = {}  # namespace -> keys deleted while it is being filled
         self._filled_while_listing: set[str] | None = None  # set while a list runs
@@ -108,7 +109,7 @@ class Informer(Generic[R]):
             if namespace in filled:
                 continue  # read by a fill during the list: newer than the pages read before it
             for name in [n for n in named if (namespace, n) not in seen]:
-                self._on_change(named.pop(name), None)
+                self._tell(named.pop(name), None)
         if relisted:
             self.relists += 1
             self._on_relist()
@@ -166,14 +167,24 @@ class Informer(Generic[R]):
             if known is not None and self._uid_of(known) == meta.get("uid"):  # not a newer object of that name
                 del named[key[1]]
                 if self.synced.is_set():
-                    self._on_change(known, None)
+                    self._tell(known, None)
             return key
         record = self._convert(obj)
         old = named.get(key[1])
         named[key[1]] = record
         if self.synced.is_set():
-            self._on_change(old, record)
+            self._tell(old, record)
         return key
+
+    def _tell(self, old: R | None, new: R | None) -> None:
+        """A failing callback must not stop the watch: raised into it, the event would be read again from the
+        same resourceVersion, fail again, and so on forever. Logged (and counted by the callback's owner), the
+        next relist or anti-entropy round makes up for what the event would have done."""
+        try:
+            self._on_change(old, new)
+        except Exception:
+            self.callback_errors += 1
+            log.exception("handling a change of %s failed; going on with the next", self._source.describe)
 
     async def _pages(self, call: Callable[..., Awaitable[Any]]) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
         """Each page's objects, with the list's resourceVersion."""

@@ -23,7 +23,6 @@ from alb_membership.engine import outcomes
 from alb_membership.engine.reconciler import Reconciler
 from alb_membership.metrics import Metrics
 from alb_membership.model.ledger import GroupKey
-from alb_membership.model.membership import PodView
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +64,29 @@ class AntiEntropy:
         await self.check_groups()
 
     async def check_cluster(self) -> None:
-        states = [s for s in self._reconciler.resources.values() if not s.deleting]
-        # Owners recorded before the lists begin: one recorded later may be a pod newer than the list.
-        before = {s.ref.uid: set(self._reconciler.ledger(s.group).owner_ids(s.ref.uid)) for s in states}
-        listed: dict[str, list[PodView]] = {}
-        for namespace in sorted({s.ref.namespace for s in states}):
-            listed[namespace] = await self._kube.list_pods(namespace, self._reconciler.settings.eni_annotation)
-        for state in states:
-            if self._reconciler.resources.get(state.ref.uid) is state:
-                self._reconciler.repair(state, listed[state.ref.namespace], before[state.ref.uid])
+        """One namespace at a time: a fresh list of its pods is held only while its resources are checked."""
+        namespaces = sorted({s.ref.namespace for s in self._reconciler.resources.values() if not s.deleting})
+        for namespace in namespaces:
+            states = [s for s in self._reconciler.resources.values() if s.ref.namespace == namespace and not s.deleting]
+            # Owners recorded before the list begins: one recorded later may be a pod newer than the list.
+            before = {s.ref.uid: set(self._reconciler.ledger(s.group).owner_ids(s.ref.uid)) for s in states}
+            listed = await self._kube.list_pods(namespace, self._reconciler.settings.eni_annotation)
+            for state in states:
+                if self._reconciler.resources.get(state.ref.uid) is state:
+                    self._reconciler.repair(state, listed, before[state.ref.uid])
 
     async def check_groups(self) -> None:
         for key, ledger in list(self._reconciler.ledgers.items()):
             idle = [e for e in ledger.pending() if e.server not in self._in_flight(key)]
             if not idle:
                 continue
-            present = await self._client_for(key[0]).servers_in_rotation(ledger.group_id)
+            out = await self._client_for(key[0]).out_of_rotation(ledger.group_id, [e.server for e in idle])
             # In flight may have changed during the listing: a batch taken up meanwhile is the pipeline's.
-            gone = [e for e in idle if e.server not in present and e.server not in self._in_flight(key)]
+            gone = [e for e in idle if e.server in out and e.server not in self._in_flight(key)]
             if not gone:
                 continue
             states = self._reconciler.directory.states_of(gone)
-            overtaken = outcomes.finish_removals(gone, ledger, states)
+            overtaken = outcomes.finish_removals(gone, ledger, states, removed_here=False)
             self._metrics.forgotten.inc(len(gone))
             if overtaken:
                 self._reconciler.notices.post(

@@ -7,21 +7,23 @@ from collections.abc import Callable
 
 from alb_membership.alb.batching import client_token
 from alb_membership.alb.models import Server
-from alb_membership.model.ledger import Entry, GroupLedger
+from alb_membership.model.ledger import Entry, GroupLedger, Removal
+from alb_membership.model.status import decided_stamp
 
 
 def token_for(entries: list[Entry]) -> str:
-    """From UIDs only: each leaving owner's resource UID and owner id (the pod UID for pods), with the removal's
-    attempt. A retry or a successor operator sends the same batch with the same token; a pod reusing an old pod's
-    IP has another UID, so another token."""
-    seed = "/".join(
-        sorted(
-            f"{uid}:{owner_id}#{e.removal.attempt if e.removal else 0}"
-            for e in entries
-            for uid, owner_id in e.leaving_owners()
-        )
-    )
+    """From what status records: each leaving owner's resource UID and owner id (the pod UID for pods), with the
+    removal's attempt and the time it was decided (to the millisecond, as status records it). A retry or a successor
+    operator sends the same batch with the same token; a pod reusing an old pod's IP has another UID, and a second
+    removal of one owner (a static server dropped, put back, dropped again) another decision time: another token."""
+    seed = "/".join(sorted(_seed(uid, owner_id, e.removal) for e in entries for uid, owner_id in e.leaving_owners()))
     return client_token(seed, [e.server for e in entries])
+
+
+def _seed(uid: str, owner_id: str, removal: Removal | None) -> str:
+    if removal is None:
+        return f"{uid}:{owner_id}#0"
+    return f"{uid}:{owner_id}#{removal.attempt}@{decided_stamp(removal.decided_at)}"
 
 
 def next_batch(

@@ -26,13 +26,14 @@ class GroupStatus:
 
     async def until_accepts(self, busy: Callable[[], bool]) -> None:
         """``busy``: a job of ours runs in the group. Returns once the group is not Configuring, nothing of ours
-        runs, the wait ran out, or the group could not be read (the call itself will tell what is wrong)."""
+        runs, the wait ran out, or the group could not be read (the call itself will tell what is wrong). Every
+        read, retries included, stays within the wait."""
         if self.drain_seconds is not None and not busy():
             return  # read before, and nothing of ours runs in the group: no reason to think it busy
         deadline = asyncio.get_running_loop().time() + self._wait_seconds
         while True:
             try:
-                [group] = await self._client.list_server_groups([self._group_id])
+                [group] = await self._client.list_server_groups([self._group_id], deadline=deadline)
             except Exception as exc:
                 log.debug("could not read the status of %s: %s", self._group_id, exc)
                 return

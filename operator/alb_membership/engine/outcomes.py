@@ -41,6 +41,7 @@ def finish_removals(
     states: Iterable[ResourceState],
     job_id: str | None = None,
     drain_seconds: float = 0.0,
+    removed_here: bool = True,
 ) -> list[Entry]:
     """The servers are out of the group (``job_id`` succeeded, or they were gone already): the resources record it,
     and the ledger forgets the removals and their leaving owners. Returns the entries a live owner came to hold
@@ -52,7 +53,7 @@ def finish_removals(
             state.job_finished(job_id, "Succeeded", None)
             if drain_seconds:  # UNCONFIRMED that the job ends as draining begins: then "until at most" holds
                 state.drained([e.server.compact for e in batch], now() + dt.timedelta(seconds=drain_seconds))
-    for entry in batch:
+    for entry in batch if removed_here else ():  # found out already by anti-entropy: not counted as removed
         for uid in {uid for uid, _ in entry.leaving_owners()}:
             if uid in by_uid:
                 by_uid[uid].removed_count += 1
@@ -84,10 +85,10 @@ def record_failed(
     return Failure(f"job {job_id} {status.lower()} ({error_code or 'no error code'}: {error_message or '-'})", attempts)
 
 
-def split_gone(batch: list[Entry], present: set[Server]) -> tuple[list[Entry], list[Entry]]:
-    """The cloud refuses a whole call when any one server is not in the group: which are gone, which are not."""
-    gone = [e for e in batch if e.server not in present]
-    return gone, [e for e in batch if e.server in present]
+def split_gone(batch: list[Entry], out: set[Server]) -> tuple[list[Entry], list[Entry]]:
+    """The cloud refuses a whole call when any one server is not in the group: which are gone (``out``: out of
+    the group's rotation), which are not."""
+    return [e for e in batch if e.server in out], [e for e in batch if e.server not in out]
 
 
 def retry_soon(exc: AlbError) -> bool:
@@ -114,3 +115,24 @@ def record_refused(batch: list[Entry], ledger: GroupLedger, states: Iterable[Res
     for state in states:
         set_health(state, degraded)
     return degraded[1]
+
+
+def record_refused_alone(
+    entry: Entry, ledger: GroupLedger, states: Iterable[ResourceState], exc: AlbError, max_attempts: int
+) -> Failure:
+    """One server whose call something on the way to the cloud refused: each try is a new attempt, and after
+    ``max_attempts`` the removal is given up on (it stays in status, marked, until a restart tries again or the
+    server is found gone)."""
+    ledger.new_attempt(entry.server)
+    attempts = entry.removal.attempt if entry.removal is not None else max_attempts
+    given_up = attempts >= max_attempts
+    if given_up and entry.removal is not None:
+        entry.removal.abandoned = True
+    message = (
+        f"removing {entry.server} from {ledger.group_id} was refused on the way to the ALB API ({exc}); "
+        + (f"given up after {attempts} tries" if given_up else f"try {attempts} of {max_attempts}")
+        + ": check the proxy, gateway or WAF between the operator and the API"
+    )
+    for state in states:
+        set_health(state, ("TransportRefused", message))
+    return Failure(message, attempts)

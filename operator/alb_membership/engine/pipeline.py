@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from alb_membership.alb.client import AlbClient
-from alb_membership.alb.errors import AlbError
+from alb_membership.alb.errors import AlbError, AlbRequestRefused
 from alb_membership.alb.models import Server
 from alb_membership.cluster.notices import Notices
 from alb_membership.engine import outcomes
@@ -100,6 +100,10 @@ class GroupPipeline:
         )
         self._closed = False
         self._paused_until = 0.0  # after a refused call, the group's next call waits until then
+        # The largest call the way to the cloud takes: halved each time it refuses a call (a request-line limit, a
+        # proxy's or WAF's), for the rest of the process.
+        self._cap = services.settings.batch_size
+        self._split = 0  # > 0: the next call takes at most this many (a call's outcome could not be told apart)
 
     @property
     def group_id(self) -> str:
@@ -158,7 +162,8 @@ class GroupPipeline:
                     await asyncio.sleep(pause)
                 # The batch is taken once the group takes changes: what was decided during the wait goes with it.
                 await self._status.until_accepts(lambda: bool(self._jobs))
-                batch = next_batch(self._queue, self.ledger, self._s.settings.batch_size, self._dir.dry_run)
+                size, self._split = min(self._cap, self._split or self._cap), 0
+                batch = next_batch(self._queue, self.ledger, size, self._dir.dry_run)
                 self._s.metrics.queue_depth.labels(self.group_id).set(len(self._queue))
                 if not batch:
                     continue
@@ -192,15 +197,15 @@ class GroupPipeline:
         except AlbError as exc:
             await self._refused(batch, states, exc)
             return
+        if removal.outcome == "already_removed":
+            await self._already_removed(batch, states)
+            return
         for state in states:
             set_health(state, None)
         if removal.outcome == "dry_run_passed":
             outcomes.record_dry_run(batch, states, self.ledger, token)
             self._dir.changed(states)
             s.notices.post(states, "Normal", "DryRunPassed", f"precheck passed for removing {len(servers)} server(s)")
-            return
-        if removal.outcome == "already_removed":
-            await self._already_removed(batch, states)
             return
         assert removal.job_id is not None
         job_id = removal.job_id
@@ -291,24 +296,79 @@ class GroupPipeline:
             )
 
     async def _already_removed(self, batch: list[Entry], states: list[ResourceState]) -> None:
+        """The cloud refused the whole call because a server of it is not in the group. Alone, that server is
+        gone; with others, the group's listing tells which; without a listing (a RAM policy without
+        ListServerGroupServers, throttling), the call is split in two, each half a new attempt."""
         rest: list[Entry] = []
         if len(batch) == 1:
             gone = batch
         else:
-            gone, rest = outcomes.split_gone(batch, await self._s.client.servers_in_rotation(self.group_id))
+            try:
+                out = await self._s.client.out_of_rotation(self.group_id, [e.server for e in batch])
+            except AlbError as exc:
+                log.warning(
+                    "could not list %s to tell which servers are gone (%s); splitting the call", self.group_id, exc
+                )
+                self._s.notices.post(
+                    states,
+                    "Warning",
+                    "ServerGroupUnlisted",
+                    f"could not list {self.group_id} ({exc}): the call is split to tell which servers are gone; "
+                    "grant alb:ListServerGroupServers to save the calls",
+                )
+                self._resend(batch, states, split=True)
+                return
+            gone, rest = outcomes.split_gone(batch, out)
+        for state in states:
+            set_health(state, None)
         if gone:
             self._removed(gone, states, None, f"{len(gone)} server(s) were no longer in {self.group_id}")
-        for entry in rest:
-            self.ledger.new_attempt(entry.server)
         if rest:
-            self._dir.changed(states)
-            self.enqueue([e.server for e in rest], first=True)
+            self._resend(rest, states, split=False)
+
+    def _resend(self, batch: list[Entry], states: list[ResourceState], split: bool) -> None:
+        """Another call, for other servers than the last one held: a new attempt, under a new token."""
+        for entry in batch:
+            self.ledger.new_attempt(entry.server)
+        if split:
+            self._split = max(1, len(batch) // 2)
+        self._dir.changed(states)
+        self.enqueue([e.server for e in batch], first=True)
 
     async def _refused(self, batch: list[Entry], states: list[ResourceState], exc: AlbError) -> None:
         s = self._s
+        if isinstance(exc, AlbRequestRefused):
+            self._refused_on_the_way(batch, states, exc)
+            return
         message = outcomes.record_refused(batch, self.ledger, states, exc)
         delay = s.settings.transient_retry_seconds if outcomes.retry_soon(exc) else s.settings.error_retry_seconds
         self._dir.changed(states)
         s.notices.post(states, "Warning", "RemovalRefused", f"{message}; next try in {delay:.0f}s")
         self._paused_until = asyncio.get_running_loop().time() + delay
         self.enqueue([e.server for e in batch], first=True)
+
+    def _refused_on_the_way(self, batch: list[Entry], states: list[ResourceState], exc: AlbRequestRefused) -> None:
+        """Not the cloud's answer: something on the way refused the request (its size, most likely). Never sent
+        again as it was: a call of several servers is split, and the group's calls stay at most that small; a
+        server refused alone is tried again a few times, each a new attempt, then given up on."""
+        s = self._s
+        if len(batch) > 1:
+            self._cap = max(1, len(batch) // 2)
+            s.notices.post(
+                states,
+                "Warning",
+                "RemovalSplit",
+                f"a call of {len(batch)} server(s) was refused on the way to the ALB API ({exc}); calls for "
+                f"{self.group_id} now take at most {self._cap}",
+            )
+            self._resend(batch, states, split=False)
+            return
+        [entry] = batch
+        failure = outcomes.record_refused_alone(entry, self.ledger, states, exc, s.settings.max_job_attempts)
+        self._dir.changed(states)
+        if failure.attempts >= s.settings.max_job_attempts:
+            s.notices.post(states, "Warning", "RemovalAbandoned", failure.message)
+            return
+        delay = s.settings.error_retry_seconds
+        s.notices.post(states, "Warning", "RemovalRefused", f"{failure.message}; next try in {delay:.0f}s")
+        self.enqueue_later(delay, [entry.server])

@@ -5,8 +5,11 @@ from __future__ import annotations
 from alb_membership.alb.errors import CREDENTIALS_UNAVAILABLE, AlbError
 from alb_membership.model.state import ResourceState
 
+GROUP_NOT_FOUND = "ResourceNotFoundServerGroup"
+
 
 def set_health(state: ResourceState, degraded: tuple[str, str] | None) -> None:
+    state.group_not_found = degraded is not None and degraded[0] == GROUP_NOT_FOUND
     if degraded is None:
         state.set_condition("Degraded", "False", "AsExpected", "removals are going through")
         state.set_condition("Ready", "True", "Reconciled", "watching members; removals go out as they start leaving")
@@ -17,8 +20,9 @@ def set_health(state: ResourceState, degraded: tuple[str, str] | None) -> None:
 
 
 def group_missing(state: ResourceState) -> bool:
-    degraded = state.conditions.get("Degraded")
-    return degraded is not None and degraded.status == "True" and degraded.reason == "ResourceNotFoundServerGroup"
+    """The cloud said so to this operator: a condition restored from status is an earlier answer, perhaps about a
+    group that exists again, and deleting a resource on its word would release its finalizer removing nothing."""
+    return state.group_not_found
 
 
 def advice(exc: AlbError, group_id: str) -> str:

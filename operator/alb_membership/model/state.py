@@ -85,6 +85,7 @@ class ResourceState:
     conditions: dict[str, Condition] = field(default_factory=dict)
     removed_count: int = 0
     deleting: bool = False
+    group_not_found: bool = False  # the cloud answered ResourceNotFound.ServerGroup to this process (not restored)
     # Servers removed from a group with connection draining: out of rotation, Draining until at most then.
     draining: dict[str, dt.datetime] = field(default_factory=dict)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from typing import Any
 
 from alb_membership.alb.models import Server
@@ -20,6 +21,8 @@ from alb_membership.model.state import ResourceState, unstamp
 # pending removals, then live members. What does not fit is protected while this operator runs, not across a
 # restart, and a condition says so.
 STATUS_BUDGET_BYTES = 900 * 1024
+
+log = logging.getLogger(__name__)
 
 
 def source_of(owner_id: str) -> str:
@@ -59,18 +62,22 @@ def pending_status(ledger: GroupLedger, uid: str) -> dict[str, dict[str, Any]]:
 
 
 def _removal_status(removal: Removal) -> dict[str, Any]:
-    out: dict[str, Any] = {"owners": [], "trigger": removal.trigger, "decidedAt": _seconds(removal.decided_at)}
+    out: dict[str, Any] = {"owners": [], "trigger": removal.trigger, "decidedAt": decided_stamp(removal.decided_at)}
     if removal.attempt:
         out["attempt"] = removal.attempt
     if removal.client_token:
         out["clientToken"] = removal.client_token
     if removal.job_id:
         out["jobId"] = removal.job_id
+    if removal.abandoned:
+        out["abandoned"] = True  # read by people; a restart tries again
     return out
 
 
-def _seconds(when: dt.datetime) -> str:
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def decided_stamp(when: dt.datetime) -> str:
+    """To the millisecond: the decision's time is also what tells one removal of an owner from an earlier one in
+    its ClientToken (engine/batches.py), so status must give a successor the same value."""
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _size(key: str, value: Any) -> int:
@@ -128,7 +135,8 @@ def to_status(state: ResourceState, ledger: GroupLedger, budget: int = STATUS_BU
 def restore(ledger: GroupLedger, uid: str, status: dict[str, Any]) -> list[Server]:
     """Puts what an earlier operator recorded into the ledger; returns the servers with removals to send again.
     Reads the list form of operator 0.1 too (members with a phase, pending with an id), so an upgrade keeps
-    its pending removals."""
+    its pending removals. A record that cannot be read is skipped with a warning: one bad record must not keep
+    the whole resource (its other members and removals, its finalizer) from loading."""
     members = status.get("members") or {}
     if isinstance(members, list):
         members = {
@@ -137,13 +145,17 @@ def restore(ledger: GroupLedger, uid: str, status: dict[str, Any]) -> list[Serve
             if m.get("phase", "Active") == "Active"
         }
     for owner_id, raw in members.items():
-        ledger.hold((uid, owner_id), Server.parse(raw["server"]), raw.get("source", "pod"), raw.get("pod"))
+        server = _server(raw.get("server"), uid, owner_id)
+        if server is not None:
+            ledger.hold((uid, owner_id), server, raw.get("source", "pod"), raw.get("pod"))
     pending = status.get("pending") or {}
     if isinstance(pending, list):
         pending = {Server.from_status(p["server"]).compact: {**p, "owners": [p["id"]]} for p in pending}
     servers = []
     for compact, raw in pending.items():
-        server = Server.parse(compact)
+        server = _server(compact, uid, "pending")
+        if server is None:
+            continue
         removal = Removal(
             trigger=raw.get("trigger", "unknown"),
             decided_at=unstamp(raw.get("decidedAt")) or now(),
@@ -156,3 +168,11 @@ def restore(ledger: GroupLedger, uid: str, status: dict[str, Any]) -> list[Serve
             ledger.restore(key, server, source_of(owner_id), None, removal)
         servers.append(server)
     return servers
+
+
+def _server(compact: Any, uid: str, record: str) -> Server | None:
+    try:
+        return Server.parse(str(compact))
+    except ValueError as exc:
+        log.warning("resource %s: status record %s is skipped: %s", uid, record, exc)
+        return None
