@@ -90,9 +90,7 @@ def emulator(emulator_process: EmulatorProcess) -> EmulatorProcess:
 def crd(cluster: Cluster) -> None:
     """The ServerGroupMembership CRD, installed once per run."""
     cluster.kubectl("apply", "-f", str(Path(__file__).resolve().parents[1] / "crds"))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=30s", "crd/servergroupmemberships.albmembership.io"
-    )
+    cluster.wait_established("servergroupmemberships.albmembership.io")
 
 
 @pytest.fixture
