@@ -81,6 +81,8 @@ def emulator(emulator_process: EmulatorProcess) -> EmulatorProcess:
             "rate_limits": {},
             "retry_after_ms": None,
             "job_failure_rate": 0.0,
+            "drain_status": "Removing",
+            "max_request_line": 36 * 1024,
         },
     )
     return emulator_process

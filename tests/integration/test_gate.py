@@ -242,7 +242,8 @@ def test_a_standby_asks_the_leader(gated: Gated) -> None:
 
 @pytest.mark.parametrize("job_ends", ["before_draining", "after_draining"])
 def test_with_connection_draining_a_draining_server_is_out_of_rotation(gated: Gated, job_ends: str) -> None:
-    gated.emulator.admin("PUT", "behaviour", {"job_ends": job_ends})
+    # Where the cloud shows Draining (the emulator's GWLB-like drain_status; its default, Removing, proves nothing).
+    gated.emulator.admin("PUT", "behaviour", {"job_ends": job_ends, "drain_status": "Draining"})
     gated.serving()
     ips = gated.members(2, connection_drain={"enabled": True, "timeout_seconds": 8})
     victim = sorted(ips)[0]
