@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help venv binaries test unit lint demo demo-down clean
+.PHONY: help venv binaries test unit chaos lint demo demo-down clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo    - a local cluster, the ALB emulator and the operator: watch a rolling update leave the group"
 	@echo "make test    - the whole test suite against a real local control plane"
+	@echo "make chaos   - mixed chaos, long: ALBM_CHAOS_ROUNDS=1000 make chaos (ALBM_CHAOS_SEED repeats a run)"
 	@echo "make lint    - ruff, mypy, the docs (mkdocs --strict), the alerts (promtool) and the chart (kube-score)"
 	@echo "make binaries - build/reuse etcd, kube-*, kubectl, kwok, helm (cached outside the repo)"
 
@@ -28,6 +29,11 @@ test: venv binaries
 
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# Mixed chaos outside `make test` (which runs it for a few rounds): ALBM_CHAOS_ROUNDS rounds, each round's line
+# and the seed shown as it goes (tests/integration/test_chaos_mixed.py).
+chaos: venv binaries
+	$(PY) -m pytest tests/integration/test_chaos_mixed.py -k test_mixed_chaos --capture=no $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check operator tests bench

@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 import report  # noqa: E402
-from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET, EmulatorProcess, start_emulator  # noqa: E402
+from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET, start_emulator  # noqa: E402
 
 from localcluster import LocalCluster  # noqa: E402
 from localcluster.cluster import die_with_parent, free_port  # noqa: E402
@@ -268,37 +268,9 @@ def source_tree(rev: str | None, tmp: Path) -> tuple[Path, str]:
     return src, f"commit {described}"
 
 
-def start_wide_emulator(tmp: Path, config: dict[str, Any], max_line: int) -> EmulatorProcess:
-    """The emulator through bench/wide_emulator.py: aiohttp's request-line limit raised to ``max_line`` bytes, so
-    that a RemoveServersFromServerGroup of up to 200 servers (in the query, as the SDK sends it) reaches it."""
-    config_file = tmp / "emulator.json"
-    config_file.write_text(json.dumps(config))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "wide_emulator.py"),
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            str(config_file),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=(tmp / "emulator.log").open("w"),
-        preexec_fn=die_with_parent,  # noqa: PLW1509
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "ALBM_BENCH_MAX_LINE": str(max_line)},
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        proc.kill()
-        raise RuntimeError(f"emulator did not start: {line}")
-    return EmulatorProcess(process=proc, url=line.split("listening on ", 1)[1].split()[0])
-
-
 class Bench:
     def __init__(
-        self, tmp: Path, log_dir: Path, max_seconds: float, src: Path = ROOT, emulator_max_line: int = 65536
+        self, tmp: Path, log_dir: Path, max_seconds: float, src: Path = ROOT, emulator_max_line: int = 0
     ) -> None:
         self.tmp = tmp
         self.src = src
@@ -314,14 +286,13 @@ class Bench:
         self.coordination = kubernetes.client.CoordinationV1Api(self.api)
         self.cluster.kubectl("apply", "-f", str(src / "crds"))
         self.core.create_namespace({"metadata": {"name": NS}})
+        # The emulator's default request-line limit takes the SDK's 200-server removal (docs/emulator.md).
+        behaviour = {**BEHAVIOUR, **({"max_request_line": emulator_max_line} if emulator_max_line else {})}
         config = {
             "credentials": [{"access_key_id": ACCESS_KEY_ID, "access_key_secret": ACCESS_KEY_SECRET}],
-            "behaviour": BEHAVIOUR,
+            "behaviour": behaviour,
         }
-        if emulator_max_line:
-            self.emulator = start_wide_emulator(tmp, config, emulator_max_line)
-        else:
-            self.emulator = start_emulator(tmp, config)
+        self.emulator = start_emulator(tmp, config)
 
     def close(self) -> None:
         for c in self.controllers:
@@ -858,9 +829,9 @@ def main() -> int:
     parser.add_argument(
         "--emulator-max-line",
         type=int,
-        default=65536,
-        help="the emulator's HTTP request-line limit in bytes (bench/wide_emulator.py); 0: the emulator as shipped "
-        "(aiohttp's 8,190, which refuses removals of more than about 95 servers) (default 65536)",
+        default=0,
+        help="the emulator's request-line limit in bytes (its behaviour max_request_line); 0: its default, which "
+        "takes the SDK's 200-server removal; 8190: aiohttp's default, which refuses more than about 95 (default 0)",
     )
     parser.add_argument("--dump-requests", type=Path, help="write each run's emulator request log and jobs here")
     parser.add_argument("--log-dir", type=Path, help="keep the controllers' logs here (default: a temporary folder)")
@@ -900,7 +871,7 @@ def main() -> int:
         log_dir.mkdir(parents=True, exist_ok=True)
         src, source = source_tree(args.source, Path(tmp))
         if args.emulator_max_line:
-            source += f"; emulator request-line limit {args.emulator_max_line} bytes (bench/wide_emulator.py)"
+            source += f"; emulator request-line limit {args.emulator_max_line} bytes"
         print(f"[bench] operator: {source}", flush=True)
         bench = Bench(Path(tmp), log_dir, args.max_seconds, src, args.emulator_max_line)
         bench.dump_dir = args.dump_requests

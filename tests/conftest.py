@@ -82,6 +82,8 @@ def emulator(emulator_process: EmulatorProcess) -> EmulatorProcess:
             "rate_limits": {},
             "retry_after_ms": None,
             "job_failure_rate": 0.0,
+            "drain_status": "Removing",
+            "max_request_line": 36 * 1024,
         },
     )
     return emulator_process
@@ -91,9 +93,7 @@ def emulator(emulator_process: EmulatorProcess) -> EmulatorProcess:
 def crd(cluster: Cluster) -> None:
     """The ServerGroupMembership CRD, installed once per run."""
     cluster.kubectl("apply", "-f", str(Path(__file__).resolve().parents[1] / "crds"))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=30s", "crd/servergroupmemberships.albmembership.io"
-    )
+    cluster.wait_established("servergroupmemberships.albmembership.io")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import yaml
 from aiohttp import web
 
 from alb_emulator.server import ADMIN, Emulator
+from alb_emulator.state import HARD_LINE_LIMIT
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -40,7 +41,14 @@ async def serve(args: argparse.Namespace) -> None:
     if args.tls_cert:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
-    runner = web.AppRunner(emulator.app(), access_log=None, handle_signals=False)
+    # aiohttp's own limits far above any behaviour.max_request_line: the emulator refuses long lines itself.
+    runner = web.AppRunner(
+        emulator.app(),
+        access_log=None,
+        handle_signals=False,
+        max_line_size=HARD_LINE_LIMIT,
+        max_field_size=HARD_LINE_LIMIT,
+    )
     await runner.setup()
     host, port = args.listen
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)

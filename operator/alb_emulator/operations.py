@@ -127,6 +127,8 @@ class Operations:
         record = self.state.tokens.get(key)
         if record is not None:
             if record.fingerprint != fingerprint:
+                record.refused(fingerprint)
+                self.state.changed()
                 raise error(
                     "IdempotenceSignatureMismatch",
                     "The ClientToken was used before with other parameters.",
@@ -242,7 +244,8 @@ class Operations:
         group = self.state.groups.get(params.get("ServerGroupId") or "")
         members = list(group.members.values()) if group else []
         wanted = set(params.get("ServerIds") or [])
-        items = [m.to_api(group.id) for m in members if not wanted or m.server_id in wanted] if group else []
+        shown = self.state.behaviour.drain_status
+        items = [m.to_api(group.id, shown) for m in members if not wanted or m.server_id in wanted] if group else []
         return page(items, params, "Servers")
 
     def _list_groups(self, params: dict[str, Any]) -> dict[str, Any]:

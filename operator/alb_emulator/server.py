@@ -9,6 +9,7 @@ import os
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -186,6 +187,7 @@ class Emulator:
             web.post(f"{ADMIN}/server-groups/{{id}}/idle", self.idle),
             web.get(f"{ADMIN}/server-groups/{{id}}/history", self.history),
             web.get(f"{ADMIN}/jobs", self.list_jobs),
+            web.get(f"{ADMIN}/tokens", self.list_tokens),
             web.post(f"{ADMIN}/credentials", self.add_credential),
             web.get(f"{ADMIN}/faults", self.get_faults),
             web.put(f"{ADMIN}/faults", self.put_faults),
@@ -288,6 +290,24 @@ class Emulator:
             ]
         )
 
+    async def list_tokens(self, _: web.Request) -> web.Response:
+        """Every ClientToken remembered (those of calls that were answered; they survive a restart with
+        --state-file): its action, the request's parameters, the JobId it answers with, and the parameters of any
+        later request that reused it for something else (refused with IdempotenceSignatureMismatch)."""
+        return _json(
+            [
+                {
+                    "action": action,
+                    "token": token,
+                    "params": json.loads(record.fingerprint),
+                    "job_id": (record.response or {}).get("JobId"),
+                    "mismatched": [json.loads(f) for f in record.mismatched],
+                }
+                for (action, token), record in self.state.tokens.items()
+                if record.response is not None
+            ]
+        )
+
     async def add_credential(self, http: web.Request) -> web.Response:
         try:
             self.auth.add(Credential(**await http.json()))
@@ -348,9 +368,11 @@ class Emulator:
         return _json({"ok": True})
 
     def _group_view(self, group: Group) -> dict[str, Any]:
+        """The group as the API shows it, and what it does not show: DrainingUntil for a server that drains (whatever
+        its Status shows, drain_status), Idle for one marked idle."""
         servers = []
         for m in group.members.values():
-            server = m.to_api(group.id)
+            server = m.to_api(group.id, self.state.behaviour.drain_status)
             if m.status == "Draining":
                 server["DrainingUntil"] = m.drain_until
             if m.idle:
@@ -374,8 +396,43 @@ class Emulator:
             await asyncio.sleep(0.1)
             self.save()
 
+    async def _line_limit(
+        self, http: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """What aiohttp does with a request target longer than its max_line_size, at the behaviour's limit: a
+        plain-text 400 in aiohttp's words before any handler runs, and the connection closed. Unlike aiohttp's, the
+        refusal shows in the request log (code LineTooLong)."""
+        limit = self.state.behaviour.max_request_line
+        target = http.raw_path
+        if len(target) <= limit:
+            return await handler(http)
+        action = http.headers.get("x-acs-action") or http.query.get("Action", "")
+        self.log.append(
+            {
+                "time": time.time(),
+                "action": action,
+                "code": "LineTooLong",
+                "status": 400,
+                "request_line": len(target),
+                "duration_ms": 0.0,
+            }
+        )
+        self.counters[f"{action}:LineTooLong"] += 1
+        seen = bytearray(target.encode()[:100]) + b"..."
+        response = web.Response(
+            text=f"Got more than {limit} bytes when reading: {seen!r}.", status=400, content_type="text/plain"
+        )
+        response.force_close()
+        return response
+
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=4 * 1024 * 1024)
+        @web.middleware
+        async def line_limit(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            return await self._line_limit(request, handler)
+
+        app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[line_limit])
         app.add_routes(self.routes())
 
         async def persistence(_: web.Application) -> Any:

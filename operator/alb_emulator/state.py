@@ -27,7 +27,9 @@ class Member:
     server_ip: str | None = None
     weight: int = 100
     description: str = ""
-    status: str = "Available"  # Adding | Available | Configuring | Removing | Draining
+    # Adding | Available | Configuring | Removing | Draining. Draining is the emulator's own state for a server whose
+    # removal succeeded while connection draining holds it; the API shows it as Behaviour.drain_status.
+    status: str = "Available"
     drain_until: float | None = None  # while Draining: when the drain timeout ends
     idle: bool = False  # no connections (admin API): draining ends at once
 
@@ -35,7 +37,8 @@ class Member:
     def key(self) -> tuple[str, str, int, str]:
         return (self.server_type, self.server_id, self.port or 0, self.server_ip or "")
 
-    def to_api(self, group_id: str) -> dict[str, Any]:
+    def to_api(self, group_id: str, drain_status: str = "Removing") -> dict[str, Any]:
+        """The server as ListServerGroupServers shows it; a draining one shows ``drain_status``."""
         out: dict[str, Any] = {
             "ServerGroupId": group_id,
             "ServerId": self.server_id,
@@ -43,7 +46,7 @@ class Member:
             "Weight": self.weight,
             "Description": self.description,
             "RemoteIpEnabled": False,
-            "Status": self.status,
+            "Status": drain_status if self.status == "Draining" else self.status,
         }
         if self.port is not None:
             out["Port"] = self.port
@@ -171,13 +174,32 @@ class Job:
         return out
 
 
+MAX_MISMATCHES = 10
+
+
 @dataclass
 class TokenRecord:
     fingerprint: str
     response: dict[str, Any] | None = None  # None while the first request is still being processed
+    # Fingerprints of later requests refused with IdempotenceSignatureMismatch (the same token, other parameters):
+    # a client that reuses a token for another removal, kept across restarts (admin API: GET tokens), at most 10.
+    mismatched: list[str] = field(default_factory=list)
+
+    def refused(self, fingerprint: str) -> None:
+        if fingerprint not in self.mismatched and len(self.mismatched) < MAX_MISMATCHES:
+            self.mismatched.append(fingerprint)
 
 
 JOB_ENDS = ("before_draining", "after_draining")
+# What ListServerGroupServers shows for a server that drains: Removing (the ALB SDK's status enum is Adding |
+# Available | Configuring | Removing) or Draining (GWLB's RemoveServersFromServerGroup page documents it).
+DRAIN_STATUSES = ("Removing", "Draining")
+# The longest request target (path and query) aiohttp itself takes: past it, even a raised max_request_line is moot.
+HARD_LINE_LIMIT = 1024 * 1024
+# What the official SDK sends for 200 servers, the API's maximum per call, with room to spare: 34,165 bytes at
+# most (200 Eni servers with full IPv6 ServerIps, port 65535, a 64-character ClientToken, the RPC signature;
+# 16,691 for IPv4 Ip servers), measured through alibabacloud-alb20200616 1.3.3 (docs/emulator.md).
+DEFAULT_LINE_LIMIT = 36 * 1024
 
 
 @dataclass
@@ -196,6 +218,12 @@ class Behaviour:
     # (refusing changes with IncorrectStatus.ServerGroup) while any of its servers drains.
     job_ends: str = "before_draining"  # before_draining | after_draining
     configuring_while_draining: bool = False
+    # What a draining server's Status shows (UNCONFIRMED for ALB; see docs/emulator.md): Removing, as the ALB SDK's
+    # enum suggests, or Draining, as GWLB documents (GWLB-like).
+    drain_status: str = "Removing"
+    # Requests whose target (path and query: the SDK puts a removal's servers there) is longer are refused with
+    # aiohttp's own plain-text 400, before any handler runs, as aiohttp's default 8,190 did.
+    max_request_line: int = DEFAULT_LINE_LIMIT
 
     @classmethod
     def from_config(cls, raw: dict[str, Any]) -> Behaviour:
@@ -213,6 +241,11 @@ class Behaviour:
             raise ValueError(f"job_ends must be one of {', '.join(JOB_ENDS)}")
         if not isinstance(behaviour.configuring_while_draining, bool):
             raise ValueError("configuring_while_draining must be true or false")
+        if behaviour.drain_status not in DRAIN_STATUSES:
+            raise ValueError(f"drain_status must be one of {', '.join(DRAIN_STATUSES)}")
+        limit = behaviour.max_request_line
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= HARD_LINE_LIMIT:
+            raise ValueError(f"max_request_line must be a whole number of bytes from 1 to {HARD_LINE_LIMIT}")
         return behaviour
 
 
@@ -423,4 +456,6 @@ class State:
             job = Job(**j)
             self.jobs[job.id] = job
         for t in raw.get("tokens", []):
-            self.tokens[(t["action"], t["token"])] = TokenRecord(fingerprint=t["fingerprint"], response=t["response"])
+            self.tokens[(t["action"], t["token"])] = TokenRecord(
+                fingerprint=t["fingerprint"], response=t["response"], mismatched=list(t.get("mismatched", []))
+            )

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
-from typing import TypeVar
+from typing import ParamSpec
 
 import aiohttp
 from aiohttp import web
@@ -31,7 +31,7 @@ from alb_membership.metrics import Metrics
 from alb_membership.model.membership import PodView
 from alb_membership.settings import Settings
 
-T = TypeVar("T")
+P = ParamSpec("P")
 
 log = logging.getLogger(__name__)
 CERTIFICATE_CHECK_SECONDS = 60.0  # a Secret or configuration replaced by hand is followed within a minute
@@ -113,12 +113,12 @@ class Runtime:
         """From process start, leader or not: a standby's view is current when it takes over."""
         self._store_task = asyncio.create_task(self.store.run(), name="store")
 
-    def _counting_failures(self, handle: Callable[[T, T], None]) -> Callable[[T, T], None]:
+    def _counting_failures(self, handle: Callable[P, None]) -> Callable[P, None]:
         """A watch event the engine fails on is logged and counted, and the watch goes on (cluster/informer.py)."""
 
-        def counted(first: T, second: T) -> None:
+        def counted(*args: P.args, **kwargs: P.kwargs) -> None:
             try:
-                handle(first, second)
+                handle(*args, **kwargs)
             except Exception:
                 self.metrics.internal_errors.labels("watch-event").inc()
                 raise

@@ -1,7 +1,8 @@
 """Connection draining in the emulator: ConnectionDrainConfig per group (config file, admin API, ListServerGroups in
-the SDK's field names), removed servers going Removing -> Draining -> gone on the clock, draining cut short for
-servers marked idle, and the two UNCONFIRMED knobs (``job_ends``, ``configuring_while_draining``) in all four
-combinations, through the official SDK and through the operator's own removal pipeline."""
+the SDK's field names), removed servers draining on the clock and then gone, draining cut short for servers marked
+idle, and the three UNCONFIRMED knobs in every combination, through the official SDK and through the operator's own
+removal pipeline: ``drain_status`` (what a draining server shows: ``Removing`` until gone, the default, as the ALB
+SDK's status enum has it, or ``Draining``, as GWLB documents), ``job_ends`` and ``configuring_while_draining``."""
 
 from __future__ import annotations
 
@@ -30,18 +31,31 @@ from tests.support.emulator import (
 )
 
 GROUP = "sgp-pipeline0000001"  # the pipeline helpers' group
+DRAIN_STATUSES = ["Removing", "Draining"]
 COMBINATIONS = [
-    pytest.param(job_ends, configuring, id=f"{job_ends}-{'configuring' if configuring else 'available'}")
+    pytest.param(
+        shows, job_ends, configuring, id=f"{shows.lower()}-{job_ends}-{'configuring' if configuring else 'available'}"
+    )
+    for shows in DRAIN_STATUSES
     for job_ends in ("before_draining", "after_draining")
     for configuring in (False, True)
 ]
+KNOBS = ("drain_status", "job_ends", "configuring_while_draining")
+DEFAULTS = {"drain_status": "Removing", "job_ends": "before_draining", "configuring_while_draining": False}
 
 
 @pytest.fixture
 def drain(emulator: EmulatorProcess) -> Iterator[EmulatorProcess]:
     """The session's emulator; the draining knobs go back to their defaults afterwards."""
     yield emulator
-    emulator.admin("PUT", "behaviour", {"job_ends": "before_draining", "configuring_while_draining": False})
+    emulator.admin("PUT", "behaviour", DEFAULTS)
+
+
+@pytest.fixture(params=DRAIN_STATUSES, ids=str.lower)
+def shows(request: pytest.FixtureRequest, drain: EmulatorProcess) -> str:
+    """What a draining server's Status shows (drain_status), set for the test."""
+    drain.admin("PUT", "behaviour", {"drain_status": request.param})
+    return str(request.param)
 
 
 def make_group(emulator: EmulatorProcess, n: int = 3, **connection_drain: Any) -> None:
@@ -65,6 +79,11 @@ def job(client: Client, job_id: str) -> alb.ListAsynJobsResponseBodyJobs:
     jobs = client.list_asyn_jobs(alb.ListAsynJobsRequest(job_ids=[job_id])).body.jobs
     assert len(jobs) == 1
     return jobs[0]
+
+
+def draining(emulator: EmulatorProcess, server_id: str) -> bool:
+    """Whether the server drains now, whatever its Status shows: the admin view's DrainingUntil says so."""
+    return any(s["ServerId"] == server_id and "DrainingUntil" in s for s in emulator.group(GROUP)["Servers"])
 
 
 def history(emulator: EmulatorProcess, server_id: str | None = None) -> list[dict[str, Any]]:
@@ -135,38 +154,55 @@ def test_the_config_file_sets_connection_drain_and_the_knobs(tmp_path: Path) -> 
     config["server_groups"] = [
         {"id": GROUP, "servers": [server("10.0.0.1")], "connection_drain": {"enabled": True, "timeout_seconds": 900}}
     ]
-    config["behaviour"] = {**config["behaviour"], "job_ends": "after_draining", "configuring_while_draining": True}
+    knobs = {"job_ends": "after_draining", "configuring_while_draining": True, "drain_status": "Draining"}
+    config["behaviour"] = {**config["behaviour"], **knobs}
     proc = start_emulator(tmp_path, config)
     try:
         cfg = sdk(proc).list_server_groups(alb.ListServerGroupsRequest()).body.server_groups[0].connection_drain_config
         assert (cfg.connection_drain_enabled, cfg.connection_drain_timeout) == (True, 900)
         behaviour = proc.admin("GET", "behaviour")
-        assert (behaviour["job_ends"], behaviour["configuring_while_draining"]) == ("after_draining", True)
+        assert {k: behaviour[k] for k in KNOBS} == knobs
     finally:
         proc.stop()
-    bad = default_config()
-    bad["behaviour"] = {"job_ends": "whenever"}
-    with pytest.raises(RuntimeError, match="job_ends"):
-        start_emulator(tmp_path, bad).stop()
+    for bad_knob in ({"job_ends": "whenever"}, {"drain_status": "Drained"}):
+        bad = default_config()
+        bad["behaviour"] = bad_knob
+        with pytest.raises(RuntimeError, match=next(iter(bad_knob))):
+            start_emulator(tmp_path, bad).stop()
 
 
-def test_a_drain_survives_a_restart_with_a_state_file(tmp_path: Path) -> None:
+def test_the_admin_api_sets_drain_status_and_refuses_others(drain: EmulatorProcess) -> None:
+    assert drain.admin("GET", "behaviour")["drain_status"] == "Removing", "the default: the ALB SDK's enum"
+    assert drain.admin("PUT", "behaviour", {"drain_status": "Draining"})["drain_status"] == "Draining"
+    with pytest.raises(Exception, match="400"):
+        drain.admin("PUT", "behaviour", {"drain_status": "draining"})
+    assert drain.admin("GET", "behaviour")["drain_status"] == "Draining"
+
+
+@pytest.mark.parametrize("shows", DRAIN_STATUSES, ids=str.lower)
+def test_a_drain_survives_a_restart_with_a_state_file(tmp_path: Path, shows: str) -> None:
     state_file = tmp_path / "state.json"
     config = default_config()
-    config["behaviour"] = {"job_seconds": 0.05, "job_ends": "after_draining", "configuring_while_draining": True}
+    config["behaviour"] = {
+        "job_seconds": 0.05,
+        "job_ends": "after_draining",
+        "configuring_while_draining": True,
+        "drain_status": shows,
+    }
     config["server_groups"] = [
         {"id": GROUP, "servers": [server("10.0.0.1")], "connection_drain": {"enabled": True, "timeout_seconds": 2}}
     ]
     first = start_emulator(tmp_path, config, "--state-file", str(state_file))
     try:
         job_id = remove(sdk(first), "10.0.0.1")
-        wait_for(lambda: statuses(sdk(first)).get("10.0.0.1") == "Draining", "Draining")
+        wait_for(lambda: draining(first, "10.0.0.1"), "draining")
+        assert statuses(sdk(first)) == {"10.0.0.1": shows}
     finally:
         first.stop()
     second = start_emulator(tmp_path, config, "--state-file", str(state_file))
     try:
         client = sdk(second)
-        assert statuses(client) == {"10.0.0.1": "Draining"}
+        assert statuses(client) == {"10.0.0.1": shows} and draining(second, "10.0.0.1")
         assert (job(client, job_id).status, group_status(client)) == ("Processing", "Configuring")
         wait_for(lambda: not statuses(client), "the drain to end after the restart", seconds=5)
         assert (job(client, job_id).status, group_status(client)) == ("Succeeded", "Available")
@@ -179,21 +215,29 @@ def test_a_drain_survives_a_restart_with_a_state_file(tmp_path: Path) -> None:
 # -- Removing -> Draining -> gone -----------------------------------------------------------------------------------
 
 
-def test_a_removed_server_goes_removing_draining_gone_on_time(drain: EmulatorProcess) -> None:
+def test_a_removed_server_goes_removing_draining_gone_on_time(drain: EmulatorProcess, shows: str) -> None:
+    """By default (drain_status Removing) the server shows Removing from the call until it is gone, as the ALB
+    SDK's enum has it; with Draining (GWLB-like) it shows Draining from the job's end. It drains either way."""
     drain.admin("PUT", "behaviour", {"job_seconds": 0.2})
     make_group(drain, enabled=True, timeout_seconds=0.5)
     client = sdk(drain)
     job_id = remove(client, "10.0.0.1")
     seen: list[tuple[float, str]] = []
+    through_sdk: set[str] = set()  # what the SDK shows while the admin view says it drains
     deadline = time.time() + 5
     while time.time() < deadline:
-        status = statuses(client).get("10.0.0.1", "gone")
-        if not seen or seen[-1][1] != status:
-            seen.append((time.time(), status))
-        if status == "gone":
+        # One snapshot (the admin view): the Status the API shows, and whether it drains.
+        found = [x for x in drain.group(GROUP)["Servers"] if x["ServerId"] == "10.0.0.1"]
+        state = "gone" if not found else f"{found[0]['Status']}{' (draining)' if 'DrainingUntil' in found[0] else ''}"
+        if not seen or seen[-1][1] != state:
+            seen.append((time.time(), state))
+        if state == "gone":
             break
+        if "draining" in state:
+            through_sdk.add(statuses(client).get("10.0.0.1", "gone"))
         time.sleep(0.02)
-    assert [s for _, s in seen] == ["Removing", "Draining", "gone"], seen
+    assert [s for _, s in seen] == ["Removing", f"{shows} (draining)", "gone"], seen
+    assert shows in through_sdk and through_sdk <= {shows, "gone"}, through_sdk
     assert statuses(client) == {"10.0.0.2": "Available", "10.0.0.3": "Available"}
 
     (record,) = history(drain, "10.0.0.1")
@@ -207,18 +251,18 @@ def test_a_removed_server_goes_removing_draining_gone_on_time(drain: EmulatorPro
     assert job(client, job_id).status == "Succeeded"
 
 
-def test_marking_a_draining_server_idle_ends_its_draining_at_once(drain: EmulatorProcess) -> None:
+def test_marking_a_draining_server_idle_ends_its_draining_at_once(drain: EmulatorProcess, shows: str) -> None:
     drain.admin("PUT", "behaviour", {"job_seconds": 0.1})
     make_group(drain, enabled=True, timeout_seconds=60)
     client = sdk(drain)
     remove(client, "10.0.0.1", "10.0.0.2")
-    wait_for(lambda: statuses(client).get("10.0.0.1") == "Draining", "Draining")
+    wait_for(lambda: draining(drain, "10.0.0.1"), "draining")
     assert drain.group(GROUP)["Servers"][0]["DrainingUntil"] > time.time() + 50
 
     before = time.time()
     answer = drain.admin("POST", f"server-groups/{GROUP}/idle", {"server_ids": ["10.0.0.1"]})
     assert answer == {"idle": ["10.0.0.1"], "drain_ended": ["10.0.0.1"]}
-    assert statuses(client) == {"10.0.0.2": "Draining", "10.0.0.3": "Available"}
+    assert statuses(client) == {"10.0.0.2": shows, "10.0.0.3": "Available"}
     (record,) = history(drain, "10.0.0.1")
     assert record["ended"] == "idle" and before <= record["gone_at"] <= time.time()
     assert history(drain, "10.0.0.2")[0]["gone_at"] is None
@@ -244,12 +288,13 @@ def test_a_zero_timeout_leaves_at_the_jobs_end(drain: EmulatorProcess) -> None:
     assert record["draining_at"] == record["gone_at"]
 
 
-def test_a_draining_server_cannot_be_removed_again_but_can_be_added_back(drain: EmulatorProcess) -> None:
+def test_a_draining_server_cannot_be_removed_again_but_can_be_added_back(drain: EmulatorProcess, shows: str) -> None:
     drain.admin("PUT", "behaviour", {"job_seconds": 0.1})
     make_group(drain, enabled=True, timeout_seconds=60)
     client = sdk(drain)
     remove(client, "10.0.0.1")
-    wait_for(lambda: statuses(client).get("10.0.0.1") == "Draining", "Draining")
+    wait_for(lambda: draining(drain, "10.0.0.1"), "draining")
+    assert statuses(client)["10.0.0.1"] == shows
     with pytest.raises(ClientException) as refused:
         remove(client, "10.0.0.1", "10.0.0.2")
     assert refused.value.code == "ResourceNotFound.BackendServer"
@@ -271,16 +316,17 @@ def test_a_draining_server_cannot_be_removed_again_but_can_be_added_back(drain: 
 # -- the two UNCONFIRMED knobs --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("job_ends", "configuring"), COMBINATIONS)
-def test_job_status_and_group_status_while_draining(drain: EmulatorProcess, job_ends: str, configuring: bool) -> None:
-    drain.admin(
-        "PUT", "behaviour", {"job_seconds": 0.2, "job_ends": job_ends, "configuring_while_draining": configuring}
-    )
+@pytest.mark.parametrize(("shows", "job_ends", "configuring"), COMBINATIONS)
+def test_job_status_and_group_status_while_draining(
+    drain: EmulatorProcess, shows: str, job_ends: str, configuring: bool
+) -> None:
+    knobs = {"drain_status": shows, "job_ends": job_ends, "configuring_while_draining": configuring}
+    drain.admin("PUT", "behaviour", {"job_seconds": 0.2, **knobs})
     make_group(drain, enabled=True, timeout_seconds=1.0)
     client = sdk(drain)
     job_id = remove(client, "10.0.0.1")
     assert job(client, job_id).status == "Processing" and group_status(client) == "Configuring"
-    wait_for(lambda: statuses(client).get("10.0.0.1") == "Draining", "Draining", step=0.01)
+    wait_for(lambda: draining(drain, "10.0.0.1"), "draining", step=0.01)
 
     # While 10.0.0.1 drains (about a second):
     during = job(client, job_id)
@@ -294,7 +340,7 @@ def test_job_status_and_group_status_while_draining(drain: EmulatorProcess, job_
         second = None
     else:
         second = remove(client, "10.0.0.2")
-    assert statuses(client)["10.0.0.1"] == "Draining", "all of this happened while it drained"
+    assert statuses(client)["10.0.0.1"] == shows and draining(drain, "10.0.0.1"), "all this while it drained"
 
     wait_for(lambda: "10.0.0.1" not in statuses(client), "10.0.0.1 to leave", step=0.01)
     (record,) = history(drain, "10.0.0.1")
@@ -342,16 +388,15 @@ def client(session: aiohttp.ClientSession, drain: EmulatorProcess) -> AlbClient:
     )
 
 
-@pytest.mark.parametrize(("job_ends", "configuring"), COMBINATIONS)
+@pytest.mark.parametrize(("shows", "job_ends", "configuring"), COMBINATIONS)
 async def test_the_pipeline_removes_the_next_server_as_soon_as_the_cloud_allows(
-    client: AlbClient, drain: EmulatorProcess, job_ends: str, configuring: bool
+    client: AlbClient, drain: EmulatorProcess, shows: str, job_ends: str, configuring: bool
 ) -> None:
     """Two removals one after the other on a group that drains for 1.5 s: both succeed, one call each, and the
     second goes out as soon as the cloud takes it (PRODUCT.md 3.10): at the first server's entry into Draining when
     the group stays Available, at its leaving when the group stays Configuring."""
-    drain.admin(
-        "PUT", "behaviour", {"job_seconds": 0.2, "job_ends": job_ends, "configuring_while_draining": configuring}
-    )
+    knobs = {"drain_status": shows, "job_ends": job_ends, "configuring_while_draining": configuring}
+    drain.admin("PUT", "behaviour", {"job_seconds": 0.2, **knobs})
     make_group(drain, n=4, enabled=True, timeout_seconds=1.5)
     pipeline, directory, _ = pipelines.setup(client)
     pipelines.leaving(pipeline, Server("Ip", "10.0.0.1", 8080))

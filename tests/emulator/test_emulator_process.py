@@ -1,4 +1,5 @@
-"""The emulator as a service: restarts keep state, HTTPS works, bad configuration is refused clearly."""
+"""The emulator as a service: restarts keep state, HTTPS works, bad configuration is refused clearly, the config file
+sets the request-line limit, and the operator's own client's 200-server removal fits the default one."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
             again = await client.remove_servers("sgp-persist0000001", [Server("Ip", "10.0.0.1", 8080)], "tok-keep")
             jobs = await client.list_asyn_jobs([removal.job_id or ""])
         assert again.job_id == removal.job_id, "a token used before the restart still answers with its job"
+        (token,) = second.admin("GET", "tokens")
+        assert (token["token"], token["job_id"], token["mismatched"]) == ("tok-keep", removal.job_id, [])
         assert jobs[removal.job_id or ""].status == "Processing"
     finally:
         second.stop()
@@ -69,6 +72,8 @@ async def test_https_with_a_given_certificate(tmp_path: Path) -> None:
         ({"nonsense": 1}, "unknown configuration key(s): nonsense"),
         ({"behaviour": {"max_servers_per_call": 500}}, "max_servers_per_call must be between 1 and 200"),
         ({"behaviour": {"jobseconds": 1}}, "unknown behaviour setting(s): jobseconds"),
+        ({"behaviour": {"drain_status": "Draining2"}}, "drain_status must be one of Removing, Draining"),
+        ({"behaviour": {"max_request_line": 0}}, "max_request_line must be a whole number of bytes"),
     ],
 )
 def test_bad_configuration_is_refused(tmp_path: Path, config: dict[str, object], complaint: str) -> None:
@@ -92,3 +97,30 @@ def test_admin_api_refuses_bad_faults(emulator_process) -> None:  # type: ignore
         emulator_process.admin("PUT", "faults", {"script": [{"kind": "explode"}]})
     assert refused.value.code == 400
     assert "fault kind must be one of" in refused.value.read().decode()
+
+
+async def test_the_config_file_sets_the_request_line_limit_and_200_servers_fit_by_default(tmp_path: Path) -> None:
+    ips = [f"fd00:1234:5678:9abc:def0:1234:5678:{i:04x}" for i in range(200)]  # IPv6: the longest Ip servers
+    servers = [Server("Ip", ip, 65535) for ip in ips]
+    config = default_config()
+    config["behaviour"] = {"job_seconds": 0.1, "max_servers_per_call": 200}
+    config["server_groups"] = [{"id": "sgp-wide0000000001", "servers": [server(ip, 65535) for ip in ips]}]
+    emulator = start_emulator(tmp_path, config)
+    try:
+        async with aiohttp.ClientSession() as session:
+            removal = await alb_client(session, emulator).remove_servers("sgp-wide0000000001", servers, "t" * 64)
+        assert removal.job_id, "the operator's client sends what the SDK sends: it fits"
+    finally:
+        emulator.stop()
+    config["behaviour"] = {"max_request_line": 4096, "drain_status": "Draining"}
+    emulator = start_emulator(tmp_path, config)
+    try:
+        behaviour = emulator.admin("GET", "behaviour")
+        assert (behaviour["max_request_line"], behaviour["drain_status"]) == (4096, "Draining")
+        async with aiohttp.ClientSession() as session:
+            url = f"{emulator.url}/?{'a' * 4096}"
+            async with session.post(url) as refused:
+                assert refused.status == 400 and refused.content_type == "text/plain"
+                assert (await refused.text()).startswith("Got more than 4096 bytes when reading: bytearray(b'/?aaa")
+    finally:
+        emulator.stop()

@@ -6,15 +6,20 @@ error path must surface as the SDK exception carrying the expected ``code`` and 
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import time
+import urllib.error
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from alibabacloud_alb20200616 import models as alb
 from alibabacloud_alb20200616.client import Client
 from alibabacloud_tea_openapi import models as open_api_models
 from alibabacloud_tea_openapi.exceptions import ClientException, ServerException, ThrottlingException
+from darabonba.exceptions import UnretryableException
 
 from tests.support.emulator import (
     ACCESS_KEY_ID,
@@ -324,6 +329,15 @@ def test_client_token_idempotency(emulator: EmulatorProcess, group: str) -> None
         400,
         lambda: client.remove_servers_from_server_group(remove_request("10.0.0.2", client_token="same-token")),
     )
+    # The admin API tells which token went with which servers, and that it was tried with others.
+    (record,) = emulator.admin("GET", "tokens")
+    assert (record["action"], record["token"], record["job_id"]) == (
+        "RemoveServersFromServerGroup",
+        "same-token",
+        first.body.job_id,
+    )
+    assert [s["ServerId"] for s in record["params"]["Servers"]] == ["10.0.0.1"]
+    assert [[s["ServerId"] for s in m["Servers"]] for m in record["mismatched"]] == [["10.0.0.2"]]
 
 
 def test_same_token_while_processing(emulator: EmulatorProcess, group: str) -> None:
@@ -386,3 +400,95 @@ def test_unknown_key_and_wrong_secret(emulator: EmulatorProcess, group: str) -> 
             400,
             lambda v2=v2: sdk(emulator, secret="wrong", v2=v2).list_server_groups(alb.ListServerGroupsRequest()),
         )
+
+
+# -- the request line: what the SDK sends for 200 servers, and the knob that refuses long lines ----------------------
+
+WIDE = [  # the longest server identities of each kind, port 65535: what makes the SDK's query longest
+    ("Ip", lambda i: {"server_id": f"10.{100 + i // 250}.200.{i % 250}"}),
+    ("Ip", lambda i: {"server_id": f"fd00:1234:5678:9abc:def0:1234:5678:{i:04x}"}),
+    ("Eni", lambda i: {"server_id": f"eni-bp1{i:017d}", "server_ip": f"fd00:1234:5678:9abc:def0:1234:5678:{i:04x}"}),
+]
+
+
+def wide_request(server_type: str, shape: Any, n: int = 200) -> alb.RemoveServersFromServerGroupRequest:
+    return alb.RemoveServersFromServerGroupRequest(
+        server_group_id=GROUP,
+        client_token="t" * 64,
+        dry_run=False,
+        servers=[
+            alb.RemoveServersFromServerGroupRequestServers(server_type=server_type, port=65535, **shape(i))
+            for i in range(n)
+        ],
+    )
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["ACS3", "RPC-HMAC-SHA1"])
+@pytest.mark.parametrize(("server_type", "shape"), WIDE, ids=["ipv4", "ipv6", "eni-ipv6"])
+def test_the_sdks_200_server_removal_fits_the_default_request_line(
+    emulator: EmulatorProcess, v2: bool, server_type: str, shape: Any
+) -> None:
+    """The API takes 200 servers a call and the SDK puts them in the query: the emulator takes the longest such
+    call (aiohttp's default 8,190 bytes refused more than about 95)."""
+    request = wide_request(server_type, shape)
+    group_type = "Instance" if server_type == "Eni" else "Ip"
+    members = [
+        server(s.server_id, 65535, server_type, **({"server_ip": s.server_ip} if s.server_ip else {}))
+        for s in request.servers
+    ]
+    emulator.add_group(GROUP, members, type_=group_type)
+    emulator.admin("PUT", "behaviour", {"max_servers_per_call": 200})
+    assert emulator.admin("GET", "behaviour")["max_request_line"] == 36 * 1024
+    job_id = sdk(emulator, v2=v2).remove_servers_from_server_group(request).body.job_id
+    assert job_id and wait_job(sdk(emulator), job_id).status == "Succeeded"
+    assert emulator.group(GROUP)["Servers"] == []
+
+
+def test_a_lower_max_request_line_refuses_as_aiohttp_does(emulator: EmulatorProcess) -> None:
+    """The knob: a target longer than max_request_line gets aiohttp's own plain-text 400 (its words, the connection
+    closed) before any handler runs; the SDK, like the operator, gets an answer that is not the API's JSON."""
+    emulator.add_group(GROUP, [server(f"10.{100 + i // 250}.200.{i % 250}", 65535) for i in range(200)])
+    emulator.admin("PUT", "behaviour", {"max_servers_per_call": 200, "max_request_line": 8190})
+    short = wide_request(*WIDE[0], n=95)
+    long = wide_request(*WIDE[0], n=110)
+    with pytest.raises(UnretryableException, match=r"Failed to parse the value as json format.*Got more than 8190"):
+        sdk(emulator).remove_servers_from_server_group(long)  # not the API's JSON: the SDK cannot read it
+    (logged,) = [r for r in emulator.requests() if r["code"] == "LineTooLong"]
+    assert logged["action"] == "RemoveServersFromServerGroup" and logged["request_line"] > 8190
+    assert emulator.admin("GET", "jobs") == [], "refused before the handler: no job"
+    assert sdk(emulator).remove_servers_from_server_group(short).body.job_id, "95 servers fit in 8,190 bytes"
+
+    # Byte for byte what aiohttp itself answers at that limit.
+    target = "/?" + "a" * 8200
+
+    async def both() -> list[tuple[int, str, str, bool]]:
+        async def ok(_: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        plain = web.Application()
+        plain.router.add_post("/", ok)
+        runner = web.AppRunner(plain, max_line_size=8190)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        out = []
+        try:
+            for url in (f"http://127.0.0.1:{runner.addresses[0][1]}", emulator.url):
+                async with aiohttp.ClientSession() as session, session.post(url + target) as resp:
+                    closes = resp.headers.get("Connection", "").lower() == "close" or resp.version.minor == 0
+                    out.append((resp.status, resp.content_type, await resp.text(), closes))
+        finally:
+            await runner.cleanup()
+        return out
+
+    aiohttp_says, emulator_says = asyncio.run(both())
+    assert emulator_says == aiohttp_says
+    assert aiohttp_says[:2] == (400, "text/plain") and aiohttp_says[2].startswith("Got more than 8190 bytes")
+    emulator.admin("PUT", "behaviour", {"max_request_line": 36 * 1024})
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2 * 1024 * 1024, "8190", 1.5, True])
+def test_max_request_line_must_be_a_byte_count(emulator: EmulatorProcess, bad: Any) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        emulator.admin("PUT", "behaviour", {"max_request_line": bad})
+    assert refused.value.code == 400 and "max_request_line" in refused.value.read().decode()

@@ -71,7 +71,7 @@ def wait_ready_pods(
 
 def test_crd_applied_and_custom_resource_read_back(cluster: Cluster, namespace: str) -> None:
     cluster.kubectl("apply", "-f", "-", input=json.dumps(WIDGET_CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/widgets.test.albmembership.io")
+    cluster.wait_established("widgets.test.albmembership.io")
     widget = {
         "apiVersion": "test.albmembership.io/v1",
         "kind": "Widget",

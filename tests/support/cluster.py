@@ -29,6 +29,13 @@ class Cluster:
     def api_client(self) -> kubernetes.client.ApiClient:
         return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
 
+    def wait_established(self, crd: str, timeout: float = 30.0) -> None:
+        """Until the CustomResourceDefinition ``crd`` is Established. Not ``kubectl wait``: that fails at once, not
+        waits, when it reads a CRD the API server has not given any condition yet (".status.conditions accessor
+        error: <nil>")."""
+        jsonpath = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+        wait_for(lambda: self.kubectl("get", "crd", crd, "-o", jsonpath) == "True", f"{crd} Established", timeout)
+
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.2) -> T:
     """Polls ``check`` until it returns something truthy; fails the test with ``what`` after ``timeout``."""

@@ -13,7 +13,7 @@ from alb_membership.engine.pipeline import GroupPipeline, Services
 from alb_membership.engine.reconciler import Reconciler, ReconcilerSettings
 from alb_membership.metrics import Metrics
 from alb_membership.model.ledger import GroupKey
-from alb_membership.model.membership import EndpointView, PodView
+from alb_membership.model.membership import EndpointView, PodView, endpoint_key
 from alb_membership.model.spec import Ref
 
 ENI = "k8s.aliyun.com/eni-id"
@@ -41,8 +41,26 @@ class View:
     def pods(self, namespace: str) -> Iterable[PodView]:
         return [p for p in self.pod_list if p.namespace == namespace]
 
+    def pod(self, namespace: str, uid: str) -> PodView | None:
+        return next((p for p in self.pods(namespace) if p.uid == uid), None)
+
+    def pod_named(self, namespace: str, name: str) -> PodView | None:
+        return next((p for p in self.pods(namespace) if p.name == name), None)
+
+    def pods_at(self, namespace: str, address: str) -> Iterable[PodView]:
+        return [p for p in self.pods(namespace) if address == p.ip or address in p.annotations.values()]
+
     def endpoints(self, namespace: str, service: str) -> list[EndpointView]:
         return self.slices.get((namespace, service), [])
+
+    def endpoints_of(self, namespace: str, service: str, key: str) -> list[EndpointView]:
+        return [ep for ep in self.endpoints(namespace, service) if endpoint_key(ep) == key]
+
+    def endpoints_at(self, namespace: str, service: str, address: str) -> list[EndpointView]:
+        return [ep for ep in self.endpoints(namespace, service) if ep.address == address]
+
+    def endpoints_of_pod_named(self, namespace: str, service: str, name: str) -> list[EndpointView]:
+        return [ep for ep in self.endpoints(namespace, service) if ep.pod_name == name]
 
     def memberships(self) -> Iterable[Mapping[str, Any]]:
         return self.bodies

@@ -137,7 +137,7 @@ async def test_a_failed_fill_is_tried_again_when_a_handler_asks() -> None:
     from alb_membership.cluster.store import ClusterStore
 
     async with client.ApiClient() as api:
-        store = ClusterStore(api, (), "eni", lambda o, n: None, lambda ns, s: None, lambda: None)
+        store = ClusterStore(api, (), "eni", lambda o, n: None, lambda ns, s, k: None, lambda: None)
         calls: list[str] = []
 
         async def flaky(namespace: str, **q: Any) -> Resp:

@@ -43,7 +43,11 @@ class Source:
 
 class Informer(Generic[R]):
     """Keeps ``records`` (namespace -> name -> whatever ``convert`` makes of an object, for namespaces ``keep``
-    wants) current, and calls ``on_change(old, new)`` for every change once listed (``new`` None: deleted)."""
+    wants) current, and calls ``on_change(old, new)`` for every change once listed (``new`` None: deleted).
+
+    ``on_store(old, new)`` hears every change of ``records`` itself, before and after the first list, fills and
+    forgotten namespaces included (``old`` None: added, ``new`` None: dropped): the store keeps its indexes with
+    it, so they hold exactly what ``records`` holds."""
 
     def __init__(
         self,
@@ -53,6 +57,7 @@ class Informer(Generic[R]):
         keep: Callable[[str], bool],
         on_change: Callable[[R | None, R | None], None],
         on_relist: Callable[[], None] = lambda: None,
+        on_store: Callable[[R | None, R | None], None] = lambda _old, _new: None,
     ) -> None:
         self._source = source
         self._convert = convert
@@ -60,6 +65,7 @@ class Informer(Generic[R]):
         self._keep = keep
         self._on_change = on_change
         self._on_relist = on_relist
+        self._on_store = on_store
         self.records: dict[str, dict[str, R]] = {}
         self.synced = asyncio.Event()
         self.relists = 0
@@ -109,7 +115,9 @@ class Informer(Generic[R]):
             if namespace in filled:
                 continue  # read by a fill during the list: newer than the pages read before it
             for name in [n for n in named if (namespace, n) not in seen]:
-                self._tell(named.pop(name), None)
+                gone = named.pop(name)
+                self._on_store(gone, None)
+                self._tell(gone, None)
         if relisted:
             self.relists += 1
             self._on_relist()
@@ -166,12 +174,14 @@ class Informer(Generic[R]):
             known = named.get(key[1])
             if known is not None and self._uid_of(known) == meta.get("uid"):  # not a newer object of that name
                 del named[key[1]]
+                self._on_store(known, None)
                 if self.synced.is_set():
                     self._tell(known, None)
             return key
         record = self._convert(obj)
         old = named.get(key[1])
         named[key[1]] = record
+        self._on_store(old, record)
         if self.synced.is_set():
             self._tell(old, record)
         return key
@@ -225,12 +235,14 @@ class Informer(Generic[R]):
                 for obj in items:
                     name = (obj.get("metadata") or {}).get("name", "")
                     if name not in named and (namespace, name) not in deleted:
-                        named[name] = self._convert(obj)
+                        record = named[name] = self._convert(obj)
+                        self._on_store(None, record)
         finally:
             del self._filling[namespace]
 
     def forget_namespace(self, namespace: str) -> None:
-        self.records.pop(namespace, None)
+        for record in self.records.pop(namespace, {}).values():
+            self._on_store(record, None)
 
     def count(self) -> int:
         return sum(len(named) for named in self.records.values())

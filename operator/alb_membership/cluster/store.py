@@ -16,8 +16,9 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
+from alb_membership.cluster.index import EndpointIndex, PodIndex
 from alb_membership.cluster.informer import Informer, Source
-from alb_membership.model.membership import EndpointView, PodView, endpoints_of
+from alb_membership.model.membership import EndpointView, PodView, endpoint_key, endpoints_of
 from alb_membership.model.spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -27,12 +28,13 @@ SERVICE_LABEL = "kubernetes.io/service-name"
 class SliceRecord:
     """An EndpointSlice as the operator needs it: its Service and endpoints."""
 
-    __slots__ = ("endpoints", "namespace", "service", "uid")
+    __slots__ = ("endpoints", "name", "namespace", "service", "uid")
 
     def __init__(self, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         self.uid: str = meta.get("uid", "")
         self.namespace: str = meta.get("namespace", "")
+        self.name: str = meta.get("name", "")
         self.service: str = (meta.get("labels") or {}).get(SERVICE_LABEL, "")
         self.endpoints: list[EndpointView] = endpoints_of(body)
 
@@ -48,9 +50,11 @@ class ClusterStore:
         namespaces: tuple[str, ...],
         eni_annotation: str,
         on_pod: Callable[[PodView | None, PodView | None], None],
-        on_slice: Callable[[str, str], None],
+        on_slice: Callable[[str, str, frozenset[str]], None],
         on_relist: Callable[[], None],
     ) -> None:
+        """``on_slice(namespace, service, keys)``: the endpoints of those owner keys (pod UID, or address for an
+        endpoint without a pod) changed in one of the Service's EndpointSlices."""
         core, discovery, custom = client.CoreV1Api(api), client.DiscoveryV1Api(api), client.CustomObjectsApi(api)
         self._namespaces = namespaces
         # Namespaces whose pods and EndpointSlices are held: those with a resource, and those a handler asked for
@@ -62,6 +66,8 @@ class ClusterStore:
         self._list_pods = core.list_namespaced_pod
         self._list_slices = discovery.list_namespaced_endpoint_slice
         self._on_slice = on_slice
+        self._pods = PodIndex()
+        self._endpoints = EndpointIndex()
         if namespaces:  # one watch per namespace, as the Roles allow
             sgm_calls: list[Callable[..., Awaitable[Any]]] = [
                 functools.partial(custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL) for ns in namespaces
@@ -86,7 +92,15 @@ class ClusterStore:
         ]
         pod_view = functools.partial(PodView.from_body, eni_annotation=eni_annotation)
         self.pod_watches: list[Informer[PodView]] = [
-            Informer(Source(call, describe="pods"), pod_view, lambda p: p.uid, self.interesting, on_pod, on_relist)
+            Informer(
+                Source(call, describe="pods"),
+                pod_view,
+                lambda p: p.uid,
+                self.interesting,
+                on_pod,
+                on_relist,
+                self._pods.put,
+            )
             for call in pod_calls
         ]
         self.slice_watches: list[Informer[SliceRecord]] = [
@@ -97,6 +111,7 @@ class ClusterStore:
                 self.interesting,
                 self._slice_changed,
                 on_relist,
+                self._endpoints.put,
             )
             for call in slice_calls
         ]
@@ -201,23 +216,51 @@ class ClusterStore:
         return task
 
     def _slice_changed(self, old: SliceRecord | None, new: SliceRecord | None) -> None:
-        record = new or old
-        if record is not None and record.service:
-            self._on_slice(record.namespace, record.service)
+        """Tells which endpoints changed: those of the owner keys whose endpoints differ between the two versions
+        (all of them when a slice came, went or moved to another Service)."""
+        if old is not None and new is not None and old.service == new.service:
+            if new.service:
+                keys = self._endpoints.changed(old, new)
+                if keys:
+                    self._on_slice(new.namespace, new.service, keys)
+            return
+        for record in (old, new):
+            if record is not None and record.service and record.endpoints:
+                self._on_slice(record.namespace, record.service, frozenset(map(endpoint_key, record.endpoints)))
 
     # -- the view (model.view.LiveView) ------------------------------------------------------------------------
 
     def pods(self, namespace: str) -> Iterable[PodView]:
         return [p for informer in self.pod_watches for p in informer.records.get(namespace, {}).values()]
 
+    def pod(self, namespace: str, uid: str) -> PodView | None:
+        return self._pods.pod(namespace, uid)
+
+    def pod_named(self, namespace: str, name: str) -> PodView | None:
+        for informer in self.pod_watches:
+            found = informer.records.get(namespace, {}).get(name)
+            if found is not None:
+                return found
+        return None
+
+    def pods_at(self, namespace: str, address: str) -> list[PodView]:
+        return self._pods.at(namespace, address)
+
     def endpoints(self, namespace: str, service: str) -> list[EndpointView]:
-        return [
-            ep
-            for informer in self.slice_watches
-            for record in informer.records.get(namespace, {}).values()
-            if record.service == service
-            for ep in record.endpoints
-        ]
+        found = self._endpoints.service(namespace, service)
+        return found.endpoints() if found is not None else []
+
+    def endpoints_of(self, namespace: str, service: str, key: str) -> list[EndpointView]:
+        found = self._endpoints.service(namespace, service)
+        return found.look_up(found.by_key, key) if found is not None else []
+
+    def endpoints_at(self, namespace: str, service: str, address: str) -> list[EndpointView]:
+        found = self._endpoints.service(namespace, service)
+        return found.look_up(found.by_address, address) if found is not None else []
+
+    def endpoints_of_pod_named(self, namespace: str, service: str, name: str) -> list[EndpointView]:
+        found = self._endpoints.service(namespace, service)
+        return found.look_up(found.by_pod_name, name) if found is not None else []
 
     def memberships(self) -> Iterable[Mapping[str, Any]]:
         return [body for i in self.sgm_watches for named in i.records.values() for body in named.values()]

@@ -13,7 +13,7 @@ Every decision goes into the ledger and into the Round; nothing here calls the c
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from alb_membership.engine.round import Round
@@ -25,10 +25,15 @@ from alb_membership.model.state import ResourceState
 class Decider:
     def __init__(self, endpoint_grace_seconds: float) -> None:
         self._grace = endpoint_grace_seconds
-        self._missing: dict[OwnerKey, float] = {}  # endpoint owners absent from every slice, since when
+        # Endpoint owners absent from every slice, since when: resource UID -> owner id -> monotonic time.
+        self._missing: dict[str, dict[str, float]] = {}
 
     def forget(self, resource_uid: str) -> None:
-        self._missing = {k: v for k, v in self._missing.items() if k[0] != resource_uid}
+        self._missing.pop(resource_uid, None)
+
+    def missing(self, resource_uid: str) -> list[str]:
+        """The resource's endpoint owners absent from every slice and not judged yet (their grace runs)."""
+        return sorted(self._missing.get(resource_uid, ()))
 
     def reconcile(
         self,
@@ -36,33 +41,56 @@ class Decider:
         ledger: GroupLedger,
         seen: Mapping[str, Seen],
         sources: set[str],
-        pods: list[PodView],
+        pod_of: Callable[[str], PodView | None],
         round_: Round,
+        only: Iterable[str] | None = None,
+        look: Callable[[Iterable[str]], Mapping[str, Seen]] | None = None,
     ) -> None:
         """``seen``: every owner of ``sources`` the spec picks now; recorded owners of those sources missing from
-        it are judged unseen."""
+        it are judged unseen. With ``only`` (owner ids), just those owners are looked at, and ``seen`` holds what
+        the spec picks of them: what one event touched, at the cost of what it touched; ``look`` tells what the
+        spec picks of other owners (those whose removal this look makes final, to be settled if gone). ``pod_of``:
+        a pod by UID, as the cluster shows it now."""
         uid = state.ref.uid
-        for found in seen.values():
+        # Live owners first, then those leaving, each in id order: a server a live owner holds is never decided
+        # for removal on the way (to be called off at once), and the outcome does not depend on the slices' order.
+        for found in sorted(seen.values(), key=lambda s: (s.leaving, s.owner_id)):
             self.apply(state, ledger, found, round_)
-        by_uid = {p.uid: p for p in pods}
-        for owner_id, source in ledger.done_ids(uid):
+        if only is None:
+            done = ledger.done_ids(uid)
+            recorded = ledger.owner_ids(uid)
+        else:
+            wanted = set(only)
+            ids = sorted(wanted)
+            # As done_ids would: the owners made final by the applying above too (fresh_done), seen or not.
+            fresh = ledger.fresh_done(uid)
+            made_final = [i for i in fresh if i not in wanted]
+            also = look(made_final) if look is not None and made_final else {}
+            seen = {**also, **seen}
+            for owner_id in fresh:
+                again = seen.get(owner_id)
+                if again is not None and not again.leaving:
+                    ledger.keep_fresh((uid, owner_id))  # a look at everything would hold it again next time
+            done = [(i, source) for i in [*ids, *made_final] if (source := ledger.done_source((uid, i))) is not None]
+            recorded = [i for i in ids if ledger.server_of((uid, i)) is not None]
+        for owner_id, source in done:
             if owner_id not in seen and source in sources:
                 ledger.settle((uid, owner_id))
-        for owner_id in ledger.owner_ids(uid):
+        for owner_id in recorded:
             key = (uid, owner_id)
             owner = ledger.owner(key)
             if owner_id in seen or owner is None or owner.leaving or owner.source not in sources:
                 continue
             if owner.source == "pod":
-                self.unseen_pod(ledger, key, by_uid.get(owner_id), round_)
+                self.unseen_pod(ledger, key, pod_of(owner_id), round_)
             elif owner.source == "endpoint":
-                self._unseen_endpoint(state, ledger, key, owner.name, by_uid, round_)
+                self._unseen_endpoint(state, ledger, key, owner.name, pod_of, round_)
             else:
                 leave(ledger, key, "spec-change", None, round_)
 
     def apply(self, state: ResourceState, ledger: GroupLedger, seen: Seen, round_: Round) -> None:
         key = (state.ref.uid, seen.owner_id)
-        self._missing.pop(key, None)
+        self._found(key)
         if not seen.leaving:
             known = ledger.server_of(key)
             if known is not None and known != seen.server:
@@ -90,30 +118,39 @@ class Decider:
         ledger: GroupLedger,
         key: OwnerKey,
         pod_name: str | None,
-        pods_by_uid: Mapping[str, PodView],
+        pod_of: Callable[[str], PodView | None],
         round_: Round,
     ) -> None:
         service, pod_uid = endpoint_parts(key[1])
         if state.spec.service_name != service or state.spec.backend is None:
+            self._found(key)
             release(ledger, key, pod_name or key[1], round_)  # its Service is no longer referenced
             return
-        pod = pods_by_uid.get(pod_uid)
+        pod = pod_of(pod_uid)
         if pod_name and pod is None:
+            self._found(key)
             leave(ledger, key, "endpoint-gone", None, round_)  # its pod is gone
             return
         if pod is not None and pod.going_away:
+            self._found(key)
             leave(ledger, key, "endpoint-gone", pod.deletion_started, round_)
             return
-        first = self._missing.setdefault(key, time.monotonic())
+        first = self._missing.setdefault(key[0], {}).setdefault(key[1], time.monotonic())
         left = first + self._grace - time.monotonic()
         if left > 0:
             round_.recheck(left)
             return
-        del self._missing[key]
+        self._found(key)
         if pod is not None:
             release(ledger, key, pod.name, round_)  # the Service no longer selects a live pod
         else:
             leave(ledger, key, "endpoint-gone", None, round_)
+
+    def _found(self, key: OwnerKey) -> None:
+        """No longer missing: seen again, or judged."""
+        missing = self._missing.get(key[0])
+        if missing is not None and missing.pop(key[1], None) is not None and not missing:
+            del self._missing[key[0]]
 
 
 def leave(ledger: GroupLedger, key: OwnerKey, trigger: str, started: Any, round_: Round) -> None:

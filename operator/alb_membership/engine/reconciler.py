@@ -5,6 +5,7 @@ the cluster's view -> owners (model/owners.py, pure) -> the ledger's decisions (
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from alb_membership.metrics import Metrics
 from alb_membership.model import status
 from alb_membership.model.health import group_missing, set_health
 from alb_membership.model.ledger import GroupKey, GroupLedger, now
-from alb_membership.model.membership import PodView, endpoint_parts
+from alb_membership.model.membership import PodView, Seen, endpoint_parts
 from alb_membership.model.owners import OwnerReader, pod_uid_of
 from alb_membership.model.spec import Ref, Spec
 from alb_membership.model.state import ResourceState
@@ -136,10 +137,11 @@ class Reconciler:
         """Compares everything the resource owns with the cluster: every source, every recorded owner."""
         if state.deleting or self.stopped:
             return
-        pods = list(view.pods(state.ref.namespace))
-        scan = self._owners.current(state.spec, state.ref.namespace, view, pods)
+        namespace = state.ref.namespace
+        scan = self._owners.current(state.spec, namespace, view)
         round_ = Round(unmappable=scan.unmappable)
-        self._decider.reconcile(state, self.ledger(state.group), scan.owners, set(ALL_SOURCES), pods, round_)
+        pod_of = functools.partial(view.pod, namespace)
+        self._decider.reconcile(state, self.ledger(state.group), scan.owners, set(ALL_SOURCES), pod_of, round_)
         self._finish(state, round_, repair)
 
     def repair(self, state: ResourceState, listed: Iterable[PodView], recorded_before: set[str]) -> None:
@@ -213,17 +215,22 @@ class Reconciler:
                 self._decider.apply(state, ledger, seen, round_)
             elif ledger.server_of(key) is not None:
                 self._decider.unseen_pod(ledger, key, pod, round_)
-            if state.spec.service_name and (deleted or pod.going_away):
-                self._endpoints(state, round_)  # its endpoints leave with it, whatever the slices say yet
+            backend = state.spec.backend
+            if state.spec.service_name and (deleted or pod.going_away or (backend and backend.server_type != "Ip")):
+                # Its endpoints leave with it, whatever the slices say yet; and an Eci or Eni endpoint's server is
+                # its pod's instance or ENI, which the pod's change may have just told.
+                self._endpoints(state, round_, self._endpoint_keys_of(state.spec.service_name, pod))
             self._finish(state, round_, repair=False)
 
-    def endpoints_changed(self, namespace: str, service: str) -> None:
+    def endpoints_changed(self, namespace: str, service: str, keys: Iterable[str] | None = None) -> None:
+        """The Service's endpoints changed: those of the owner ``keys`` (pod UIDs, or addresses of endpoints without
+        a pod), or any of them when None."""
         if self.stopped:
             return
         for state in self._in_namespace(namespace):
             if state.spec.service_name == service:
                 round_ = Round()
-                self._endpoints(state, round_)
+                self._endpoints(state, round_, keys)
                 self._finish(state, round_, repair=False)
 
     def let_through(self, servers: Iterable[tuple[GroupLedger, Server]]) -> None:
@@ -269,16 +276,47 @@ class Reconciler:
     def _in_namespace(self, namespace: str) -> list[ResourceState]:
         return [s for s in self.resources.values() if s.ref.namespace == namespace and not s.deleting]
 
-    def _endpoints(self, state: ResourceState, round_: Round) -> None:
+    def _endpoints(self, state: ResourceState, round_: Round, keys: Iterable[str] | None = None) -> None:
+        """The resource's endpoint owners against the slices: all of them, or those of the owner ``keys`` only."""
         assert self.view is not None
-        pods = list(self.view.pods(state.ref.namespace))
-        scan = self._owners.endpoints(state.spec, state.ref.namespace, self.view, pods)
+        namespace, service = state.ref.namespace, state.spec.service_name
+        ledger = self.ledger(state.group)
+        pod_of = functools.partial(self.view.pod, namespace)
+        if keys is None or service is None:
+            scan = self._owners.endpoints(state.spec, namespace, self.view)
+            round_.unmappable += scan.unmappable
+            self._decider.reconcile(state, ledger, scan.owners, {"endpoint"}, pod_of, round_)
+            return
+        # And the owners whose removal became final since the last look: gone from the slices meanwhile, they are
+        # settled now, and seen again, they are seen, as a look at every endpoint would.
+        fresh = [endpoint_parts(i) for i in ledger.fresh_done(state.ref.uid)]
+        looking = {*keys, *(key for of, key in fresh if of == service)}
+        only = {f"endpoint/{service}/{key}" for key in looking} | {f"endpoint/{of}/{key}" for of, key in fresh}
+        scan = self._owners.endpoints(state.spec, namespace, self.view, looking)
         round_.unmappable += scan.unmappable
-        self._decider.reconcile(state, self.ledger(state.group), scan.owners, {"endpoint"}, pods, round_)
+
+        def look(owner_ids: Iterable[str]) -> Mapping[str, Seen]:
+            assert self.view is not None
+            wanted = [key for of, key in map(endpoint_parts, owner_ids) if of == service]
+            return self._owners.endpoints(state.spec, namespace, self.view, wanted).owners
+
+        self._decider.reconcile(state, ledger, scan.owners, {"endpoint"}, pod_of, round_, only, look)
+
+    def _endpoint_keys_of(self, service: str, pod: PodView) -> set[str]:
+        """The owner keys whose endpoints a pod's change can change: its UID, and the addresses of its Service's
+        endpoints that name it without a UID."""
+        assert self.view is not None
+        named = self.view.endpoints_of_pod_named(pod.namespace, service, pod.name)
+        return {pod.uid} | {ep.address for ep in named if not ep.pod_uid}
 
     def _recheck_endpoints(self, state: ResourceState) -> None:
-        if self.resources.get(state.ref.uid) is state and state.spec.service_name:
-            self.endpoints_changed(state.ref.namespace, state.spec.service_name)
+        """The grace of missing endpoints ran out: those are judged again (the others have not changed)."""
+        service = state.spec.service_name
+        if self.resources.get(state.ref.uid) is state and service:
+            missing = [endpoint_parts(i) for i in self._decider.missing(state.ref.uid)]
+            keys = [key for of, key in missing if of == service]
+            if keys:
+                self.endpoints_changed(state.ref.namespace, service, keys)
 
     def _finish(self, state: ResourceState, round_: Round, repair: bool) -> None:
         ledger = self.ledger(state.group)

@@ -83,8 +83,13 @@ class GroupLedger:
         self._by_owner: dict[OwnerKey, Server] = {}
         self._by_resource: dict[str, set[str]] = {}  # resource UID -> owner ids
         # Owners whose removal is final while their pod or endpoint may still be seen terminating (for its whole
-        # grace period): seeing them again is not news. Dropped when they are gone (settle), and bounded.
+        # grace period): seeing them again is not news. Dropped when they are gone (settle), and bounded (the
+        # oldest go first). Also by resource, so that one resource's are found without a scan of every one's.
         self._done: dict[OwnerKey, str] = {}  # -> the owner's source
+        self._done_by_resource: dict[str, dict[str, str]] = {}  # resource UID -> owner id -> source
+        # Endpoint owners done since their resource's endpoints were last looked at (fresh_done): a look at only
+        # the endpoints an event touched must still settle these if their endpoints are gone meanwhile.
+        self._fresh: dict[str, set[str]] = {}
 
     @property
     def group_id(self) -> str:
@@ -105,7 +110,7 @@ class GroupLedger:
     def hold(self, key: OwnerKey, server: Server, source: str, name: str | None = None) -> bool:
         """``key`` is a live owner of ``server``. Cancels a removal of ``server`` that has not gone out yet: a live
         owner holds it. True when anything changed."""
-        self._done.pop(key, None)
+        self._undone(key)
         known = self._by_owner.get(key)
         if known is not None and known != server:
             self.release(key)  # a re-keyed member (backend changed): the old identity is let go, never removed
@@ -207,11 +212,26 @@ class GroupLedger:
 
     def settle(self, key: OwnerKey) -> None:
         """The owner's pod or endpoint is gone: nothing more will be seen of it."""
-        self._done.pop(key, None)
+        self._undone(key)
 
     def done_ids(self, resource_uid: str) -> list[tuple[str, str]]:
-        """(owner id, source) of the resource's owners whose removal is final."""
-        return [(owner_id, source) for (uid, owner_id), source in self._done.items() if uid == resource_uid]
+        """(owner id, source) of the resource's owners whose removal is final, oldest first."""
+        self._fresh.pop(resource_uid, None)
+        return list(self._done_by_resource.get(resource_uid, {}).items())
+
+    def done_source(self, key: OwnerKey) -> str | None:
+        """The owner's source if its removal is final (see done_ids), else None."""
+        return self._done.get(key)
+
+    def fresh_done(self, resource_uid: str) -> list[str]:
+        """The resource's endpoint owners whose removal became final since this was last asked (or done_ids was),
+        forgotten once told (keep_fresh tells again)."""
+        return sorted(self._fresh.pop(resource_uid, ()))
+
+    def keep_fresh(self, key: OwnerKey) -> None:
+        """fresh_done tells of this owner (done) again next time."""
+        if key in self._done:
+            self._fresh.setdefault(key[0], set()).add(key[1])
 
     def new_attempt(self, server: Server) -> None:
         """The job failed or was never confirmed: the same token would only return the same job, so the next call
@@ -237,13 +257,27 @@ class GroupLedger:
                 self._drop_owner(entry, (resource_uid, owner_id))
                 if not entry.owners:
                     self.entries.pop(server, None)  # a removal nobody waits for (its group does not exist)
-        self._done = {k: v for k, v in self._done.items() if k[0] != resource_uid}
+        for owner_id in self._done_by_resource.pop(resource_uid, {}):
+            del self._done[(resource_uid, owner_id)]
+        self._fresh.pop(resource_uid, None)
 
     # -- internals ---------------------------------------------------------------------------------------------
 
     def _index(self, key: OwnerKey, server: Server) -> None:
         self._by_owner[key] = server
         self._by_resource.setdefault(key[0], set()).add(key[1])
+
+    def _undone(self, key: OwnerKey) -> None:
+        if self._done.pop(key, None) is not None:
+            done = self._done_by_resource[key[0]]
+            del done[key[1]]
+            if not done:
+                del self._done_by_resource[key[0]]
+            fresh = self._fresh.get(key[0])
+            if fresh is not None:
+                fresh.discard(key[1])
+                if not fresh:
+                    del self._fresh[key[0]]
 
     def _cancel(self, entry: Entry) -> None:
         entry.removal = None
@@ -255,8 +289,11 @@ class GroupLedger:
         if owner is not None and owner.leaving:
             # It left (removed, or another owner holds the server): seeing it leave again is not news.
             self._done[key] = owner.source
+            self._done_by_resource.setdefault(key[0], {})[key[1]] = owner.source
+            if owner.source == "endpoint":
+                self._fresh.setdefault(key[0], set()).add(key[1])
             while len(self._done) > MAX_DONE:
-                del self._done[next(iter(self._done))]
+                self._undone(next(iter(self._done)))
         if self._by_owner.get(key) == entry.server:
             del self._by_owner[key]
             ids = self._by_resource.get(key[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from alb_membership.alb.models import Server
 from alb_membership.model.spec import Backend, Spec
@@ -83,8 +83,9 @@ def server_for(backend: Backend, ip: str | None, annotations: Mapping[str, str],
     return Server("Eni", eni, backend.port, ip)
 
 
-@dataclass(frozen=True)
-class EndpointView:
+class EndpointView(NamedTuple):
+    """A NamedTuple, not a dataclass: a slice brings up to 100 of them per event, made and compared in C."""
+
     address: str
     terminating: bool
     pod_name: str | None
@@ -148,9 +149,14 @@ def pod_owner(spec: Spec, pod: PodView, map_server: MapServer) -> Seen | None:
     )
 
 
+def endpoint_key(ep: EndpointView) -> str:
+    """What tells an endpoint's owner apart within its Service: its pod's UID, or its address without a pod."""
+    return ep.pod_uid or ep.address
+
+
 def endpoint_id(service: str, ep: EndpointView) -> str:
     """The Service is part of the id: an endpoint of a Service no longer referenced is another owner."""
-    return f"endpoint/{service}/{ep.pod_uid or ep.address}"
+    return f"endpoint/{service}/{endpoint_key(ep)}"
 
 
 def endpoint_parts(owner_id: str) -> tuple[str, str]:
@@ -160,15 +166,18 @@ def endpoint_parts(owner_id: str) -> tuple[str, str]:
 
 
 def endpoint_owners(
-    spec: Spec, endpoints: Iterable[EndpointView], pods_by_name: Mapping[str, PodView], map_server: MapServer
+    spec: Spec,
+    endpoints: Iterable[EndpointView],
+    pod_named: Callable[[str], PodView | None],
+    map_server: MapServer,
 ) -> dict[str, Seen]:
-    """Endpoints of serviceRef across all its EndpointSlices; an endpoint leaves when it turns terminating or its
-    pod is going away, whichever the operator sees first."""
+    """Endpoints of serviceRef across all its EndpointSlices (or all the endpoints of some owners); an endpoint
+    leaves when it turns terminating or its pod is going away, whichever the operator sees first."""
     out: dict[str, Seen] = {}
     if spec.service_name is None or spec.backend is None:
         return out
     for ep in endpoints:
-        pod = pods_by_name.get(ep.pod_name or "")
+        pod = pod_named(ep.pod_name) if ep.pod_name else None
         if pod is not None and ep.pod_uid and pod.uid != ep.pod_uid:
             pod = None  # a newer pod of the same name
         server = map_server(ep.address, pod.annotations if pod is not None else {}, pod)

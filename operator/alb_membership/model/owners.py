@@ -4,6 +4,7 @@ so that whoever acts on the result can tell a person, once."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ from alb_membership.model.membership import (
     PodView,
     Seen,
     UnmappablePod,
+    endpoint_key,
     endpoint_owners,
     endpoint_parts,
     pod_owner,
@@ -53,23 +55,57 @@ class OwnerReader:
     def pod(self, spec: Spec, pod: PodView, unmappable: list[Unmappable]) -> Seen | None:
         return pod_owner(spec, pod, self._mapper(spec, unmappable))
 
-    def current(self, spec: Spec, namespace: str, view: ClusterView, pods: list[PodView]) -> Scan:
+    def current(self, spec: Spec, namespace: str, view: ClusterView) -> Scan:
         """Every owner the spec picks now."""
-        scan = self.endpoints(spec, namespace, view, pods)
+        scan = self.endpoints(spec, namespace, view)
         mapper = self._mapper(spec, scan.unmappable)
-        for found in (pod_owner(spec, p, mapper) for p in pods):
-            if found is not None:
-                scan.owners[found.owner_id] = found
+        if spec.pod_selector is not None:
+            for found in (pod_owner(spec, p, mapper) for p in view.pods(namespace)):
+                if found is not None:
+                    scan.owners[found.owner_id] = found
         scan.owners.update(static_owners(spec))
         return scan
 
-    def endpoints(self, spec: Spec, namespace: str, view: ClusterView, pods: Iterable[PodView]) -> Scan:
+    def endpoints(self, spec: Spec, namespace: str, view: ClusterView, keys: Iterable[str] | None = None) -> Scan:
+        """The owners of the spec's Service: all of them, or those of the owner ``keys`` only (pod UIDs, or
+        addresses of endpoints without a pod; membership.endpoint_key), at the cost of what those hold."""
         scan = Scan()
-        if spec.service_name is not None:
-            endpoints = view.endpoints(namespace, spec.service_name)
-            by_name = {p.name: p for p in pods}
-            scan.owners = endpoint_owners(spec, endpoints, by_name, self._mapper(spec, scan.unmappable))
+        service = spec.service_name
+        if service is not None:
+            if keys is None:
+                endpoints = view.endpoints(namespace, service)
+            else:
+                endpoints = [ep for key in keys for ep in view.endpoints_of(namespace, service, key)]
+            scan.owners = endpoint_owners(
+                spec, endpoints, functools.partial(view.pod_named, namespace), self._mapper(spec, scan.unmappable)
+            )
         return scan
+
+    def holding(self, spec: Spec, namespace: str, view: ClusterView, server: Server) -> list[Seen]:
+        """The live owners the spec picks now whose server is ``server`` (static servers aside: see
+        static_owners), found by the server's ids (the store's indexes), not by a scan of the namespace."""
+        out: list[Seen] = []
+        if spec.backend is None or spec.backend.port != server.port:
+            return out
+        ignored: list[Unmappable] = []
+        mapper = self._mapper(spec, ignored)
+        candidates = list(view.pods_at(namespace, server.server_id))
+        if spec.pod_selector is not None:
+            for pod in candidates:
+                found = pod_owner(spec, pod, mapper)
+                if found is not None and not found.leaving and found.server == server:
+                    out.append(found)
+        service = spec.service_name
+        if service is not None:
+            keys: set[str] = set()
+            for address in {server.server_id, server.server_ip} - {None}:
+                keys.update(map(endpoint_key, view.endpoints_at(namespace, service, str(address))))
+            for pod in candidates:
+                keys.update(map(endpoint_key, view.endpoints_of_pod_named(namespace, service, pod.name)))
+            for found in self.endpoints(spec, namespace, view, keys).owners.values():
+                if not found.leaving and found.server == server:
+                    out.append(found)
+        return out
 
     def _mapper(self, spec: Spec, unmappable: list[Unmappable]) -> MapServer:
         def map_server(ip: str | None, annotations: Mapping[str, str], pod: PodView | None) -> Server | None:
@@ -91,5 +127,5 @@ def picks(spec: Spec, namespace: str, pod: PodView, view: ClusterView) -> bool:
     if spec.pod_selector is not None and spec.pod_selector.matches(pod.labels):
         return True
     if spec.service_name is not None:
-        return any(ep.pod_uid == pod.uid for ep in view.endpoints(namespace, spec.service_name))
+        return any(ep.pod_uid == pod.uid for ep in view.endpoints_of(namespace, spec.service_name, pod.uid))
     return False
