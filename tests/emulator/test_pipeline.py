@@ -5,6 +5,7 @@ errors that are not the cloud's."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -64,12 +65,14 @@ def client(session: aiohttp.ClientSession, emulator: EmulatorProcess) -> AlbClie
     )
 
 
-def setup(client: AlbClient, tracker: JobTracker | None = None) -> tuple[GroupPipeline, Directory, RecordingKube]:
+def setup(
+    client: AlbClient, tracker: JobTracker | None = None, settings: PipelineSettings = FAST
+) -> tuple[GroupPipeline, Directory, RecordingKube]:
     ledger = GroupLedger(KEY)
     directory = Directory(ledger)
     kube = RecordingKube()
     services = Services(
-        client, tracker or JobTracker(client, interval=0.05), Metrics(), Notices(cast(Kube, kube)), FAST
+        client, tracker or JobTracker(client, interval=0.05), Metrics(), Notices(cast(Kube, kube)), settings
     )
     return GroupPipeline(ledger, directory, services), directory, kube
 
@@ -354,4 +357,21 @@ async def test_already_gone_without_a_listing_splits_the_call_instead_of_looping
     assert "ServerGroupUnlisted" in [reason for _, reason, _ in kube.events]
     assert directory.state.conditions["Ready"].status == "True"
     assert len(emulator.requests("RemoveServersFromServerGroup")) <= 6, "a few splits, not a loop"
+    await pipeline.close()
+
+
+async def test_a_scale_down_of_150_at_batch_200_behind_a_short_request_line_limit_all_leave(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    """The issue's case: aiohttp's default 8,190-byte request line refuses a removal of more than about 95 servers
+    (the SDK puts them in the query string). Before, none of the 150 left: the call went back unchanged forever."""
+    emulator.add_group(GROUP, [server(f"10.0.{i // 250}.{i % 250}") for i in range(150)])
+    emulator.admin("PUT", "behaviour", {"max_request_line": 8190, "max_servers_per_call": 200})
+    pipeline, _, kube = setup(client, settings=dataclasses.replace(FAST, batch_size=200))
+    leaving(pipeline, *(Server("Ip", f"10.0.{i // 250}.{i % 250}", 8080) for i in range(150)))
+    await until(lambda: not pipeline.ledger.entries, "all 150 to leave", seconds=30)
+    assert in_group(emulator) == set()
+    sizes = [len(r["servers"]) for r in accepted(emulator)]
+    assert sum(sizes) == 150 and max(sizes) <= 75, sizes
+    assert "RemovalSplit" in [reason for _, reason, _ in kube.events]
     await pipeline.close()
