@@ -16,7 +16,7 @@ from alb_membership.metrics import Metrics
 from alb_membership.model.membership import EndpointView, PodView
 from tests.support.alb import alb_client
 from tests.support.emulator import EmulatorProcess, server
-from tests.unit.fakes import RecordingKube, RecordingReconciler, View, pod, selected
+from tests.unit.fakes import RecordingKube, RecordingReconciler, View, pod, resource, selected
 
 
 class ListingKube(RecordingKube):
@@ -103,3 +103,34 @@ async def test_a_list_older_than_the_watches_neither_brings_back_nor_removes(cli
     await AntiEntropy(rec, cast(Kube, racing), lambda _r: client, Metrics(), 60).check_cluster()
     assert rec.sent() == ["Ip:10.0.0.9:8080"], "nothing more: the late pod stays, the gone one is not re-recorded"
     assert set(ledger.owner_ids(state.ref.uid)) == {"uid-a", "uid-late"}
+
+
+async def test_a_group_that_cannot_be_listed_does_not_keep_the_next_ones_unchecked(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    """The round goes on group by group: one group's failing listing is told and counted, and the next group's
+    removals already out are still forgotten."""
+    emulator.add_group("sgp-first000000001", [server("10.0.9.9")])
+    emulator.add_group("sgp-test00000001", [server("192.0.2.250")])  # 10.0.0.1 left some other way
+    refused = {"kind": "error", "code": "Forbidden.NoPermission", "status": 403}
+    emulator.admin("PUT", "faults", {"script": [refused], "actions": ["ListServerGroupServers"]})
+    view = View()
+    view.pod_list = [pod("a"), pod("x", ip="10.0.9.9", labels={"app": "other"})]
+    kube = ListingKube(view.pod_list)
+    rec = RecordingReconciler(view, kube)
+    other = resource(
+        uid="sgm-uid-first",
+        name="other",
+        serverGroupId="sgp-first000000001",
+        podSelector={"matchLabels": {"app": "other"}},
+        backend={"serverType": "Ip", "port": 8080},
+    )
+    first = rec.start(other, repair=False)  # its group comes first in the round
+    state = rec.start(selected(), repair=False)
+    rec.pod_changed(pod("x", ip="10.0.9.9", labels={"app": "other"}, deleting=True), deleted=False)
+    rec.pod_changed(pod("a", deleting=True), deleted=False)
+    metrics = Metrics()
+    await AntiEntropy(rec, cast(Kube, kube), lambda _r: client, metrics, 60).check_groups()
+    assert [e.server.compact for e in rec.ledger(first.group).pending()] == ["Ip:10.0.9.9:8080"]
+    assert rec.ledger(state.group).pending() == [], "the next group was checked all the same"
+    assert metrics.internal_errors.labels("anti-entropy")._value.get() == 1

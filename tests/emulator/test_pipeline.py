@@ -324,21 +324,34 @@ async def test_a_call_refused_on_the_way_is_split_never_sent_again_as_it_was(
     await pipeline.close()
 
 
-async def test_a_server_refused_alone_fails_with_the_answer_named_and_is_given_up_on(
+async def test_a_server_refused_alone_is_degraded_tried_less_often_and_leaves_once_the_way_clears(
     client: AlbClient, emulator: EmulatorProcess
 ) -> None:
-    emulator.add_group(GROUP, [server("10.0.0.1"), server("10.0.0.2")])
-    refused_on_the_way(emulator, times=100, status=403)
-    pipeline, directory, kube = setup(client)
-    leaving(pipeline, Server("Ip", "10.0.0.1", 8080))
-    await until(lambda: "RemovalAbandoned" in [r for _, r, _ in kube.events], "the removal to be given up on")
-    await asyncio.sleep(1.5)  # three retry periods: nothing more goes out
+    """A WAF refusing every removal: the batch is split down to single servers, each refusal of a server alone is
+    counted on its own (splits are not refusals), Degraded names the answer and stays while any removal of the
+    resource is refused, and once the way clears the servers leave and the resource is Ready again."""
+    emulator.add_group(GROUP, [server(f"10.0.0.{i}") for i in range(1, 6)])
+    refused_on_the_way(emulator, times=1000, status=403)
+    settings = dataclasses.replace(FAST, refused_retry_seconds=0.6)
+    pipeline, directory, _ = setup(client, settings=settings)
+    leaving(pipeline, *(Server("Ip", f"10.0.0.{i}", 8080) for i in range(1, 5)))
+    first = Server("Ip", "10.0.0.1", 8080)
+
+    def refusals() -> int:
+        entry = pipeline.ledger.entries.get(first)
+        return entry.removal.refused if entry is not None and entry.removal is not None else 0
+
+    await until(lambda: refusals() >= FAST.max_job_attempts + 1, "tries past the quick ones", seconds=20)
     calls = emulator.requests("RemoveServersFromServerGroup")
-    assert len(calls) == FAST.max_job_attempts and len({c["client_token"] for c in calls}) == len(calls)
+    assert [len(c["servers"]) for c in calls[:3]] == [4, 2, 1], "split down to one server"
+    assert len({c["client_token"] for c in calls}) == len(calls), "never sent again as it was"
     degraded = directory.state.conditions["Degraded"]
     assert (degraded.status, degraded.reason) == ("True", "TransportRefused") and "HTTP 403" in degraded.message
-    entry = pipeline.ledger.entries[Server("Ip", "10.0.0.1", 8080)]
-    assert entry.removal is not None and entry.removal.abandoned
+
+    emulator.admin("DELETE", "faults")
+    await until(lambda: not pipeline.ledger.entries, "the servers to leave once the way clears", seconds=20)
+    assert in_group(emulator) == {"10.0.0.5:10.0.0.5"}
+    assert directory.state.conditions["Ready"].status == "True"
     await pipeline.close()
 
 
@@ -374,4 +387,31 @@ async def test_a_scale_down_of_150_at_batch_200_behind_a_short_request_line_limi
     sizes = [len(r["servers"]) for r in accepted(emulator)]
     assert sum(sizes) == 150 and max(sizes) <= 75, sizes
     assert "RemovalSplit" in [reason for _, reason, _ in kube.events]
+    await pipeline.close()
+
+
+async def test_a_draining_server_batched_with_a_live_one_does_not_loop(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    """ALB's own statuses: a removed server shows Removing while its connections drain, and removing it again is
+    "not found". Batched with another server, the listing shows both still there, so it cannot tell which one is
+    out: the call is split until each answer tells, never sent again as it was."""
+    emulator.admin("PUT", "behaviour", {"drain_status": "Removing", "job_seconds": 0.1})
+    emulator.add_group(
+        GROUP, [server("10.0.0.1"), server("10.0.0.2")], connection_drain={"enabled": True, "timeout_seconds": 60}
+    )
+    pipeline, directory, _ = setup(client)
+    leaving(pipeline, Server("Ip", "10.0.0.1", 8080))
+    await until(lambda: not pipeline.ledger.entries, "the first removal")
+    assert emulator.group(GROUP)["Servers"][0]["Status"] == "Removing", "draining, shown as ALB shows it"
+    # The IP comes back to a new pod, which is deleted at once together with another one.
+    pipeline.ledger.hold((UID, "pod-new"), Server("Ip", "10.0.0.1", 8080), "pod")
+    assert pipeline.ledger.leave((UID, "pod-new"), "pod-terminating")
+    pipeline.ledger.hold((UID, "pod-b"), Server("Ip", "10.0.0.2", 8080), "pod")
+    assert pipeline.ledger.leave((UID, "pod-b"), "pod-terminating")
+    pipeline.enqueue([Server("Ip", "10.0.0.1", 8080), Server("Ip", "10.0.0.2", 8080)])
+    await until(lambda: not pipeline.ledger.entries, "both to be out")
+    calls = emulator.requests("RemoveServersFromServerGroup")
+    assert len(calls) <= 5, f"{len(calls)} calls: a loop"
+    assert directory.state.conditions["Ready"].status == "True"
     await pipeline.close()

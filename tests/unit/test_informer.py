@@ -190,3 +190,30 @@ async def test_an_event_its_handler_fails_on_is_not_read_again_and_again() -> No
     await asyncio.gather(task, return_exceptions=True)
     assert handled == ["good"] and inf.callback_errors == 1
     assert watched_from == ["10"], "one watch: the failing event was not read again"
+
+
+async def test_an_object_that_cannot_be_read_is_passed_over_not_read_again() -> None:
+    watched_from: list[str] = []
+
+    async def call(**q: Any) -> Resp:
+        if not q.get("watch"):
+            return Resp({"metadata": {"resourceVersion": "10"}, "items": []})
+        watched_from.append(q["resource_version"])
+        return Resp(content=Body([event("ADDED", "a", "bad", "u1", "11"),
+                                  event("ADDED", "a", "good", "u2", "12")], fail=False))  # fmt: skip
+
+    def convert(o: dict[str, Any]) -> dict[str, Any]:
+        if o["metadata"]["name"] == "bad":
+            raise KeyError("status")
+        return o
+
+    changes: list[Any] = []
+    inf: Informer[dict[str, Any]] = Informer(
+        Source(call), convert, lambda o: o["metadata"]["uid"], lambda ns: True, lambda o, n: changes.append(n)
+    )
+    task = asyncio.create_task(inf.run())
+    await asyncio.sleep(0.5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert [n["metadata"]["name"] for n in changes] == ["good"] and inf.callback_errors == 1
+    assert watched_from == ["10"]

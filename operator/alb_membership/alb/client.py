@@ -32,6 +32,7 @@ PAGE_SIZE = 100
 MAX_SERVER_IDS_PER_READ = 40
 LISTING_TRIES = 3  # a listing whose pages disagree is taken again this many times before it counts as failed
 JOB_STATUSES = ("Processing", "Succeeded", "Failed")
+MAX_UNREADABLE_TOLD = 1000
 
 # Observers of every attempt, for metrics and logs: (action, outcome code, seconds).
 CallObserver = Callable[[str, str, float], None]
@@ -57,6 +58,7 @@ class AlbClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._observer = observer
         self.retries = 0  # attempts repeated because of a retryable error, for reports and tests
+        self._unreadable_jobs: set[Any] = set()
 
     # -- the operations ------------------------------------------------------------------------------------
 
@@ -160,7 +162,9 @@ class AlbClient:
                 if status not in JOB_STATUSES or not raw.get("Id"):
                     # One job the operator cannot read must not blind it to every other job of the region: left
                     # out, it stays unconfirmed (Unknown once its time is up).
-                    log.warning("ListAsynJobs: job %s has status %r; left unconfirmed", raw.get("Id"), status)
+                    if len(self._unreadable_jobs) < MAX_UNREADABLE_TOLD and raw.get("Id") not in self._unreadable_jobs:
+                        self._unreadable_jobs.add(raw.get("Id"))  # told once, not on every poll
+                        log.warning("ListAsynJobs: job %s has status %r; left unconfirmed", raw.get("Id"), status)
                     continue
                 found[str(raw["Id"])] = Job(
                     job_id=str(raw["Id"]),

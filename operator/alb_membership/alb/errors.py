@@ -8,6 +8,8 @@ from typing import Any
 CREDENTIALS_UNAVAILABLE = "CredentialsUnavailable"
 # The cloud's answer to one ClientToken sent with different parameters: the next try needs a new token.
 IDEMPOTENCE_MISMATCH = "IdempotenceSignatureMismatch"
+# The name other Alibaba Cloud APIs give the same answer (reference/alb-api.md section 10): treated alike.
+IDEMPOTENCE_MISMATCHES = frozenset({IDEMPOTENCE_MISMATCH, "IdempotentParameterMismatch"})
 
 RETRYABLE_CODES = frozenset(
     {

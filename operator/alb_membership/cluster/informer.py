@@ -104,7 +104,7 @@ class Informer(Generic[R]):
             async for items, listed in self._pages(self._source.call):
                 version = listed
                 for obj in items:
-                    key = self._apply("ADDED", obj)
+                    key = self._guarded("ADDED", obj)
                     if key is not None:
                         seen.add(key)
             filled = self._filled_while_listing
@@ -158,8 +158,24 @@ class Informer(Generic[R]):
                 raise Gone()
             raise RuntimeError(f"watch error: {obj.get('message')}")
         if kind != "BOOKMARK":
-            self._apply(kind or "MODIFIED", obj)
+            self._guarded(kind or "MODIFIED", obj)
         self._version = (obj.get("metadata") or {}).get("resourceVersion") or self._version
+
+    def _guarded(self, kind: str, obj: dict[str, Any]) -> Key | None:
+        """An object this replica cannot read or index is passed over (logged, counted) like a failing callback:
+        raised, the watch would resume before it and fail on it forever."""
+        try:
+            return self._apply(kind, obj)
+        except Exception:
+            self.callback_errors += 1
+            meta = obj.get("metadata") or {}
+            log.exception(
+                "%s %s/%s could not be read; passed over",
+                self._source.describe,
+                meta.get("namespace"),
+                meta.get("name"),
+            )
+            return None
 
     def _apply(self, kind: str, obj: dict[str, Any]) -> Key | None:
         meta = obj.get("metadata") or {}

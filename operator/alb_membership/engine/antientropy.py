@@ -22,9 +22,11 @@ from alb_membership.cluster.kube import Kube
 from alb_membership.engine import outcomes
 from alb_membership.engine.reconciler import Reconciler
 from alb_membership.metrics import Metrics
-from alb_membership.model.ledger import GroupKey
+from alb_membership.model.ledger import GroupKey, GroupLedger
 
 log = logging.getLogger(__name__)
+
+GROUP_SECONDS = 60.0  # one group's listings, retries included
 
 
 class AntiEntropy:
@@ -64,40 +66,70 @@ class AntiEntropy:
         await self.check_groups()
 
     async def check_cluster(self) -> None:
-        """One namespace at a time: a fresh list of its pods is held only while its resources are checked."""
+        """One namespace at a time: a fresh list of its pods is held only while its resources are checked. A
+        namespace that cannot be listed is told and counted; the others are checked all the same."""
         namespaces = sorted({s.ref.namespace for s in self._reconciler.resources.values() if not s.deleting})
         for namespace in namespaces:
-            states = [s for s in self._reconciler.resources.values() if s.ref.namespace == namespace and not s.deleting]
-            # Owners recorded before the list begins: one recorded later may be a pod newer than the list.
-            before = {s.ref.uid: set(self._reconciler.ledger(s.group).owner_ids(s.ref.uid)) for s in states}
-            listed = await self._kube.list_pods(namespace, self._reconciler.settings.eni_annotation)
-            for state in states:
-                if self._reconciler.resources.get(state.ref.uid) is state:
-                    self._reconciler.repair(state, listed, before[state.ref.uid])
+            try:
+                await self._check_namespace(namespace)
+            except Exception as exc:
+                self._failed(f"namespace {namespace}", exc)
+
+    async def _check_namespace(self, namespace: str) -> None:
+        states = [s for s in self._reconciler.resources.values() if s.ref.namespace == namespace and not s.deleting]
+        # Owners recorded before the list begins: one recorded later may be a pod newer than the list.
+        before = {s.ref.uid: set(self._reconciler.ledger(s.group).owner_ids(s.ref.uid)) for s in states}
+        listed = await self._kube.list_pods(namespace, self._reconciler.settings.eni_annotation)
+        for state in states:
+            if self._reconciler.resources.get(state.ref.uid) is state:
+                self._reconciler.repair(state, listed, before[state.ref.uid])
 
     async def check_groups(self) -> None:
+        """Each group on its own, within GROUP_SECONDS: one that cannot be listed (throttled, changing faster than
+        it can be paged) is told and counted, and the groups after it are checked all the same."""
         for key, ledger in list(self._reconciler.ledgers.items()):
-            idle = [e for e in ledger.pending() if e.server not in self._in_flight(key)]
-            if not idle:
-                continue
-            out = await self._client_for(key[0]).out_of_rotation(ledger.group_id, [e.server for e in idle])
-            # In flight may have changed during the listing: a batch taken up meanwhile is the pipeline's.
-            gone = [e for e in idle if e.server in out and e.server not in self._in_flight(key)]
-            if not gone:
-                continue
-            states = self._reconciler.directory.states_of(gone)
-            overtaken = outcomes.finish_removals(gone, ledger, states, removed_here=False)
-            self._metrics.forgotten.inc(len(gone))
-            if overtaken:
-                self._reconciler.notices.post(
-                    states,
-                    "Warning",
-                    "ServerHeldAfterRemoval",
-                    "servers out of the group although a pod holds them now; the ingress must add them again: "
-                    + ", ".join(str(e.server) for e in overtaken[:10]),
-                )
-            self._reconciler.directory.changed(states)
-            log.info("%d pending removal(s) from %s were out of the group already", len(gone), ledger.group_id)
+            try:
+                await self._check_group(key, ledger)
+            except Exception as exc:
+                self._failed(f"server group {ledger.group_id}", exc)
+
+    async def _check_group(self, key: GroupKey, ledger: GroupLedger) -> None:
+        idle = [e for e in ledger.pending() if e.server not in self._in_flight(key)]
+        if not idle:
+            return
+        deadline = asyncio.get_running_loop().time() + GROUP_SECONDS
+        out = await self._client_for(key[0]).out_of_rotation(
+            ledger.group_id, [e.server for e in idle], deadline=deadline
+        )
+        # In flight may have changed during the listing: a batch taken up meanwhile is the pipeline's.
+        gone = [e for e in idle if e.server in out and e.server not in self._in_flight(key)]
+        if not gone:
+            return
+        states = self._reconciler.directory.states_of(gone)
+        # A removal whose token was written ahead with some of these: sent with fewer servers, the cloud would
+        # refuse the token (IdempotenceSignatureMismatch); the rest go as a new attempt.
+        tokens = {e.removal.client_token for e in gone if e.removal is not None and e.removal.client_token}
+        for entry in ledger.pending():
+            if entry not in gone and entry.removal is not None and entry.removal.client_token in tokens:
+                ledger.new_attempt(entry.server)
+        overtaken = outcomes.finish_removals(gone, ledger, states, removed_here=False)
+        self._metrics.forgotten.inc(len(gone))
+        if overtaken:
+            self._reconciler.notices.post(
+                states,
+                "Warning",
+                "ServerHeldAfterRemoval",
+                "servers out of the group although a pod holds them now; the ingress must add them again: "
+                + ", ".join(str(e.server) for e in overtaken[:10]),
+            )
+        self._reconciler.directory.changed(states)
+        log.info("%d pending removal(s) from %s were out of the group already", len(gone), ledger.group_id)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        log.warning(
+            "anti-entropy could not check %s (%s: %s); the next round tries again", what, type(exc).__name__, exc
+        )
+        self._metrics.internal_errors.labels("anti-entropy").inc()
 
     def _in_flight(self, key: GroupKey) -> set[Server]:
         pipeline = self._reconciler.pipelines.get(key)

@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from alb_membership.alb.errors import CREDENTIALS_UNAVAILABLE, IDEMPOTENCE_MISMATCH, AlbError
+from alb_membership.alb.errors import CREDENTIALS_UNAVAILABLE, IDEMPOTENCE_MISMATCHES, AlbError
 from alb_membership.alb.models import Server
 from alb_membership.model.health import advice, set_health
 from alb_membership.model.ledger import Entry, GroupLedger, now
@@ -81,7 +81,9 @@ def record_failed(
         state.job_finished(job_id, status, error)
     for entry in batch:
         ledger.new_attempt(entry.server)
-    attempts = max((e.removal.attempt for e in batch if e.removal), default=0)
+        if entry.removal is not None:
+            entry.removal.failures += 1
+    attempts = max((e.removal.failures for e in batch if e.removal), default=0)
     return Failure(f"job {job_id} {status.lower()} ({error_code or 'no error code'}: {error_message or '-'})", attempts)
 
 
@@ -94,14 +96,14 @@ def split_gone(batch: list[Entry], out: set[Server]) -> tuple[list[Entry], list[
 def retry_soon(exc: AlbError) -> bool:
     """Worth another try in seconds rather than a minute: the cloud was busy, credentials were refreshing, or the
     token needs renewing."""
-    return exc.retryable or exc.code in (CREDENTIALS_UNAVAILABLE, IDEMPOTENCE_MISMATCH)
+    return exc.retryable or exc.code == CREDENTIALS_UNAVAILABLE or exc.code in IDEMPOTENCE_MISMATCHES
 
 
 def record_refused(batch: list[Entry], ledger: GroupLedger, states: Iterable[ResourceState], exc: AlbError) -> str:
     """A call refused without a job. Retryable: the client's own retries ran out, the token stays. Otherwise the
     call started nothing, so its token may go with other servers next time. Returns what Degraded says."""
     group_id = ledger.group_id
-    if exc.code == IDEMPOTENCE_MISMATCH:
+    if exc.code in IDEMPOTENCE_MISMATCHES:
         # The token was used before with other servers (a batch changed after it was written ahead): a new attempt.
         for entry in batch:
             ledger.new_attempt(entry.server)
@@ -118,21 +120,28 @@ def record_refused(batch: list[Entry], ledger: GroupLedger, states: Iterable[Res
 
 
 def record_refused_alone(
-    entry: Entry, ledger: GroupLedger, states: Iterable[ResourceState], exc: AlbError, max_attempts: int
+    entry: Entry, ledger: GroupLedger, states: Iterable[ResourceState], exc: AlbError, quick_tries: int
 ) -> Failure:
-    """One server whose call something on the way to the cloud refused: each try is a new attempt, and after
-    ``max_attempts`` the removal is given up on (it stays in status, marked, until a restart tries again or the
-    server is found gone)."""
+    """One server whose call something on the way to the cloud refused: each try is a new attempt (a new token),
+    the refusals counted on their own (splits and failed jobs are other attempts)."""
     ledger.new_attempt(entry.server)
-    attempts = entry.removal.attempt if entry.removal is not None else max_attempts
-    given_up = attempts >= max_attempts
-    if given_up and entry.removal is not None:
-        entry.removal.abandoned = True
+    refusals = 0
+    if entry.removal is not None:
+        entry.removal.refused += 1
+        refusals = entry.removal.refused
+    pace = "every minute" if refusals < quick_tries else "now less often"
     message = (
-        f"removing {entry.server} from {ledger.group_id} was refused on the way to the ALB API ({exc}); "
-        + (f"given up after {attempts} tries" if given_up else f"try {attempts} of {max_attempts}")
-        + ": check the proxy, gateway or WAF between the operator and the API"
+        f"removing {entry.server} from {ledger.group_id} was refused on the way to the ALB API ({exc}), "
+        f"{refusals} time(s), tried again {pace}: check the proxy, gateway or WAF between the operator and the API"
     )
     for state in states:
         set_health(state, ("TransportRefused", message))
-    return Failure(message, attempts)
+    return Failure(message, refusals)
+
+
+def refused_resources(ledger: GroupLedger) -> set[str]:
+    """Resources with a removal in this group that the way to the cloud keeps refusing: not healthy, whatever
+    other calls of theirs go through."""
+    return {
+        uid for e in ledger.pending() if e.removal is not None and e.removal.refused for uid, _ in e.leaving_owners()
+    }

@@ -36,6 +36,8 @@ from alb_membership.model.state import ResourceState
 
 log = logging.getLogger(__name__)
 
+CAP_RECOVERY = 10  # calls at a refused-down size that go through before calls may grow again
+
 Holders = dict[Server, dict[OwnerKey, tuple[str, str | None]]]
 
 
@@ -48,6 +50,7 @@ class PipelineSettings:
     max_job_attempts: int = 5
     group_poll_seconds: float = 0.25  # while the group is Configuring with a job of ours running
     group_wait_seconds: float = 30.0  # then the call goes out anyway, and its retries take over
+    refused_retry_seconds: float = 900.0  # a server refused on the way, after max_job_attempts tries a minute apart
 
 
 class Directory(Protocol):
@@ -103,6 +106,7 @@ class GroupPipeline:
         # The largest call the way to the cloud takes: halved each time it refuses a call (a request-line limit, a
         # proxy's or WAF's), for the rest of the process.
         self._cap = services.settings.batch_size
+        self._accepted_at_cap = 0
         self._split = 0  # > 0: the next call takes at most this many (a call's outcome could not be told apart)
 
     @property
@@ -200,13 +204,13 @@ class GroupPipeline:
         if removal.outcome == "already_removed":
             await self._already_removed(batch, states)
             return
-        for state in states:
-            set_health(state, None)
+        self._healthy(states)
         if removal.outcome == "dry_run_passed":
             outcomes.record_dry_run(batch, states, self.ledger, token)
             self._dir.changed(states)
             s.notices.post(states, "Normal", "DryRunPassed", f"precheck passed for removing {len(servers)} server(s)")
             return
+        self._grow_back(len(batch))
         assert removal.job_id is not None
         job_id = removal.job_id
         outcomes.record_accepted(batch, states, job_id, token)
@@ -284,6 +288,7 @@ class GroupPipeline:
     def _removed(self, batch: list[Entry], states: list[ResourceState], job_id: str | None, message: str) -> None:
         reason = "RemovalSucceeded" if job_id else "AlreadyRemoved"
         overtaken = outcomes.finish_removals(batch, self.ledger, states, job_id, self._status.drain_seconds or 0.0)
+        self._healthy(states)  # the last removal refused on the way may be one of these
         self._dir.changed(states)
         self._s.notices.post(states, "Normal", reason, message)
         if overtaken:
@@ -297,34 +302,40 @@ class GroupPipeline:
 
     async def _already_removed(self, batch: list[Entry], states: list[ResourceState]) -> None:
         """The cloud refused the whole call because a server of it is not in the group. Alone, that server is
-        gone; with others, the group's listing tells which; without a listing (a RAM policy without
-        ListServerGroupServers, throttling), the call is split in two, each half a new attempt."""
-        rest: list[Entry] = []
+        out (gone, or draining after its removal). With others, a listing tells which are out; where it cannot (the
+        group could not be listed: a RAM policy without ListServerGroupServers, throttling; or every server is
+        still listed: a removed server shows Removing while it drains), the call is split in two, each half a new
+        attempt, until each server's own answer tells. Never sent again as it was."""
         if len(batch) == 1:
-            gone = batch
-        else:
-            try:
-                out = await self._s.client.out_of_rotation(self.group_id, [e.server for e in batch])
-            except AlbError as exc:
-                log.warning(
-                    "could not list %s to tell which servers are gone (%s); splitting the call", self.group_id, exc
-                )
-                self._s.notices.post(
-                    states,
-                    "Warning",
-                    "ServerGroupUnlisted",
-                    f"could not list {self.group_id} ({exc}): the call is split to tell which servers are gone; "
-                    "grant alb:ListServerGroupServers to save the calls",
-                )
-                self._resend(batch, states, split=True)
-                return
-            gone, rest = outcomes.split_gone(batch, out)
-        for state in states:
-            set_health(state, None)
+            self._healthy(states)
+            self._removed(batch, states, None, f"{batch[0].server} was no longer in {self.group_id}")
+            return
+        deadline = asyncio.get_running_loop().time() + self._s.settings.group_wait_seconds
+        try:
+            out = await self._s.client.out_of_rotation(self.group_id, [e.server for e in batch], deadline=deadline)
+        except AlbError as exc:
+            log.warning("could not list %s to tell which servers are gone (%s); splitting the call", self.group_id, exc)
+            self._s.notices.post(
+                states,
+                "Warning",
+                "ServerGroupUnlisted",
+                f"could not list {self.group_id} ({exc}): the call is split to tell which servers are gone; "
+                "grant alb:ListServerGroupServers to save the calls",
+            )
+            out = set()
+        gone, rest = outcomes.split_gone(batch, out)
         if gone:
+            self._healthy(states)
             self._removed(gone, states, None, f"{len(gone)} server(s) were no longer in {self.group_id}")
         if rest:
-            self._resend(rest, states, split=False)
+            self._resend(rest, states, split=not gone)
+
+    def _healthy(self, states: list[ResourceState]) -> None:
+        """A call went through: Ready again, unless a removal of the resource is still refused on the way."""
+        refused = outcomes.refused_resources(self.ledger)
+        for state in states:
+            if state.ref.uid not in refused:
+                set_health(state, None)
 
     def _resend(self, batch: list[Entry], states: list[ResourceState], split: bool) -> None:
         """Another call, for other servers than the last one held: a new attempt, under a new token."""
@@ -349,11 +360,12 @@ class GroupPipeline:
 
     def _refused_on_the_way(self, batch: list[Entry], states: list[ResourceState], exc: AlbRequestRefused) -> None:
         """Not the cloud's answer: something on the way refused the request (its size, most likely). Never sent
-        again as it was: a call of several servers is split, and the group's calls stay at most that small; a
-        server refused alone is tried again a few times, each a new attempt, then given up on."""
+        again as it was: a call of several servers is split, and the group's calls stay that small until calls
+        of that size have gone through a while; a server refused alone is tried again as a new attempt, every
+        minute at first, then every refused_retry_seconds, with Degraded=TransportRefused meanwhile."""
         s = self._s
         if len(batch) > 1:
-            self._cap = max(1, len(batch) // 2)
+            self._cap, self._accepted_at_cap = max(1, len(batch) // 2), 0
             s.notices.post(
                 states,
                 "Warning",
@@ -364,11 +376,21 @@ class GroupPipeline:
             self._resend(batch, states, split=False)
             return
         [entry] = batch
-        failure = outcomes.record_refused_alone(entry, self.ledger, states, exc, s.settings.max_job_attempts)
+        refusal = outcomes.record_refused_alone(entry, self.ledger, states, exc, s.settings.max_job_attempts)
         self._dir.changed(states)
-        if failure.attempts >= s.settings.max_job_attempts:
-            s.notices.post(states, "Warning", "RemovalAbandoned", failure.message)
-            return
-        delay = s.settings.error_retry_seconds
-        s.notices.post(states, "Warning", "RemovalRefused", f"{failure.message}; next try in {delay:.0f}s")
+        delay = (
+            s.settings.error_retry_seconds
+            if refusal.attempts < s.settings.max_job_attempts
+            else (s.settings.refused_retry_seconds)
+        )
+        s.notices.post(states, "Warning", "RemovalRefused", f"{refusal.message}; next try in {delay:.0f}s")
         self.enqueue_later(delay, [entry.server])
+
+    def _grow_back(self, size: int) -> None:
+        """A refusal of a large call may have been a passing one (a proxy's bad minute): after CAP_RECOVERY calls
+        at the cap went through, calls may be twice as large again, up to --batch-size."""
+        if self._cap >= self._s.settings.batch_size or size < self._cap:
+            return
+        self._accepted_at_cap += 1
+        if self._accepted_at_cap >= CAP_RECOVERY:
+            self._cap, self._accepted_at_cap = min(self._s.settings.batch_size, self._cap * 2), 0

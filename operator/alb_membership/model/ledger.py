@@ -51,7 +51,8 @@ class Removal:
     attempt: int = 0
     client_token: str | None = None
     job_id: str | None = None
-    abandoned: bool = False  # refused on the way too often: not sent again by this process
+    refused: int = 0  # times refused on the way to the cloud, sent alone
+    failures: int = 0  # jobs that failed or were never confirmed
     # For albm_exposure_seconds (not kept in status): a resource with the deletion gate decided it, and when the
     # gate let the pod's deletion go ahead while the server was still in rotation (a let-through), if it did.
     gated: bool = False

@@ -69,8 +69,8 @@ def _removal_status(removal: Removal) -> dict[str, Any]:
         out["clientToken"] = removal.client_token
     if removal.job_id:
         out["jobId"] = removal.job_id
-    if removal.abandoned:
-        out["abandoned"] = True  # read by people; a restart tries again
+    if removal.refused:
+        out["refused"] = removal.refused
     return out
 
 
@@ -162,6 +162,7 @@ def restore(ledger: GroupLedger, uid: str, status: dict[str, Any]) -> list[Serve
             attempt=int(raw.get("attempt", 0)),
             client_token=raw.get("clientToken"),
             job_id=raw.get("jobId"),
+            refused=int(raw.get("refused", 0)),
         )
         for owner_id in raw.get("owners") or []:
             key: OwnerKey = (uid, owner_id)
