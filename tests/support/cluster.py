@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,11 +31,15 @@ class Cluster:
         return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
 
     def wait_established(self, crd: str, timeout: float = 30.0) -> None:
-        """Until the CustomResourceDefinition ``crd`` is Established. Not ``kubectl wait``: that fails at once, not
-        waits, when it reads a CRD the API server has not given any condition yet (".status.conditions accessor
-        error: <nil>")."""
-        jsonpath = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
-        wait_for(lambda: self.kubectl("get", "crd", crd, "-o", jsonpath) == "True", f"{crd} Established", timeout)
+        """Until the CustomResourceDefinition ``crd`` is Established. Not ``kubectl wait``, nor a jsonpath filter on
+        the conditions: both fail at once, not wait, when they read a CRD the API server has not given any condition
+        yet (".status.conditions accessor error: <nil>", "<nil> is not array or slice and cannot be filtered")."""
+
+        def established() -> bool:
+            status = json.loads(self.kubectl("get", "crd", crd, "-o", "json")).get("status") or {}
+            return any(c["type"] == "Established" and c["status"] == "True" for c in status.get("conditions") or [])
+
+        wait_for(established, f"{crd} Established", timeout)
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.2) -> T:
