@@ -184,6 +184,12 @@ class Runtime:
         await self.reconciler.writer.close()
         await self.notices.close()
 
+    async def stop_watching(self) -> None:
+        """Ends the watches (the store's task and the informers it runs); the store keeps what it holds."""
+        if self._store_task is not None:
+            self._store_task.cancel()
+            await asyncio.gather(self._store_task, return_exceptions=True)
+
     async def close(self) -> None:
         await self.gate.close()
         for task in (self._store_task, self._certificates_task):
