@@ -15,6 +15,8 @@ from alb_membership.alb.client import AlbClient
 
 log = logging.getLogger(__name__)
 
+READ_SECONDS = 2.0
+
 
 class GroupStatus:
     def __init__(self, client: AlbClient, group_id: str, poll_seconds: float, wait_seconds: float) -> None:
@@ -33,7 +35,10 @@ class GroupStatus:
         deadline = asyncio.get_running_loop().time() + self._wait_seconds
         while True:
             try:
-                [group] = await self._client.list_server_groups([self._group_id], deadline=deadline)
+                # A group that cannot be read now lets the call go out (its own retries take over): one read is
+                # not given the client's whole retry policy.
+                read_by = min(deadline, asyncio.get_running_loop().time() + READ_SECONDS)
+                [group] = await self._client.list_server_groups([self._group_id], deadline=read_by)
             except Exception as exc:
                 log.debug("could not read the status of %s: %s", self._group_id, exc)
                 return
