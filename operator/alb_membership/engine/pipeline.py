@@ -25,6 +25,7 @@ from alb_membership.alb.models import Server
 from alb_membership.cluster.notices import Notices
 from alb_membership.engine import outcomes
 from alb_membership.engine.batches import next_batch, token_for
+from alb_membership.engine.call_size import CallSize
 from alb_membership.engine.followed import FollowedJobs
 from alb_membership.engine.group_status import GroupStatus
 from alb_membership.engine.jobs import JobTracker
@@ -36,7 +37,6 @@ from alb_membership.model.state import ResourceState
 
 log = logging.getLogger(__name__)
 
-CAP_RECOVERY = 10  # calls at a refused-down size that go through before calls may grow again
 
 Holders = dict[Server, dict[OwnerKey, tuple[str, str | None]]]
 
@@ -103,11 +103,7 @@ class GroupPipeline:
         )
         self._closed = False
         self._paused_until = 0.0  # after a refused call, the group's next call waits until then
-        # The largest call the way to the cloud takes: halved each time it refuses a call (a request-line limit, a
-        # proxy's or WAF's), for the rest of the process.
-        self._cap = services.settings.batch_size
-        self._accepted_at_cap = 0
-        self._split = 0  # > 0: the next call takes at most this many (a call's outcome could not be told apart)
+        self._size = CallSize(services.settings.batch_size)
 
     @property
     def group_id(self) -> str:
@@ -166,8 +162,7 @@ class GroupPipeline:
                     await asyncio.sleep(pause)
                 # The batch is taken once the group takes changes: what was decided during the wait goes with it.
                 await self._status.until_accepts(lambda: bool(self._jobs))
-                size, self._split = min(self._cap, self._split or self._cap), 0
-                batch = next_batch(self._queue, self.ledger, size, self._dir.dry_run)
+                batch = next_batch(self._queue, self.ledger, self._size.next(), self._dir.dry_run)
                 self._s.metrics.queue_depth.labels(self.group_id).set(len(self._queue))
                 if not batch:
                     continue
@@ -210,7 +205,7 @@ class GroupPipeline:
             self._dir.changed(states)
             s.notices.post(states, "Normal", "DryRunPassed", f"precheck passed for removing {len(servers)} server(s)")
             return
-        self._grow_back(len(batch))
+        self._size.went_through(len(batch))
         assert removal.job_id is not None
         job_id = removal.job_id
         outcomes.record_accepted(batch, states, job_id, token)
@@ -342,7 +337,7 @@ class GroupPipeline:
         for entry in batch:
             self.ledger.new_attempt(entry.server)
         if split:
-            self._split = max(1, len(batch) // 2)
+            self._size.halve_once(len(batch))
         self._dir.changed(states)
         self.enqueue([e.server for e in batch], first=True)
 
@@ -365,13 +360,13 @@ class GroupPipeline:
         minute at first, then every refused_retry_seconds, with Degraded=TransportRefused meanwhile."""
         s = self._s
         if len(batch) > 1:
-            self._cap, self._accepted_at_cap = max(1, len(batch) // 2), 0
+            self._size.refused(len(batch))
             s.notices.post(
                 states,
                 "Warning",
                 "RemovalSplit",
                 f"a call of {len(batch)} server(s) was refused on the way to the ALB API ({exc}); calls for "
-                f"{self.group_id} now take at most {self._cap}",
+                f"{self.group_id} now take at most {self._size.cap}",
             )
             self._resend(batch, states, split=False)
             return
@@ -385,12 +380,3 @@ class GroupPipeline:
         )
         s.notices.post(states, "Warning", "RemovalRefused", f"{refusal.message}; next try in {delay:.0f}s")
         self.enqueue_later(delay, [entry.server])
-
-    def _grow_back(self, size: int) -> None:
-        """A refusal of a large call may have been a passing one (a proxy's bad minute): after CAP_RECOVERY calls
-        at the cap went through, calls may be twice as large again, up to --batch-size."""
-        if self._cap >= self._s.settings.batch_size or size < self._cap:
-            return
-        self._accepted_at_cap += 1
-        if self._accepted_at_cap >= CAP_RECOVERY:
-            self._cap, self._accepted_at_cap = min(self._s.settings.batch_size, self._cap * 2), 0
