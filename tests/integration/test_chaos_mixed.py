@@ -84,6 +84,9 @@ def test_mixed_chaos(chaos: MixedChaos, tmp_path: Path) -> None:
     finally:
         dump(results, tmp_path / "chaos-rounds.json")
     say("[chaos] " + summary(results, SEED, time.time() - began))
+    if ROUNDS >= 50:  # a long run that never reused an IP or relisted did not test what it claims
+        assert sum(r.reused for r in results) > 0, "no IP was reused by a new pod in the whole run"
+        assert any(r.relisted for r in results if r.kind == "relist"), "no watch was relisted"
 
 
 def test_the_checks_catch_what_they_are_for(chaos: MixedChaos) -> None:

@@ -23,8 +23,9 @@ Faults (one per round; ``KINDS``), each while 1-3 pods are deleted:
 
 Checks after every round, once it settled (``SETTLE_SECONDS`` at most):
 
-1. No live pod's server removed: no removal job was created while a pod that the harness had seen Ready
-   (``LAG_SECONDS`` earlier at least, for the operator's own watch) and not yet deleted held its server.
+1. No live pod's server removed: no removal job was created while a pod that the harness had seen holding the
+   server's IP (``LAG_SECONDS`` earlier at least, for the operator's own watch; Ready or not: a new pod on a
+   reused IP holds it from the start) and not yet deleted held it.
 2. No leaving server left: every server of a pod that was deleted, and that no live pod holds, is out of the
    group; nothing is pending in either resource's status.
 3. No token reused across server sets: no ClientToken the emulator answered was sent again with other servers
@@ -105,6 +106,7 @@ class Seen:
     name: str
     ip: str | None = None
     ready_at: float | None = None  # first seen Ready and not terminating
+    holding_at: float | None = None  # first seen with its IP and not terminating: it holds the server from then
     deleted_at: float | None = None  # the harness asked to delete it (or first saw it terminating)
     gone_at: float | None = None
 
@@ -244,6 +246,8 @@ class MixedChaos:
                 seen.deleted_at = now
             if seen.ready_at is None and seen.deleted_at is None and ready(pod):
                 seen.ready_at = now
+            if seen.holding_at is None and seen.deleted_at is None and seen.ip:
+                seen.holding_at = now
         for uid, seen in self.pods.items():
             if uid not in present and seen.gone_at is None:
                 seen.gone_at = now
@@ -436,8 +440,8 @@ class MixedChaos:
                     s.name
                     for s in self.pods.values()
                     if s.ip == ip
-                    and s.ready_at is not None
-                    and s.ready_at + LAG_SECONDS <= created
+                    and s.holding_at is not None
+                    and s.holding_at + LAG_SECONDS <= created
                     and (s.deleted_at is None or s.deleted_at > created)
                 ]
                 assert not holders, f"{where}: job {job['Id']} removed {ip} while live pod(s) {holders} held it"
