@@ -11,10 +11,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.rest import ApiException
 
 from alb_membership.gate.pki import make_ca, make_client, make_serving
 from alb_membership.gate.tls import (
     Bundle,
+    CertificateError,
+    Certificates,
     client_context,
     configuration_patch,
     new_token,
@@ -118,3 +122,52 @@ def _memfd(data: bytes) -> int:
     fd = os.memfd_create("test-cert")
     os.write(fd, data)
     return fd
+
+
+class FakeApis:
+    """The Secret and the webhook configuration as the API server keeps them, for Certificates."""
+
+    def __init__(self, data: dict[str, str] | None, refuse_patch: bool = False) -> None:
+        self.data = data
+        self.refuse_patch = refuse_patch
+        self.patches: list[Any] = []
+
+    async def read_namespaced_secret(self, _name: str, _ns: str) -> Any:
+        if self.data is None:
+            raise ApiException(status=404)
+        return SimpleNamespace(data=self.data, metadata=SimpleNamespace(resource_version="1"))
+
+    async def replace_namespaced_secret(self, _name: str, _ns: str, body: Any) -> None:
+        self.data = body["data"]
+
+    async def create_namespaced_secret(self, _ns: str, body: Any) -> None:
+        self.data = body["data"]
+
+    async def read_validating_webhook_configuration(self, _name: str) -> Any:
+        return SimpleNamespace(webhooks=[hook(path="/validate-pod-deletion")])
+
+    async def patch_validating_webhook_configuration(self, name: str, patch: Any) -> None:
+        self.patches.append(patch)
+        if self.refuse_patch:  # as the API server answers an invalid patch: the value it was sent, echoed
+            value = next(op["value"] for op in patch if op["path"].endswith("path"))
+            refused = ApiException(status=422, reason="Unprocessable Entity")
+            refused.body = f'{{"message": "{name} is invalid: webhooks[0].clientConfig.service.path: {value}"}}'
+            raise refused
+
+
+async def certificates(apis: FakeApis, api: Any) -> Certificates:
+    certs = Certificates(api, "ops", "albm-webhook-tls", ["127.0.0.1"], "albm")
+    certs._core = apis  # type: ignore[assignment]
+    certs._admission = apis  # type: ignore[assignment]
+    return certs
+
+
+async def test_a_refused_configuration_write_never_carries_the_token_into_an_error() -> None:
+    b = bundle()
+    apis = FakeApis(b.to_secret_data(), refuse_patch=True)
+    async with k8s.ApiClient() as api:
+        certs = await certificates(apis, api)
+        with pytest.raises(CertificateError) as refused:
+            await certs.ensure()
+    assert apis.patches, "the patch was tried"
+    assert b.path_token not in str(refused.value) and "422" in str(refused.value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
@@ -26,11 +27,11 @@ from tests.unit.test_gate import delete
 TOKEN = new_token()
 
 
-def bundle() -> Bundle:
+def bundle(token: str = TOKEN) -> Bundle:
     now = dt.datetime.now(dt.UTC)
     ca_cert, ca_key = make_ca("test CA", 1, now)
     cert, key = make_serving(ca_cert, ca_key, ["127.0.0.1"], 1, now)
-    return Bundle(ca_cert, ca_key, cert, key, TOKEN)
+    return Bundle(ca_cert, ca_key, cert, key, token)
 
 
 class FakeGate:
@@ -52,7 +53,13 @@ def gated_view() -> View:
 
 
 class Replica:
-    def __init__(self, gate: FakeGate, leading: Callable[[], bool], leader: Callable[[], str | None] | None) -> None:
+    def __init__(
+        self,
+        gate: FakeGate,
+        leading: Callable[[], bool],
+        leader: Callable[[], str | None] | None,
+        token: str = TOKEN,
+    ) -> None:
         """``leader``: None without leader election."""
         self.gate = gate
         self.metrics = Metrics()
@@ -73,7 +80,7 @@ class Replica:
             leading,
             LeaderLookup(read, min_interval=0.05) if leader is not None else None,
             self.session,
-            bundle(),
+            bundle(token),
             "127.0.0.1",
             unknown_token=recheck,
         )
@@ -109,6 +116,7 @@ async def replicas() -> AsyncIterator[list[Replica]]:
 
 async def started(replicas: list[Replica], *args: Any) -> Replica:
     replica = Replica(*args)
+    await replica.client.server.start_server(access_log=None)  # as run.py serves it: no access log
     await replica.client.start_server()
     replicas.append(replica)
     return replica
@@ -230,3 +238,31 @@ async def test_without_leader_election_a_stopping_replica_lets_through_at_once(r
     resp = await alone.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a"))
     assert "no leader" in (await resp.json())["response"]["warnings"][0]
     assert time.monotonic() - began < 0.5, "no other replica to ask: no point in waiting"
+
+
+async def test_the_path_token_is_never_logged_whatever_the_leader_answers(
+    replicas: list[Replica], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The replicas disagree on the token (rotated, a Secret made again, an upgrade from 0.1): the leader answers
+    404, or anything else but 200; aiohttp's errors print the request's URL, token and all."""
+    caplog.set_level(logging.DEBUG)
+    other = await started(replicas, FakeGate(), lambda: True, lambda: None, new_token())
+
+    async def fail(_: web.Request) -> web.Response:
+        return web.Response(status=500)
+
+    failing = web.Application()
+    failing.router.add_route("*", "/{tail:.*}", fail)
+    broken = TestClient(TestServer(failing))
+    await broken.server.start_server(access_log=None)
+    await broken.start_server()
+    try:
+        for leader_url in (other.url, str(broken.make_url("")).rstrip("/")):
+            standby = await started(replicas, FakeGate(), lambda: False, lambda u=leader_url: u)
+            resp = await standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a"))
+            assert "no leader" in (await resp.json())["response"]["warnings"][0]
+            assert TOKEN not in caplog.text
+            assert "answered" in caplog.text, "the standby did say what went wrong"
+        assert replicas[1].rechecks >= 1, "a 404 from the leader has the Secret read again, like a review's"
+    finally:
+        await broken.close()

@@ -150,10 +150,21 @@ class Certificates:
         self.ca_bundle_written = configuration is None  # False until the configuration carries our CA and path
 
     async def ensure(self) -> Bundle:
+        """The Secret's bundle, made, completed or renewed as needed; the configuration kept in step. Raises
+        CertificateError, whose text never holds a token (the API server's error bodies echo what was sent)."""
+        known: set[str] = set()
+        try:
+            return await self._ensure(known)
+        except ApiException as exc:
+            raise CertificateError(f"{exc.status} {exc.reason}: {redact(str(exc.body or ''), known)}") from None
+
+    async def _ensure(self, known: set[str]) -> Bundle:
         now = dt.datetime.now(dt.UTC)
         for _ in range(3):  # a conflict means another replica wrote it first: read again
             existing = await self._read()
             current = existing[0] if existing else None
+            if current is not None and current.path_token:
+                known.add(current.path_token)
             if current is not None and current.path_token and not needs_renewal(current, self._hosts, now):
                 bundle = current
                 break
@@ -164,6 +175,7 @@ class Certificates:
                 cert, key = make_serving(ca_cert, ca_key, self._hosts, SERVING_DAYS, now)
                 token = current.path_token if current and current.path_token else new_token()
                 bundle = Bundle(ca_cert, ca_key, cert, key, token)
+            known.add(bundle.path_token)
             if await self._write(bundle, existing[1] if existing else None):
                 log.info("webhook certificate and path token written to Secret %s/%s", self._namespace, self._secret)
                 break
@@ -223,6 +235,17 @@ class Certificates:
             await self._admission.patch_validating_webhook_configuration(self._configuration, patch)
             log.info("caBundle and path of ValidatingWebhookConfiguration %s updated", self._configuration)
         self.ca_bundle_written = True
+
+
+class CertificateError(RuntimeError):
+    """The Secret or the webhook configuration could not be read or written (the token left out of the text)."""
+
+
+def redact(text: str, tokens: set[str]) -> str:
+    for token in tokens:
+        if token:
+            text = text.replace(token, "<path-token>")
+    return text
 
 
 def configuration_patch(webhooks: list[Any], bundle: Bundle) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -183,7 +184,10 @@ class Webhook:
         )
 
     async def _ask(self, url: str, body: Any, review: Review, left: float) -> dict[str, Any] | None:
-        """The leader's answer, or None when it did not give one (unreachable, or no longer the leader)."""
+        """The leader's answer, or None when it did not give one (unreachable, no longer the leader, or another
+        token: then the Secret is read again, as for a review on a token this replica does not know). Nothing
+        logged here names the path: it holds the token."""
+        host = urlsplit(url).netloc or "?"
         timeout = aiohttp.ClientTimeout(total=left, sock_connect=min(1.0, left))
         try:
             async with self._session.post(
@@ -194,16 +198,40 @@ class Webhook:
                 server_hostname=self._forward_name,
                 timeout=timeout,
             ) as resp:
-                if resp.status == 503:
-                    return None
-                resp.raise_for_status()
-                answered: dict[str, Any] = await resp.json()
-                return answered
+                if resp.status == 200:
+                    answered: dict[str, Any] = await resp.json()
+                    return answered
+                if resp.status == 404:
+                    # Not this replica's token there (rotated, a Secret made again, an older version): read ours
+                    # again and ask again.
+                    self._unknown_token()
+                if resp.status != 503:  # 503: it no longer leads, the Lease is read again
+                    log.warning(
+                        "the leader at %s answered %d about pod %s/%s; asking again",
+                        host,
+                        resp.status,
+                        review.namespace,
+                        review.pod_name,
+                    )
+                return None
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.warning(
-                "could not ask the leader at %s about pod %s/%s: %s", url, review.namespace, review.pod_name, exc
+                "could not ask the leader at %s about pod %s/%s (%s)",
+                host,
+                review.namespace,
+                review.pod_name,
+                _why(exc),
             )
             return None
+
+
+def _why(exc: BaseException) -> str:
+    """What went wrong, without the exception's text: aiohttp's errors print the request's URL, path token and all."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"{type(exc).__name__}: {exc.os_error.strerror or type(exc.os_error).__name__}"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{type(exc).__name__} {exc.status}"
+    return type(exc).__name__
 
 
 def _seconds(value: str | None) -> float | None:
