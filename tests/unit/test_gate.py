@@ -82,7 +82,7 @@ def listed(*servers: tuple[str, str]) -> Callable[[list[str]], tuple[list[dict[s
 
 
 class Setup:
-    def __init__(self, pages: Pages) -> None:
+    def __init__(self, pages: Pages, budgets_hang: bool = False) -> None:
         self.view = View()
         self.kube = RecordingKube()
         self.rec = RecordingReconciler(self.view, self.kube)
@@ -90,6 +90,8 @@ class Setup:
         self.pages = pages
 
         async def budgets(_ns: str, _pod: PodView) -> bool:
+            if budgets_hang:  # an API server that takes the request and never answers
+                await asyncio.Event().wait()
             return True
 
         self.gate = Gate(self.rec, self.view, lambda _r: cast(AlbClient, pages), self.metrics, budgets)
@@ -291,6 +293,14 @@ async def test_too_many_holds_still_start_the_removal_and_count_its_exposure(ok:
     entry = ok.entry("10.0.0.1")
     assert entry is not None and entry.removal is not None and entry.removal.exposed_since is not None
     assert ok.rec.sent() == ["Ip:10.0.0.1:8080"]
+
+
+async def test_a_budget_check_that_hangs_does_not_outlast_the_hold() -> None:
+    setup = Setup(Pages(listed()), budgets_hang=True)
+    setup.members("a")
+    began = time.monotonic()
+    assert await asyncio.wait_for(setup.review(evict("a"), seconds=0.5), 5) == "error"
+    assert time.monotonic() - began < 1.0 and setup.rec.sent() == [], "answered in the hold's time, nothing removed"
 
 
 def test_every_let_through_is_exposure() -> None:

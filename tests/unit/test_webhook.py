@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from alb_membership.gate import webhook as webhook_module
 from alb_membership.gate.pki import make_ca, make_serving
 from alb_membership.gate.review import HANDED_OVER, Gate, Review, Verdict
 from alb_membership.gate.tls import Bundle, new_token
@@ -266,3 +267,88 @@ async def test_the_path_token_is_never_logged_whatever_the_leader_answers(
         assert replicas[1].rechecks >= 1, "a 404 from the leader has the Secret read again, like a review's"
     finally:
         await broken.close()
+
+
+@pytest.fixture
+async def hung() -> AsyncIterator[str]:
+    """A leader whose node was lost or cut off: connections are taken, nothing is ever answered."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def take(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(take, "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    for writer in held:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_standby_takes_over_while_its_forward_hangs(replicas: list[Replica], hung: str) -> None:
+    leads = False
+    standby = await started(replicas, FakeGate(), lambda: leads, lambda: hung)
+    review = asyncio.create_task(standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a")))
+    await asyncio.sleep(0.5)
+    assert not review.done()
+    leads = True  # the Lease expired and this replica took it: the hung leader is no longer asked
+    took_over = time.monotonic()
+    resp = await review
+    assert (await resp.json())["response"]["warnings"] == ["held"], "answered by this replica, now the leader"
+    assert time.monotonic() - took_over < 0.6
+    assert standby.metrics.registry.get_sample_value("albm_gate_outcomes_total", {"outcome": "no-leader"}) == 0
+
+
+async def test_a_forward_to_a_hung_leader_goes_to_the_one_the_lease_names_next(
+    replicas: list[Replica], hung: str
+) -> None:
+    new = await started(replicas, FakeGate(), lambda: True, lambda: None)
+    named = hung
+    standby = await started(replicas, FakeGate(), lambda: False, lambda: named)
+    review = asyncio.create_task(standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a")))
+    await asyncio.sleep(0.5)
+    named = new.url  # a third replica took the Lease
+    changed = time.monotonic()
+    resp = await review
+    assert (await resp.json())["response"]["warnings"] == ["held"] and len(new.gate.reviews) == 1
+    assert time.monotonic() - changed < 0.8
+
+
+async def test_a_standbys_forwards_are_bounded(
+    replicas: list[Replica], hung: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhook_module, "MAX_FORWARDS", 1)
+    standby = await started(replicas, FakeGate(), lambda: False, lambda: hung)
+    first = asyncio.create_task(standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a")))
+    await asyncio.sleep(0.3)
+    began = time.monotonic()
+    resp = await standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a"))
+    assert "too many" in (await resp.json())["response"]["warnings"][0] and time.monotonic() - began < 0.5
+    assert standby.metrics.registry.get_sample_value("albm_gate_outcomes_total", {"outcome": "too-many"}) == 1
+    first.cancel()
+
+
+async def test_a_failure_on_the_standby_is_answered_and_counted(replicas: list[Replica]) -> None:
+    standby = await started(replicas, FakeGate(), lambda: False, lambda: "https://127.0.0.1:9")
+
+    def broken() -> list[Any]:
+        raise RuntimeError("the store broke")
+
+    standby.webhook._store.memberships = broken  # type: ignore[method-assign]
+    resp = await standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a"))
+    assert resp.status == 200 and "failed (RuntimeError)" in (await resp.json())["response"]["warnings"][0]
+    assert standby.metrics.registry.get_sample_value("albm_gate_outcomes_total", {"outcome": "error"}) == 1
+
+
+async def test_a_lease_read_that_hangs_does_not_outlast_the_hold(replicas: list[Replica]) -> None:
+    standby = await started(replicas, FakeGate(), lambda: False, lambda: None)
+
+    async def hangs() -> str | None:
+        await asyncio.Event().wait()
+        return None
+
+    standby.webhook._leaders = LeaderLookup(hangs)
+    began = time.monotonic()
+    resp = await asyncio.wait_for(standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a")), 8)
+    assert "no leader" in (await resp.json())["response"]["warnings"][0]
+    assert time.monotonic() - began < 4.0, "maxWaitSeconds (3 s), not forever"

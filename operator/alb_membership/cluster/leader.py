@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 
 ADVERTISE = "albmembership.io/webhook-url"
+OBSERVE_TIMEOUT_SECONDS = 2.0
 
 
 class LeadershipLost(Exception):
@@ -90,8 +91,11 @@ class LeaderElector:
         log.info("leading: acquired lease %s/%s as %s", self.settings.namespace, self.settings.name, self.identity)
 
     async def observe(self) -> None:
-        """Reads who leads (``leader_url``) without competing: for a replica that gave the Lease up."""
-        lease = await self._api.read_namespaced_lease(self.settings.name, self.settings.namespace)
+        """Reads who leads (``leader_url``) without competing, within OBSERVE_TIMEOUT_SECONDS (a gated review waits
+        on it): for a standby's forwards, and a replica that gave the Lease up."""
+        lease = await self._api.read_namespaced_lease(
+            self.settings.name, self.settings.namespace, _request_timeout=OBSERVE_TIMEOUT_SECONDS
+        )
         holder = lease.spec.holder_identity
         annotations = lease.metadata.annotations or {}
         self.leader_url = annotations.get(ADVERTISE) if holder not in (None, "", self.identity) else None

@@ -233,13 +233,17 @@ class Gate:
         hold = hold_for(self._store, pod)
         if hold is None:
             return Verdict("not-a-member")
-        if review.eviction and not await self._budgets_allow(review.namespace, pod):
+        seconds = hold.seconds if deadline is None else min(hold.seconds, deadline - self._clock())
+        if review.eviction:
             # The Eviction API checks PodDisruptionBudgets after admission: a refused eviction must not have
-            # taken the pod's servers out.
-            return Verdict("pdb-blocked")
+            # taken the pod's servers out. Read within the hold's time (an API server that hangs: error).
+            began = self._clock()
+            allowed = await asyncio.wait_for(self._budgets_allow(review.namespace, pod), max(0.01, seconds))
+            if not allowed:
+                return Verdict("pdb-blocked")
+            seconds -= self._clock() - began
         if self._reconciler.stopped:
             return Verdict(HANDED_OVER)
-        seconds = hold.seconds if deadline is None else min(hold.seconds, deadline - self._clock())
         if self.holds >= MAX_HOLDS:
             if hold.resource_uids <= self._reconciler.resources.keys():
                 self._reconciler.let_through(self._reconciler.gate(pod))  # out as soon as can be, and counted

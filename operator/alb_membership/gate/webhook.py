@@ -7,16 +7,20 @@ anything is read. With ``deletionGate.clientCA`` the TLS layer also requires the
 
 The API server may call any replica (the webhook's Service selects them all). The leader answers itself; a
 standby answers at once for pods no gated resource picks (its own watches tell it), and forwards the others to
-the leader, on the same path, whose address the leader writes on the Lease. While it forwards, a standby re-reads
-the Lease after every failure and answers itself as soon as it leads (a takeover mid-hold is answered by the new
-leader, not after ``maxWaitSeconds``); a leader that stops leading mid-hold hands its reviews to the new leader the
-same way. A standby never lets a gated deletion through without the leader's word, except when no leader answers
-within the resource's maxWaitSeconds: the gate delays, it never blocks for good.
+the leader, on the same path, whose address the leader writes on the Lease. While it forwards, a standby looks every
+0.25 s whether it leads now or the Lease names another leader, and if so drops the ask (a leader on a lost node
+never answers nor refuses) and answers itself or asks the new one; it re-reads the Lease after every failure. So a
+takeover mid-hold is answered by the new leader, not after ``maxWaitSeconds``; a leader that stops leading mid-hold
+hands its reviews to the new leader the same way. A standby never lets a gated deletion through without the leader's
+word, except when no leader answers within the resource's maxWaitSeconds: the gate delays, it never blocks for good.
+Every wait (the Lease, the leader, a PodDisruptionBudget read) is bounded by the review's time left; at most
+MAX_FORWARDS reviews are forwarded at once, and a failure on the standby is answered and counted (``error``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import ssl
@@ -38,6 +42,8 @@ log = logging.getLogger(__name__)
 FORWARDED = "X-Albm-Forwarded"
 FORWARD_MARGIN_SECONDS = 0.5  # a forwarded review is answered this long before its standby stops waiting
 RETRY_SECONDS = 0.2
+POLL_SECONDS = 0.25  # while a forward is awaited: whether this replica leads now, or the Lease names another leader
+MAX_FORWARDS = 500  # reviews a standby forwards at once (as MAX_HOLDS on the leader); more are let through
 MAX_BODY_BYTES = 4 * 1024 * 1024  # an AdmissionReview with a pod as large as etcd takes (1.5 MiB) as oldObject
 
 
@@ -110,6 +116,7 @@ class Webhook:
         self._forward_name = forward_name
         self._token = bundle.path_token.encode()
         self._forward_ssl: ssl.SSLContext = client_context(bundle, mtls)
+        self.forwarding = 0  # reviews being forwarded now
 
     def use(self, bundle: Bundle) -> None:
         """The token to hear and to forward with, and the CA (and, under mTLS, the client certificate) for
@@ -153,13 +160,38 @@ class Webhook:
         if forwarded is not None:
             # Sent here as to the leader, and this replica is not (any more): the sender asks the new one.
             return web.Response(status=503, text="not the leader")
+        try:
+            return web.json_response(await self._standing_by(body, review, started))
+        except Exception as exc:  # as the leader's gate does: answered, counted, never the API server's silent Ignore
+            log.error(
+                "deletion of pod %s/%s let through: the standby failed (%s)",
+                review.namespace,
+                review.pod_name,
+                type(exc).__name__,
+            )
+            self._metrics.gate_outcomes.labels("error").inc()
+            return web.json_response(
+                answer(review.uid, f"alb-membership-operator: the deletion gate failed ({type(exc).__name__})")
+            )
+
+    async def _standing_by(self, body: Any, review: Review, started: float) -> dict[str, Any]:
+        """A review this replica does not answer as the leader: non-members at once, members by the leader."""
         pod = None if review.dry_run else pod_of(self._store, review)
         hold = hold_for(self._store, pod) if pod is not None else None
         if hold is None:
             outcome = "dry-run" if review.dry_run else "unknown-pod" if pod is None else "not-a-member"
             self._metrics.gate_outcomes.labels(outcome).inc()
-            return web.json_response(answer(review.uid))
-        return web.json_response(await self._forward(body, review, started + hold.seconds))
+            return answer(review.uid)
+        if self.forwarding >= MAX_FORWARDS:
+            self._metrics.gate_outcomes.labels("too-many").inc()
+            return answer(
+                review.uid, "alb-membership-operator: too many deletions held at once; let through unconfirmed"
+            )
+        self.forwarding += 1
+        try:
+            return await self._forward(body, review, started + hold.seconds)
+        finally:
+            self.forwarding -= 1
 
     async def _forward(self, body: Any, review: Review, deadline: float) -> dict[str, Any]:
         refresh = False
@@ -171,10 +203,13 @@ class Webhook:
             elif self._leaders is None:
                 break  # no leader election: no other replica to ask
             else:
-                url = await self._leaders.url(refresh)
+                try:
+                    url = await asyncio.wait_for(self._leaders.url(refresh), left)
+                except TimeoutError:
+                    break
                 refresh = True  # unless the leader answers below, the next try reads the Lease again
                 if url:
-                    answered = await self._ask(url, body, review, left)
+                    answered = await self._asking(url, body, review, deadline)
                     if answered is not None:
                         return answered
             await asyncio.sleep(min(RETRY_SECONDS, max(0.0, deadline - self._clock())))
@@ -182,6 +217,35 @@ class Webhook:
         return answer(
             review.uid, "alb-membership-operator: no leader answered in time; deletion let through unconfirmed"
         )
+
+    async def _asking(self, url: str, body: Any, review: Review, deadline: float) -> dict[str, Any] | None:
+        """The answer of the leader at ``url``, unless, while it is awaited, this replica starts leading or the
+        Lease names another leader: then the ask is cancelled and None returned at once, for the caller to ask
+        again. A leader whose node is lost or cut off never answers nor refuses: without this the standby would
+        wait for it until the hold's end, even after it took the Lease itself."""
+        assert self._leaders is not None
+        ask = asyncio.ensure_future(self._ask(url, body, review, deadline - self._clock()))
+        try:
+            while True:
+                await asyncio.wait({ask}, timeout=max(0.0, min(POLL_SECONDS, deadline - self._clock())))
+                if ask.done():
+                    return ask.result()
+                if self._leading() or self._clock() >= deadline:
+                    return None
+                try:
+                    named = await asyncio.wait_for(self._leaders.url(refresh=True), POLL_SECONDS)
+                except TimeoutError:
+                    continue
+                if named is not None and named != url:
+                    log.info(
+                        "the Lease names another leader: asking it about pod %s/%s", review.namespace, review.pod_name
+                    )
+                    return None
+        finally:
+            if not ask.done():
+                ask.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ask
 
     async def _ask(self, url: str, body: Any, review: Review, left: float) -> dict[str, Any] | None:
         """The leader's answer, or None when it did not give one (unreachable, no longer the leader, or another
