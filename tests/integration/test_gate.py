@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import select
+import signal
 import socket
 import ssl
 import subprocess
@@ -424,8 +425,14 @@ def test_a_failed_listing_confirms_nothing(gated: Gated) -> None:
 
 @pytest.mark.parametrize(
     ("asked", "how"),
-    [("standby", "sigterm"), ("standby", "sigkill"), ("leader", "sigterm")],
-    ids=["standby-asked-leader-stops", "standby-asked-leader-killed", "leader-asked-leader-stops"],
+    [("standby", "sigterm"), ("standby", "sigkill"), ("standby", "sigstop"), ("leader", "sigterm")],
+    ids=[
+        "standby-asked-leader-stops",
+        "standby-asked-leader-killed",
+        # The leader's node lost or cut off: its connections stay open and nothing answers on them.
+        "standby-asked-leader-hangs",
+        "leader-asked-leader-stops",
+    ],
 )
 def test_a_takeover_mid_hold_confirms_within_one_job_of_the_new_leader_leading(
     gated: Gated, asked: str, how: str
@@ -447,10 +454,14 @@ def test_a_takeover_mid_hold_confirms_within_one_job_of_the_new_leader_leading(
     wait_for(lambda: gated.emulator.requests("RemoveServersFromServerGroup"), "the leader's removal call", 30, 0.05)
     if how == "sigkill":
         first.kill()
+    elif how == "sigstop":
+        first.process.send_signal(signal.SIGSTOP)
     else:
         first.process.terminate()
     leading_at = wait_for(lambda: second.ready()["leader"] and time.time(), "the standby to lead", 60, 0.05)
     deletion.join(60)
+    if how == "sigstop":
+        first.kill()  # SIGKILL ends a stopped process too
     first.stop()
     [(started, allowed, warning)] = answered
     print(
