@@ -163,6 +163,21 @@ def test_network_policies_admit_the_webhook_from_the_api_server_and_metrics_from
     assert not by_kind(render("networkPolicy.enabled=false", "deletionGate.enabled=true"), "NetworkPolicy")
 
 
+def render_json(*sets: str) -> list[dict[str, Any]]:
+    """As render, each of ``sets`` a --set-json (a value helm --set cannot spell, such as an empty list)."""
+    args = ["--set", "region=cn-hangzhou", *[a for s in sets for a in ("--set-json", s)]]
+    return [d for d in yaml.safe_load_all(helm("template", "albm", str(CHART), "-n", "ops", *args).stdout) if d]
+
+
+@pytest.mark.parametrize("nobody", ["[]", "null"])
+def test_metrics_from_nobody_lets_nobody_in(nobody: str) -> None:
+    """values.yaml: an empty networkPolicy.metrics.from lets nobody in. A rule with ports and no from would let
+    everyone in: no rule at all is rendered, so the policy's Ingress admits nothing (but the node)."""
+    [base] = by_kind(render_json(f"networkPolicy.metrics.from={nobody}"), "NetworkPolicy")
+    assert "Ingress" in base["spec"]["policyTypes"]
+    assert base["spec"].get("ingress") in (None, []), base["spec"].get("ingress")
+
+
 def test_the_webhook_configuration_leaves_its_path_and_ca_to_the_operator_and_mtls_mounts_the_client_ca(
     tmp_path: Path,
 ) -> None:
