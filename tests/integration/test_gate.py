@@ -421,6 +421,15 @@ def test_a_failed_listing_confirms_nothing(gated: Gated) -> None:
     assert metric(op, 'albm_gate_outcomes_total{outcome="confirmed"}') == 0
     assert metric(op, 'albm_gate_outcomes_total{outcome="timed-out"}') == 2
     assert gated.emulator.requests("ListServerGroupServers"), "the gate did look"
+    # The let-throughs are in status while their removals are pending: a successor counts their exposure from them.
+    servers = [f"Ip:{ips[n]}:8080" for n in victims]
+    status_when(
+        gated.cluster,
+        gated.namespace,
+        lambda s: all("exposedAt" in (s.get("pending") or {}).get(server, {}) for server in servers),
+        "the let-throughs recorded in status (exposedAt)",
+        timeout=4,
+    )
 
 
 @pytest.mark.parametrize(
@@ -471,3 +480,36 @@ def test_a_takeover_mid_hold_confirms_within_one_job_of_the_new_leader_leading(
     assert "were out of rotation" in warning, warning
     assert gated.out_at(ips[victim]) <= allowed
     assert allowed - leading_at <= job + 3.0, "within one job of the new leader leading (plus its start)"
+
+
+def test_a_deletion_let_through_by_a_killed_leader_is_exposure_for_the_next(gated: Gated) -> None:
+    """The leader holding a deletion is killed: the API server's call fails and the deletion goes ahead unconfirmed
+    (failurePolicy Ignore), which no replica answered. The next leader finishes the removal the gate decided and
+    counts the pod's exposure (before: a removal of trigger deletion-gate was counted only if let through by the
+    process that held it, so this one never was)."""
+    gated.emulator.admin("PUT", "behaviour", {"job_seconds": 2.0})
+    ports = free_port(), free_port()
+    ha = ("--leader-elect",)
+    first = gated.operator(ports[0], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[0]}")
+    wait_for(lambda: first.ready()["leader"], "the first replica to lead")
+    second = gated.operator(ports[1], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[1]}")
+    gated.register(ports[0])  # the API server asks the leader
+    gated.trusted()
+    ips = gated.members(2, gate={"enabled": True, "maxWaitSeconds": 25})
+    victim = sorted(ips)[0]
+    answered: list[tuple[float, float, str]] = []
+    deletion = threading.Thread(target=lambda: answered.append(gated.delete(victim)))
+    deletion.start()
+    wait_for(lambda: gated.emulator.requests("RemoveServersFromServerGroup"), "the leader's removal call", 30, 0.05)
+    first.kill()
+    deletion.join(30)
+    [(started, allowed, warning)] = answered
+    assert "out of rotation" not in warning and allowed - started < 10, "let through by the API server, unconfirmed"
+    wait_for(lambda: second.ready()["leader"], "the standby to lead", 60, 0.05)
+    wait_for(lambda: ips[victim] not in in_group(gated.emulator), "the removal finished by the new leader", 30)
+    count = wait_for(
+        lambda: metric(second, 'albm_exposure_seconds_count{gate="true"}'), "the new leader's exposure", 10
+    )
+    exposed = metric(second, 'albm_exposure_seconds_sum{gate="true"}')
+    print(f"\nleader killed mid-hold: the new leader counted {count:.0f} exposure of {exposed:.1f}s")
+    assert count == 1

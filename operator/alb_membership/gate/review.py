@@ -29,7 +29,7 @@ from alb_membership.alb.models import Server
 from alb_membership.engine.reconciler import Reconciler
 from alb_membership.gate.evidence import GroupListings
 from alb_membership.metrics import Metrics
-from alb_membership.model.ledger import GroupKey, GroupLedger
+from alb_membership.model.ledger import GroupKey, GroupLedger, Removal
 from alb_membership.model.membership import PodView
 from alb_membership.model.owners import picks
 from alb_membership.model.spec import Spec
@@ -159,8 +159,13 @@ class _Awaited:
 
     ledger: GroupLedger
     server: Server
-    decided_at: Any  # the removal's decision time when the hold began (a job submitted since then may prove it)
+    removal: Removal | None  # as the hold began: its ``holds`` counts this hold while it waits
     jobs: set[str] = field(default_factory=set)  # its removal's JobIds as seen
+
+    @property
+    def decided_at(self) -> Any:
+        """The removal's decision time when the hold began (a job submitted since then may prove it)."""
+        return self.removal.decided_at if self.removal is not None else None
 
 
 class Gate:
@@ -281,6 +286,8 @@ class Gate:
         if outcome == "timed-out":
             return self._timed_out(review, started, leaving)
         self._metrics.gate_hold_seconds.observe(held)
+        if outcome == "confirmed":
+            self._reconciler.held_out(leaving)  # exposure 0, however its removal ends (observed here)
         if outcome == "kept":
             # Its servers stay: another live pod holds them (hostNetwork), or a dry run removes nothing.
             return Verdict(
@@ -315,10 +322,14 @@ class Gate:
     def _awaiting(self, ledger: GroupLedger, server: Server) -> _Awaited:
         entry = ledger.entries.get(server)
         removal = entry.removal if entry is not None else None
+        if removal is not None:
+            removal.holds += 1  # a job that ends now ends before the deletion: no exposure (engine/timings.py)
         self._awaited.setdefault(ledger.key, Counter())[server] += 1
-        return _Awaited(ledger, server, removal.decided_at if removal is not None else None)
+        return _Awaited(ledger, server, removal)
 
     def _done_awaiting(self, w: _Awaited) -> None:
+        if w.removal is not None:
+            w.removal.holds -= 1
         waiting = self._awaited.get(w.ledger.key)
         if waiting is not None:
             waiting[w.server] -= 1
@@ -346,7 +357,8 @@ class Gate:
                 return "kept" if kept or not awaited else "confirmed"
             left = until - self._clock()
             if left <= 0:
-                return "timed-out"
+                # A last look at the jobs (no listing): one that ended since the look above proves it still.
+                return "confirmed" if all(self._job_succeeded(w) for w in pending) else "timed-out"
             await asyncio.sleep(min(POLL_SECONDS, left))
 
     async def _seen(self, w: _Awaited, until: float) -> str:
