@@ -20,6 +20,7 @@ import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 
+from alb_membership.metrics import GATE_OUTCOMES, UNCONFIRMED
 from localcluster.binaries import locate_binaries
 from localcluster.cluster import free_port
 from tests.support.cluster import Cluster, wait_for
@@ -201,6 +202,15 @@ def test_the_webhook_configuration_leaves_its_path_and_ca_to_the_operator_and_mt
     env = {e["name"]: e.get("value") for e in container["env"]}
     mount = next(m for m in container["volumeMounts"] if m["name"] == "webhook-client-ca")
     assert env["ALBM_WEBHOOK_CLIENT_CA"] == mount["mountPath"] + "/ca.crt"
+
+
+def test_the_alert_and_the_dashboard_count_every_unconfirmed_outcome() -> None:
+    [rule] = by_kind(render("prometheusRule.enabled=true"), "PrometheusRule")
+    dashboard = (CHART / "files" / "grafana-dashboard.json").read_text()
+    wanted = "|".join(UNCONFIRMED)
+    assert f'outcome=~"{wanted}"' in json.dumps(rule["spec"]).replace('\\"', '"')
+    assert f'outcome=~\\"{wanted}\\"' in dashboard
+    assert set(UNCONFIRMED) <= set(GATE_OUTCOMES)
 
 
 def test_the_chart_and_the_plain_manifests_pass_kube_score() -> None:

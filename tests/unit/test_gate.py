@@ -271,6 +271,19 @@ async def test_a_removal_called_off_for_a_live_owner_is_kept_not_confirmed(ok: S
     assert await hold == "kept"
 
 
+@pytest.mark.parametrize("why", ["no-ip", "dry-run"])
+async def test_a_member_with_nothing_to_wait_for_is_no_servers_not_kept(ok: Setup, why: str) -> None:
+    """Before: answered kept, "held by another pod", which no other pod did; and not counted as unconfirmed."""
+    ok.view.pod_list = [pod("a", ip=None if why == "no-ip" else "10.0.0.1")]
+    body = selected(deletionGate=GATED, dryRun=why == "dry-run")
+    ok.view.bodies = [body]
+    ok.rec.start(body, repair=False)
+    verdict = await ok.gate.review(Review.parse(delete("a", "uid-a")), time.monotonic() + 5)
+    assert verdict.outcome == "no-servers" and verdict.warning is not None
+    assert "another pod" not in verdict.warning and "unconfirmed" in verdict.warning
+    assert ok.outcome("no-servers") == 1 and ok.outcome("kept") == 0
+
+
 # -- takeovers and let-throughs ---------------------------------------------------------------------------------
 
 

@@ -271,6 +271,18 @@ class Gate:
                 return self._timed_out(review, started, [])
             await asyncio.sleep(min(POLL_SECONDS, max(0.0, until - self._clock())))
         leaving = self._reconciler.gate(pod)
+        if not leaving:
+            # Nothing to wait for, so nothing to confirm: no server of the pod is known (no IP yet, an ENI not
+            # annotated, already removed) or its resources are dry runs (nothing leaves).
+            self._metrics.gate_hold_seconds.observe(self._clock() - started)
+            log.warning(
+                "deletion of pod %s/%s let through: no server of it to wait for", review.namespace, review.pod_name
+            )
+            return Verdict(
+                "no-servers",
+                "alb-membership-operator: no server of this pod to wait for (none known to the operator, or its "
+                "resource is a dry run); let through unconfirmed",
+            )
         awaited = [self._awaiting(ledger, server) for ledger, server in leaving]
         try:
             outcome = await self._until_out(awaited, until)
@@ -339,7 +351,7 @@ class Gate:
                 del self._awaited[w.ledger.key]
 
     async def _until_out(self, awaited: list[_Awaited], until: float) -> str:
-        """confirmed (every server out), kept (the others out, these held by a live owner), timed-out, or
+        """confirmed (every server out), kept (the others out, some held by a live owner), timed-out, or
         HANDED_OVER (this replica stopped leading: the new leader answers, as soon as it leads)."""
         pending = list(awaited)
         kept = False
@@ -354,7 +366,7 @@ class Gate:
                     still.append(w)
             pending = still
             if not pending:
-                return "kept" if kept or not awaited else "confirmed"
+                return "kept" if kept else "confirmed"
             left = until - self._clock()
             if left <= 0:
                 # A last look at the jobs (no listing): one that ended since the look above proves it still.
