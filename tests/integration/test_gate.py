@@ -513,3 +513,43 @@ def test_a_deletion_let_through_by_a_killed_leader_is_exposure_for_the_next(gate
     exposed = metric(second, 'albm_exposure_seconds_sum{gate="true"}')
     print(f"\nleader killed mid-hold: the new leader counted {count:.0f} exposure of {exposed:.1f}s")
     assert count == 1
+
+
+def test_a_leader_that_loses_its_lease_mid_hold_hands_the_review_over(gated: Gated) -> None:
+    """The leader cannot renew its Lease (here another holder took it; as when its renewals time out): it stops
+    acting before the Lease can expire for the others, keeps its webhook up until the next leader is named, hands
+    the deletion it holds to that one, and exits 1. Before, it exited at once (os._exit): the API server's call was
+    reset and the deletion went through unconfirmed and uncounted."""
+    gated.emulator.admin("PUT", "behaviour", {"job_seconds": 15.0})
+    ports = free_port(), free_port()
+    ha = ("--leader-elect",)
+    first = gated.operator(ports[0], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[0]}")
+    wait_for(lambda: first.ready()["leader"], "the first replica to lead")
+    second = gated.operator(ports[1], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[1]}")
+    gated.register(ports[0])  # the API server asks the leader
+    gated.trusted()
+    ips = gated.members(2, gate={"enabled": True, "maxWaitSeconds": 25})
+    victim = sorted(ips)[0]
+    answered: list[tuple[float, float, str]] = []
+    deletion = threading.Thread(target=lambda: answered.append(gated.delete(victim)))
+    deletion.start()
+    wait_for(lambda: gated.emulator.requests("RemoveServersFromServerGroup"), "the leader's removal call", 30, 0.05)
+    coordination = kubernetes.client.CoordinationV1Api(gated.core.api_client)
+    lease = coordination.read_namespaced_lease("alb-membership-operator", gated.namespace)
+    # Longer than the leader's renew deadline (10 s): the standby may take it only after the leader stopped acting.
+    lease.spec.holder_identity, lease.spec.lease_duration_seconds = "someone-else", 13
+    lease.metadata.annotations = {}
+    coordination.replace_namespaced_lease("alb-membership-operator", gated.namespace, lease)
+    taken = time.time()
+    wait_for(lambda: first.process.poll() is not None, "the leader to exit", 40, 0.1)
+    exit_code, exited = first.process.returncode, time.time()
+    deletion.join(30)
+    [(started, allowed, warning)] = answered
+    print(
+        f"\nLease taken {taken - started:.1f}s into the hold; the old leader exited {exited - taken:.1f}s later; "
+        f"answered {allowed - started:.1f}s after the deletion"
+    )
+    assert exit_code == 1
+    assert "were out of rotation" in warning, warning
+    assert gated.out_at(ips[victim]) <= allowed
+    assert second.ready()["leader"]

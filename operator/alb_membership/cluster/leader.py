@@ -4,7 +4,8 @@ The same protocol as client-go's leaderelection: the holder renews ``renewTime``
 a candidate takes the Lease once it has seen the same record, unchanged, for ``leaseDurationSeconds`` by its own
 clock (as client-go's observedTime: no trust in another node's clock); every write carries the resourceVersion it
 read, so two candidates cannot both win. A leader that cannot renew within ``renew_deadline_seconds`` of its
-last successful renewal's start stops acting at once (the process exits), before any other replica can take over.
+last successful renewal's start stops acting at once (``keep`` raises; run.py stops the engine in that step, hands
+the reviews it holds to the next leader and exits), before any other replica can take over.
 """
 
 from __future__ import annotations

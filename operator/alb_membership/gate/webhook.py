@@ -117,6 +117,9 @@ class Webhook:
         self._token = bundle.path_token.encode()
         self._forward_ssl: ssl.SSLContext = client_context(bundle, mtls)
         self.forwarding = 0  # reviews being forwarded now
+        # The tasks answering reviews now: a stopping replica lets them finish (run.py keeps kopf from cancelling
+        # them with the tasks it spawned), so that what it held is handed over, not dropped.
+        self.tasks: set[asyncio.Task[Any]] = set()
 
     def use(self, bundle: Bundle) -> None:
         """The token to hear and to forward with, and the CA (and, under mTLS, the client certificate) for
@@ -139,6 +142,15 @@ class Webhook:
         return web.Response(status=404, text="not found")
 
     async def _review(self, request: web.Request) -> web.Response:
+        # The handler's task and its connection's (which would close the connection if cancelled).
+        tasks = {t for t in (asyncio.current_task(), request.task) if t is not None}
+        self.tasks |= tasks
+        try:
+            return await self._heard(request)
+        finally:
+            self.tasks -= tasks
+
+    async def _heard(self, request: web.Request) -> web.Response:
         token = request.match_info["token"].encode()
         if not self._token or not hmac.compare_digest(token, self._token):
             if len(token) == len(self._token):
@@ -204,7 +216,8 @@ class Webhook:
                 break  # no leader election: no other replica to ask
             else:
                 try:
-                    url = await asyncio.wait_for(self._leaders.url(refresh), left)
+                    async with asyncio.timeout(left):  # no task of its own (see tasks)
+                        url = await self._leaders.url(refresh)
                 except TimeoutError:
                     break
                 refresh = True  # unless the leader answers below, the next try reads the Lease again
@@ -225,6 +238,8 @@ class Webhook:
         wait for it until the hold's end, even after it took the Lease itself."""
         assert self._leaders is not None
         ask = asyncio.ensure_future(self._ask(url, body, review, deadline - self._clock()))
+        self.tasks.add(ask)
+        ask.add_done_callback(self.tasks.discard)
         try:
             while True:
                 await asyncio.wait({ask}, timeout=max(0.0, min(POLL_SECONDS, deadline - self._clock())))
@@ -233,7 +248,8 @@ class Webhook:
                 if self._leading() or self._clock() >= deadline:
                     return None
                 try:
-                    named = await asyncio.wait_for(self._leaders.url(refresh=True), POLL_SECONDS)
+                    async with asyncio.timeout(POLL_SECONDS):
+                        named = await self._leaders.url(refresh=True)
                 except TimeoutError:
                     continue
                 if named is not None and named != url:
