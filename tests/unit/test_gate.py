@@ -366,6 +366,19 @@ async def test_a_review_handed_over_and_never_answered_is_exposure_from_the_dele
     assert metrics.registry.get_sample_value("albm_exposure_seconds_count", {"gate": "true"}) == 1.0
 
 
+async def test_a_successor_does_not_call_off_a_removal_the_gate_decided(ok: Setup) -> None:
+    """The pod whose deletion the old leader held is still live (its deletion waits on the gate): the successor
+    must not take it for a live holder of its server and call the removal off at its last check."""
+    ok.members("a")
+    hold = asyncio.create_task(ok.gate.review(Review.parse(delete("a", "uid-a")), time.monotonic() + 20))
+    await ok.decided("10.0.0.1")
+    ok.rec.stopped = True
+    assert (await hold).outcome == HANDED_OVER
+    successor = successor_of(ok)
+    assert successor.directory.holders(successor.ledger(GROUP)) == {}, "the held pod holds nothing"
+    assert "uid-a" in successor.gated
+
+
 async def test_the_gates_word_survives_a_takeover() -> None:
     """A let-through (from when) and a hold until out (not exposed) are in status for the next leader."""
     setup = Setup(Pages(listed(("10.0.0.1", "Available"), ("10.0.0.2", "Draining"))))

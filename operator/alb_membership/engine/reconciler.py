@@ -112,10 +112,17 @@ class Reconciler:
         state.restore(recorded)
         ledger = self.ledger(state.group)
         pending = status.restore(ledger, state.ref.uid, recorded)
-        if spec.gate_seconds is not None:
-            for entry in _pending((ledger, server) for server in pending):  # for albm_exposure_seconds{gate="true"}
-                assert entry.removal is not None
-                entry.removal.gated = True
+        for entry in _pending((ledger, server) for server in pending):
+            assert entry.removal is not None
+            if spec.gate_seconds is not None:
+                entry.removal.gated = True  # for albm_exposure_seconds{gate="true"}
+            if entry.removal.trigger == "deletion-gate":
+                # Decided by an earlier leader's gate for a pod whose deletion may still wait on it: that pod, live
+                # as it looks, holds nothing (the last check before the call must not call the removal off).
+                for key in entry.leaving_owners():
+                    pod_uid = pod_uid_of(key[1], entry.owners[key].source)
+                    if pod_uid is not None:
+                        self.gated.add(pod_uid)
         self.writer.known(state, recorded)
         self.resources[state.ref.uid] = state
         if pending:
