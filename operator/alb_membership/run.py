@@ -140,25 +140,35 @@ async def _serve_webhook(
         list(settings.webhook_hosts),
         settings.webhook_configuration,
     )
+
+    def leading() -> bool:
+        # From the moment the Lease is ours (the gate waits until kopf has loaded the resources), and no longer
+        # once this replica stopped acting (it then asks the new leader, as a standby does).
+        held = elector is None or elector.is_leader
+        return held and not runtime.standby and not runtime.reconciler.stopped
+
     bundle = await certificates.ensure()
     context = server_context(bundle, settings.webhook_client_ca)
     webhook = Webhook(
         runtime.gate,
         runtime.store,
         runtime.metrics,
-        # Leading from the moment the Lease is ours (the gate waits until kopf has loaded the resources), and no
-        # longer once it stopped acting (it then asks the new leader, as a standby does).
-        leading=lambda: not runtime.standby and not runtime.reconciler.stopped,
+        leading=leading,
         leaders=LeaderLookup(functools.partial(_leader_url, elector)) if elector is not None else None,
         session=runtime.session,
         bundle=bundle,
         forward_name=settings.webhook_hosts[0],
         mtls=settings.webhook_client_ca is not None,
-        unknown_token=runtime.recheck_certificates,
+        unknown_token=runtime.reread_certificates,
     )
     runner = web.AppRunner(webhook.app(), access_log=None, shutdown_timeout=WEBHOOK_SHUTDOWN_SECONDS)
     await runner.setup()
     await web.TCPSite(runner, settings.listen_address, settings.webhook_port, ssl_context=context).start()
+    if elector is None:  # the configuration is the leader's to write; without leader election, this replica's
+        try:
+            await certificates.configure(bundle)
+        except Exception as exc:  # tried again every few seconds (Runtime.keep_certificates)
+            log.warning("webhook configuration not written yet (%s: %s)", type(exc).__name__, exc)
     log.info(
         "deletion gate on https://%s:%d%s/<token>%s",
         settings.listen_address,
@@ -167,7 +177,7 @@ async def _serve_webhook(
         " (client certificates required)" if settings.webhook_client_ca else "",
     )
     runtime.gate.start()
-    runtime.keep_certificates(certificates, context, webhook.use)
+    runtime.keep_certificates(certificates, context, webhook.use, leading)
     return runner, webhook
 
 
@@ -244,6 +254,7 @@ async def serve(settings: Settings) -> int:
             if not await _until(shutdown.flag, elector.acquire()):
                 return exit_code  # stopped while standing by: nothing to hand over
             runtime.standby = False
+            runtime.certificates_now()  # the configuration is this replica's to keep now
         runtime.metrics.leader.set(1)
         operator = asyncio.create_task(_kopf(settings, runtime, shutdown.flag, reviews))
         reinstall = asyncio.create_task(_reinstall_when_ready(runtime.ready, shutdown))

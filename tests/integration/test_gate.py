@@ -553,3 +553,31 @@ def test_a_leader_that_loses_its_lease_mid_hold_hands_the_review_over(gated: Gat
     assert "were out of rotation" in warning, warning
     assert gated.out_at(ips[victim]) <= allowed
     assert second.ready()["leader"]
+
+
+def test_a_replica_starting_beside_the_leader_leaves_the_configuration_to_it(gated: Gated) -> None:
+    """The Secret's token no longer the one the leader hears (its key deleted to rotate it, the Secret made again,
+    an upgrade from 0.1): a replica starting then makes a token, but only the leader writes the configuration,
+    once it hears that token. Before, the new replica wrote it at once, and the leader answered the API server's
+    calls 404 (deletions let through ungated) until it read the Secret again."""
+    ports = free_port(), free_port()
+    ha = ("--leader-elect",)
+    first = gated.operator(ports[0], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[0]}")
+    wait_for(lambda: first.ready()["leader"], "the first replica to lead")
+    gated.register(ports[0])
+    gated.trusted()
+    configured = lambda: gated.admission.read_validating_webhook_configuration(gated.name).webhooks[0].client_config  # noqa: E731
+    heard = gated.token()
+    wait_for(lambda: configured().url.endswith(heard), "the leader's token in the configuration")
+    ips = gated.members(2)
+    gated.core.patch_namespaced_secret(
+        "albm-webhook-tls", gated.namespace, [{"op": "remove", "path": "/data/path-token"}]
+    )
+    second = gated.operator(ports[1], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[1]}")
+    assert not second.ready()["leader"]
+    assert gated.token() != heard, "the new replica made a token"
+    time.sleep(2.0)
+    assert configured().url.endswith(heard), "the configuration still names the token the leader hears"
+    victim = sorted(ips)[0]
+    started, allowed, warning = gated.delete(victim)
+    assert "were out of rotation" in warning and started < gated.out_at(ips[victim]) <= allowed

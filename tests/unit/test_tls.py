@@ -4,6 +4,7 @@ the configuration with the caBundle; under mTLS only the API server's CA and the
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import os
 import ssl
@@ -16,6 +17,7 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from alb_membership.gate.pki import make_ca, make_client, make_serving
 from alb_membership.gate.tls import (
+    PREVIOUS_TOKEN_SECONDS,
     Bundle,
     CertificateError,
     Certificates,
@@ -168,6 +170,36 @@ async def test_a_refused_configuration_write_never_carries_the_token_into_an_err
     async with k8s.ApiClient() as api:
         certs = await certificates(apis, api)
         with pytest.raises(CertificateError) as refused:
-            await certs.ensure()
+            await certs.configure(await certs.ensure())
     assert apis.patches, "the patch was tried"
     assert b.path_token not in str(refused.value) and "422" in str(refused.value)
+
+
+async def test_a_rotation_keeps_the_token_before_it_heard_for_a_grace_period() -> None:
+    """To rotate, the key is deleted from the Secret: the new token is made, and the one the replicas and the
+    configuration have until they follow is kept in the Secret, heard for PREVIOUS_TOKEN_SECONDS."""
+    b = bundle()
+    apis = FakeApis(b.to_secret_data())
+    async with k8s.ApiClient() as api:
+        certs = await certificates(apis, api)
+        assert (await certs.ensure()).path_token == b.path_token
+        assert apis.patches == [], "the Secret only: the configuration is the leader's to write (configure)"
+        assert apis.data is not None
+        del apis.data["path-token"]
+        rotated = await certs.ensure()
+    now = dt.datetime.now(dt.UTC)
+    assert rotated.path_token not in ("", b.path_token) and rotated.ca_cert == b.ca_cert
+    assert rotated.previous_token == b.path_token
+    assert Bundle.from_secret_data(apis.data) == rotated, "kept in the Secret, for the other replica"
+    assert set(rotated.tokens(now)) == {rotated.path_token, b.path_token}
+    assert rotated.tokens(now + dt.timedelta(seconds=PREVIOUS_TOKEN_SECONDS + 1)) == [rotated.path_token]
+
+
+async def test_a_token_that_is_not_ascii_gets_a_new_token_and_keeps_the_ca() -> None:
+    b = bundle()
+    data = {**b.to_secret_data(), "path-token": base64.b64encode(("é" * 43).encode()).decode()}
+    apis = FakeApis(data)
+    async with k8s.ApiClient() as api:
+        made = await (await certificates(apis, api)).ensure()
+    assert made.ca_cert == b.ca_cert and made.ca_key == b.ca_key, "the Secret is not replaced with a new CA"
+    assert len(made.path_token) >= 43 and made.path_token.isascii()

@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any, cast
 
 import aiohttp
@@ -68,8 +69,11 @@ class Replica:
         self.session = aiohttp.ClientSession()
         self.rechecks = 0
 
-        def recheck() -> None:
+        self.on_recheck: Callable[[], None] = lambda: None  # what reading the Secret again finds
+
+        async def recheck() -> None:
             self.rechecks += 1
+            self.on_recheck()
 
         async def read() -> str | None:
             return leader() if leader is not None else None
@@ -352,3 +356,26 @@ async def test_a_lease_read_that_hangs_does_not_outlast_the_hold(replicas: list[
     resp = await asyncio.wait_for(standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a")), 8)
     assert "no leader" in (await resp.json())["response"]["warnings"][0]
     assert time.monotonic() - began < 4.0, "maxWaitSeconds (3 s), not forever"
+
+
+async def test_a_token_shaped_miss_reads_the_secret_before_it_is_answered(replicas: list[Replica]) -> None:
+    """The other replica rotated the token and the leader wrote it into the configuration: the first review on it
+    is heard (before: 404, an ungated deletion, and the Secret read afterwards)."""
+    rotated = new_token()
+    replica = await started(replicas, FakeGate(), lambda: True, lambda: None)
+    replica.on_recheck = lambda: replica.webhook.use(bundle(rotated))
+    resp = await replica.client.post("/validate-pod-deletion/" + rotated, json=delete("a", "uid-a"))
+    assert resp.status == 200 and replica.rechecks == 1
+    resp = await replica.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a"))
+    assert resp.status == 200, "the token heard before is heard for a grace period: the configuration may name it"
+
+
+async def test_the_previous_token_is_heard_only_during_its_grace(replicas: list[Replica]) -> None:
+    old = new_token()
+    replica = await started(replicas, FakeGate(), lambda: True, lambda: None)
+    now = dt.datetime.now(dt.UTC)
+    replica.webhook._bundle = replace(bundle(), previous_token=old, previous_until=now + dt.timedelta(seconds=60))
+    assert (await replica.client.post("/validate-pod-deletion/" + old, json=delete("a", "uid-a"))).status == 200
+    replica.webhook._bundle = replace(bundle(), previous_token=old, previous_until=now - dt.timedelta(seconds=1))
+    replica.webhook._retired.clear()
+    assert (await replica.client.post("/validate-pod-deletion/" + old, json=delete("a", "uid-a"))).status == 404

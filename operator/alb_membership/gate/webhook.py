@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hmac
 import logging
 import ssl
@@ -33,7 +34,7 @@ import aiohttp
 from aiohttp import web
 
 from alb_membership.gate.review import Gate, Review, answer, hold_for, pod_of
-from alb_membership.gate.tls import REVIEW_PATH, Bundle, client_context, review_path
+from alb_membership.gate.tls import PREVIOUS_TOKEN_SECONDS, REVIEW_PATH, Bundle, client_context, review_path
 from alb_membership.metrics import Metrics
 from alb_membership.model.view import LiveView
 
@@ -43,6 +44,7 @@ FORWARDED = "X-Albm-Forwarded"
 FORWARD_MARGIN_SECONDS = 0.5  # a forwarded review is answered this long before its standby stops waiting
 RETRY_SECONDS = 0.2
 POLL_SECONDS = 0.25  # while a forward is awaited: whether this replica leads now, or the Lease names another leader
+REREAD_SECONDS = 2.0  # a review waits at most this long for the Secret to be read again
 MAX_FORWARDS = 500  # reviews a standby forwards at once (as MAX_HOLDS on the leader); more are let through
 MAX_BODY_BYTES = 4 * 1024 * 1024  # an AdmissionReview with a pod as large as etcd takes (1.5 MiB) as oldObject
 
@@ -99,10 +101,11 @@ class Webhook:
         forward_name: str,
         mtls: bool = False,
         clock: Callable[[], float] = time.monotonic,
-        unknown_token: Callable[[], None] = lambda: None,
+        unknown_token: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """``leaders``: None without leader election (no other replica could answer). ``unknown_token``: called when
-        a review names a token-shaped path that is not this replica's token (the Secret may have changed)."""
+        """``leaders``: None without leader election (no other replica could answer). ``unknown_token``: awaited
+        (at most REREAD_SECONDS) when a review names a token-shaped path that is not one this replica hears, or the
+        leader answers 404: it reads the Secret again, rate-limited, and calls ``use`` if it changed."""
         self._gate = gate
         self._store = store
         self._metrics = metrics
@@ -112,9 +115,11 @@ class Webhook:
         self._mtls = mtls
         self._clock = clock
         self._unknown_token = unknown_token
+        self._wall: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
         # The leader is reached at its pod IP; its certificate is checked against the Service's name it was made for.
         self._forward_name = forward_name
-        self._token = bundle.path_token.encode()
+        self._bundle = bundle
+        self._retired: dict[str, dt.datetime] = {}  # tokens heard before the current one -> until when
         self._forward_ssl: ssl.SSLContext = client_context(bundle, mtls)
         self.forwarding = 0  # reviews being forwarded now
         # The tasks answering reviews now: a stopping replica lets them finish (run.py keeps kopf from cancelling
@@ -123,13 +128,38 @@ class Webhook:
 
     def use(self, bundle: Bundle) -> None:
         """The token to hear and to forward with, and the CA (and, under mTLS, the client certificate) for
-        forwarding: followed when the Secret changes."""
-        self._token = bundle.path_token.encode()
+        forwarding: followed when the Secret changes. The token heard until now is heard PREVIOUS_TOKEN_SECONDS
+        more (the configuration may still name it: the API server and the leader follow in their own time), also
+        when the Secret does not say so (it was made again, or rotated by a replica that never heard it)."""
+        now = self._wall()
+        old = self._bundle.path_token
+        if old and old not in bundle.tokens(now):
+            self._retired[old] = now + dt.timedelta(seconds=PREVIOUS_TOKEN_SECONDS)
+        self._retired = {t: until for t, until in self._retired.items() if until > now and t != bundle.path_token}
+        self._bundle = bundle
         self._forward_ssl = client_context(bundle, self._mtls)
 
     @property
     def path(self) -> str:
-        return review_path(self._token.decode())
+        """Where a review is forwarded: the current token's path."""
+        return review_path(self._bundle.path_token)
+
+    def _hears(self, token: bytes) -> bool:
+        """The current token, or the one before a rotation during its grace; compared in constant time."""
+        now = self._wall()
+        heard = False
+        for known in [*self._bundle.tokens(now), *(t for t, until in self._retired.items() if until > now)]:
+            heard |= hmac.compare_digest(token, known.encode())
+        return heard
+
+    async def _reread(self) -> None:
+        if self._unknown_token is None:
+            return
+        try:
+            async with asyncio.timeout(REREAD_SECONDS):
+                await self._unknown_token()
+        except Exception as exc:  # the Secret could not be read: the review is refused as it would have been
+            log.warning("could not read the webhook's Secret again (%s)", type(exc).__name__)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -152,10 +182,14 @@ class Webhook:
 
     async def _heard(self, request: web.Request) -> web.Response:
         token = request.match_info["token"].encode()
-        if not self._token or not hmac.compare_digest(token, self._token):
-            if len(token) == len(self._token):
-                self._unknown_token()  # rotated by the other replica, perhaps: read the Secret again soon
-            return await self._refused(request)
+        if not self._hears(token):
+            if len(token) != len(self._bundle.path_token):
+                return await self._refused(request)
+            # Shaped like a token: rotated by the other replica, perhaps. The Secret is read again (rate-limited)
+            # before the answer, which a 404 would make an ungated deletion.
+            await self._reread()
+            if not self._hears(token):
+                return await self._refused(request)
         started = self._clock()
         try:
             body: Any = await request.json()
@@ -281,19 +315,7 @@ class Webhook:
                 if resp.status == 200:
                     answered: dict[str, Any] = await resp.json()
                     return answered
-                if resp.status == 404:
-                    # Not this replica's token there (rotated, a Secret made again, an older version): read ours
-                    # again and ask again.
-                    self._unknown_token()
-                if resp.status != 503:  # 503: it no longer leads, the Lease is read again
-                    log.warning(
-                        "the leader at %s answered %d about pod %s/%s; asking again",
-                        host,
-                        resp.status,
-                        review.namespace,
-                        review.pod_name,
-                    )
-                return None
+                status = resp.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.warning(
                 "could not ask the leader at %s about pod %s/%s (%s)",
@@ -303,6 +325,19 @@ class Webhook:
                 _why(exc),
             )
             return None
+        if status != 503:  # 503: it no longer leads, the Lease is read again
+            log.warning(
+                "the leader at %s answered %d about pod %s/%s; asking again",
+                host,
+                status,
+                review.namespace,
+                review.pod_name,
+            )
+        if status == 404:
+            # Not this replica's token there (rotated, a Secret made again, an older version): read ours again,
+            # then ask again.
+            await self._reread()
+        return None
 
 
 def _why(exc: BaseException) -> str:
