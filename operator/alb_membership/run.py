@@ -17,7 +17,7 @@ from aiohttp import web
 
 from alb_membership import handlers
 from alb_membership.cluster.leader import LeaderElector, LeaseSettings
-from alb_membership.gate.tls import REVIEW_PATH, Certificates, server_context
+from alb_membership.gate.tls import REVIEW_PATH, Certificates, ServerTLS
 from alb_membership.gate.webhook import LeaderLookup, Webhook
 from alb_membership.runtime import Runtime
 from alb_membership.settings import Settings
@@ -148,7 +148,7 @@ async def _serve_webhook(
         return held and not runtime.standby and not runtime.reconciler.stopped
 
     bundle = await certificates.ensure()
-    context = server_context(bundle, settings.webhook_client_ca)
+    tls = ServerTLS(bundle, settings.webhook_client_ca, runtime.metrics.webhook_refused.labels("tls").inc)
     webhook = Webhook(
         runtime.gate,
         runtime.store,
@@ -163,7 +163,7 @@ async def _serve_webhook(
     )
     runner = web.AppRunner(webhook.app(), access_log=None, shutdown_timeout=WEBHOOK_SHUTDOWN_SECONDS)
     await runner.setup()
-    await web.TCPSite(runner, settings.listen_address, settings.webhook_port, ssl_context=context).start()
+    await web.TCPSite(runner, settings.listen_address, settings.webhook_port, ssl_context=tls.front).start()
     if elector is None:  # the configuration is the leader's to write; without leader election, this replica's
         try:
             await certificates.configure(bundle)
@@ -177,7 +177,7 @@ async def _serve_webhook(
         " (client certificates required)" if settings.webhook_client_ca else "",
     )
     runtime.gate.start()
-    runtime.keep_certificates(certificates, context, webhook.use, leading)
+    runtime.keep_certificates(certificates, tls, webhook.use, leading)
     return runner, webhook
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -26,7 +25,7 @@ from alb_membership.engine.jobs import JobTracker
 from alb_membership.engine.pipeline import PipelineSettings, Services
 from alb_membership.engine.reconciler import Reconciler, ReconcilerSettings
 from alb_membership.gate.review import Gate
-from alb_membership.gate.tls import Bundle, Certificates, load
+from alb_membership.gate.tls import Bundle, Certificates, ServerTLS
 from alb_membership.metrics import Metrics
 from alb_membership.model.membership import PodView
 from alb_membership.settings import Settings
@@ -82,9 +81,7 @@ class Runtime:
         self._recheck = asyncio.Event()  # set when this replica starts leading: the configuration is its to keep
         self._reread_lock = asyncio.Lock()
         self._reread_at = -1e9
-        self._certificates: tuple[Certificates, ssl.SSLContext, Callable[[Bundle], None], Callable[[], bool]] | None = (
-            None
-        )
+        self._certificates: tuple[Certificates, ServerTLS, Callable[[Bundle], None], Callable[[], bool]] | None = None
         self.standby = False  # True while another replica holds the Lease
 
     @classmethod
@@ -140,16 +137,16 @@ class Runtime:
     def keep_certificates(
         self,
         certificates: Certificates,
-        context: ssl.SSLContext,
+        tls: ServerTLS,
         use: Callable[[Bundle], None],
         leading: Callable[[], bool],
     ) -> None:
         """Follows the Secret and the webhook configuration: renews the certificate (a month before it expires)
-        into the live server context, and uses a new CA and path token for forwarding and hearing (a Secret
-        replaced by hand, a rotation). The leader alone keeps the configuration's caBundle and path in step: the
-        configuration never names a token the leader does not hear (a new replica starting beside an older
-        leader, a Secret made again)."""
-        self._certificates = (certificates, context, use, leading)
+        into the server's TLS (a new CA replaces the old one there), and uses a new CA and path token for
+        forwarding and hearing (a Secret replaced by hand, a rotation). The leader alone keeps the configuration's
+        caBundle and path in step: the configuration never names a token the leader does not hear (a new replica
+        starting beside an older leader, a Secret made again)."""
+        self._certificates = (certificates, tls, use, leading)
 
         async def renew() -> None:
             while True:
@@ -170,8 +167,8 @@ class Runtime:
     async def _follow(self, bundle: Bundle) -> None:
         """Hears and serves ``bundle``; then, as the leader, writes it into the configuration."""
         assert self._certificates is not None
-        certificates, context, use, leading = self._certificates
-        load(context, bundle)
+        certificates, tls, use, leading = self._certificates
+        tls.use(bundle)
         use(bundle)
         if leading():
             await certificates.configure(bundle)

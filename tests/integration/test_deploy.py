@@ -213,6 +213,27 @@ def test_the_alert_and_the_dashboard_count_every_unconfirmed_outcome() -> None:
     assert set(UNCONFIRMED) <= set(GATE_OUTCOMES)
 
 
+def test_a_new_client_ca_rolls_the_pods(tmp_path: Path) -> None:
+    """The server reads the client CA at start: the pods carry its checksum, so a new one is a rollout."""
+
+    def annotations(pem: str | None, *sets: str) -> dict[str, str]:
+        args = ["--set", "region=cn-hangzhou", "--set", "deletionGate.enabled=true"]
+        for s in sets:
+            args += ["--set", s]
+        if pem is not None:
+            (tmp_path / "ca.pem").write_text(pem)
+            args += ["--set-file", f"deletionGate.clientCA={tmp_path / 'ca.pem'}"]
+        docs = [d for d in yaml.safe_load_all(helm("template", "albm", str(CHART), *args).stdout) if d]
+        return by_kind(docs, "Deployment")[0]["spec"]["template"]["metadata"].get("annotations") or {}
+
+    one = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    two = "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n"
+    first, second = annotations(one)["checksum/webhook-client-ca"], annotations(two)["checksum/webhook-client-ca"]
+    assert first != second
+    assert "checksum/webhook-client-ca" not in annotations(None)
+    assert annotations(one, "podAnnotations.team=platform") == {"team": "platform", "checksum/webhook-client-ca": first}
+
+
 def test_the_chart_and_the_plain_manifests_pass_kube_score() -> None:
     """No NetworkPolicy, anti-affinity or other finding; the house choices (no CPU limit, IfNotPresent, no
     ephemeral-storage figures) are ignored in scripts/kube-score, and the chart README says why."""

@@ -21,6 +21,7 @@ from alb_membership.gate.tls import (
     Bundle,
     CertificateError,
     Certificates,
+    ServerTLS,
     client_context,
     configuration_patch,
     new_token,
@@ -203,3 +204,29 @@ async def test_a_token_that_is_not_ascii_gets_a_new_token_and_keeps_the_ca() -> 
         made = await (await certificates(apis, api)).ensure()
     assert made.ca_cert == b.ca_cert and made.ca_key == b.ca_key, "the Secret is not replaced with a new CA"
     assert len(made.path_token) >= 43 and made.path_token.isascii()
+
+
+def replica_context(b: Bundle) -> ssl.SSLContext:
+    """A replica forwarding under mTLS, trusting the server's CA whatever it is (the check here is the server's)."""
+    context = client_context(b, mtls=True)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return context
+
+
+async def test_a_new_install_ca_replaces_the_old_one_in_the_servers_trust_and_refusals_are_counted() -> None:
+    """A Secret made again (a new CA): the server presents the new certificate and trusts the new CA for the
+    replicas' forwarding, and no longer the old one (a context's trust store can only grow: it is built again)."""
+    old, new = bundle(), bundle()
+    api_ca, api_key = make_ca("API server's webhook client CA", 1, NOW)
+    refused: list[int] = []
+    tls = ServerTLS(old, api_ca, lambda: refused.append(1))
+    api = ssl.create_default_context()
+    api.check_hostname, api.verify_mode = False, ssl.CERT_NONE
+    cert, key = make_client(api_ca, api_key, "kube-apiserver", 1, NOW)
+    api.load_cert_chain(f"/proc/self/fd/{_memfd(cert + key)}")
+    assert await handshake(tls.front, replica_context(old)) and await handshake(tls.front, api)
+    tls.use(new)
+    assert not await handshake(tls.front, replica_context(old)), "the old install CA is trusted no more"
+    assert await handshake(tls.front, replica_context(new)) and await handshake(tls.front, api)
+    assert await handshake(tls.front, ssl.create_default_context(cadata=new.ca_cert.decode())) is False
+    assert len(refused) >= 2, "the old CA's certificate and the one without any, counted"

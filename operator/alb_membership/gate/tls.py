@@ -27,6 +27,7 @@ import logging
 import os
 import secrets
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -142,16 +143,48 @@ def server_context(bundle: Bundle, client_ca: bytes | None = None) -> ssl.SSLCon
     if client_ca:
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(cadata=client_ca.decode())
-    load(context, bundle)
+        context.load_verify_locations(cadata=bundle.ca_cert.decode())
+    _load_chain(context, bundle.cert, bundle.key)
     return context
 
 
-def load(context: ssl.SSLContext, bundle: Bundle) -> None:
-    """Into a live context too: connections made after a renewal get the new certificate (and, under mTLS, a CA
-    replaced by hand is trusted for the replicas' forwarding from then on)."""
-    _load_chain(context, bundle.cert, bundle.key)
-    if context.verify_mode == ssl.CERT_REQUIRED:
-        context.load_verify_locations(cadata=bundle.ca_cert.decode())
+class ServerTLS:
+    """The webhook server's TLS, which follows the Secret. The server is given one context, ``front``; every
+    handshake is switched (its SNI callback, which OpenSSL calls on every ClientHello, with a server name or
+    without) to the context built from the bundle current now. A renewed certificate, and under mTLS a new
+    install CA, take effect for the next connection, and a CA replaced is no longer trusted: a context's trust
+    store can only grow, so it is built again rather than added to. Failed handshakes (no client certificate or
+    an untrusted one under mTLS, or no TLS at all) are counted with ``refused``."""
+
+    def __init__(self, bundle: Bundle, client_ca: bytes | None, refused: Callable[[], None]) -> None:
+        self._client_ca = client_ca
+        self._bundle = bundle
+        self._current = server_context(bundle, client_ca)
+        self.front = server_context(bundle, client_ca)
+        self.front.sni_callback = self._switch
+        self.front.sslobject_class = _counting(refused)
+
+    def use(self, bundle: Bundle) -> None:
+        if (bundle.ca_cert, bundle.cert, bundle.key) != (self._bundle.ca_cert, self._bundle.cert, self._bundle.key):
+            self._current = server_context(bundle, self._client_ca)
+        self._bundle = bundle
+
+    def _switch(self, connection: ssl.SSLObject | ssl.SSLSocket, _name: str | None, _: ssl.SSLContext) -> None:
+        connection.context = self._current
+
+
+def _counting(refused: Callable[[], None]) -> type[ssl.SSLObject]:
+    class Counting(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise  # not done yet
+            except ssl.SSLError:
+                refused()
+                raise
+
+    return Counting
 
 
 def _load_chain(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
