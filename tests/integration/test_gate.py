@@ -389,6 +389,8 @@ def test_with_a_client_ca_only_the_api_servers_certificate_gets_in_and_a_standby
     for port in ports:  # no client certificate, even with the right path: refused at the handshake
         with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
             forge(port, f"/validate-pod-deletion/{gated.token()}", gated.namespace, pod, victim)
+    for op in (first, second):
+        assert metric(op, 'albm_webhook_refused_total{reason="tls"}') >= 1, "the refused handshake is counted"
     started, allowed, warning = gated.delete(victim)
     assert started < gated.out_at(ips[victim]) <= allowed, "the API server's certificate got in; the leader answered"
     assert "were out of rotation" in warning and ips[other] in in_group(gated.emulator)
