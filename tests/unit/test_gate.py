@@ -194,6 +194,8 @@ def test_what_a_listing_proves() -> None:
     assert paged.verdict(c) == "unknown", "absent from a paged listing proves nothing"
     failed = Listing(0.0, frozenset({a, b, c}), failed=True)
     assert {failed.verdict(s) for s in (a, b, c)} == {"unknown"}
+    other_port = Listing(0.0, frozenset({a}), {Server("Ip", "10.0.0.1", 9090): "Available"}, frozenset({"10.0.0.1"}))
+    assert other_port.verdict(a) == "unknown", "its ServerId listed under another identity: no proof it is gone"
 
 
 async def test_a_failed_listing_is_unknown_for_every_server_of_the_group_and_is_not_retried_at_once() -> None:
