@@ -59,13 +59,27 @@ def test_the_configuration_gets_the_ca_and_the_path_with_the_token() -> None:
     patch = configuration_patch([hook(path="/validate-pod-deletion"), hook(url="https://10.0.0.1:9443/x?y=1")], b)
     ops = {op["path"]: (op["op"], op["value"]) for op in patch}
     assert ops["/webhooks/0/clientConfig/service/path"] == ("replace", path)
-    assert ops["/webhooks/1/clientConfig/url"] == ("replace", f"https://10.0.0.1:9443{path}")
+    assert ops["/webhooks/1/clientConfig/url"] == ("replace", f"https://10.0.0.1:9443/x{path}"), "its prefix kept"
     assert ops["/webhooks/0/clientConfig/caBundle"][0] == "add"
     assert configuration_patch([hook(path=None)], b)[1] == {
         "op": "add",
         "path": "/webhooks/0/clientConfig/service/path",
         "value": path,
     }, "the chart renders no path: the operator adds it"
+    behind_a_proxy = [
+        hook(path="/albm/validate-pod-deletion/" + new_token()),
+        hook(url="https://proxy.example:8443/albm/validate-pod-deletion"),
+        hook(url="https://10.0.0.1:9443/"),
+    ]
+    ops = {
+        op["path"]: op["value"] for op in configuration_patch(behind_a_proxy, b) if not op["path"].endswith("caBundle")
+    }
+    assert ops == {
+        "/webhooks/0/clientConfig/service/path": f"/albm{path}",
+        "/webhooks/1/clientConfig/url": f"https://proxy.example:8443/albm{path}",
+        "/webhooks/2/clientConfig/url": f"https://10.0.0.1:9443{path}",
+    }
+    ops = {op["path"]: (op["op"], op["value"]) for op in patch}
     ca = next(v for p, (_, v) in ops.items() if p.endswith("caBundle"))
     assert configuration_patch([hook(ca=ca, path=path), hook(ca=ca, url=f"https://h:1{path}")], b) == [], "in step"
 

@@ -340,9 +340,9 @@ def redact(text: str, tokens: set[str]) -> str:
 
 def configuration_patch(webhooks: list[Any], bundle: Bundle) -> list[dict[str, Any]]:
     """JSON patch operations that give every webhook of the configuration this install's CA and its path with the
-    token, whether it calls a Service (``service.path``) or a URL (its path replaced, query dropped)."""
+    token, whether it calls a Service (``service.path``) or a URL (query dropped: the API server allows none).
+    A prefix before the review path is kept (a proxy in front of the webhook, ``/albm/validate-pod-deletion``)."""
     ca = base64.b64encode(bundle.ca_cert).decode()
-    path = review_path(bundle.path_token)
     patch: list[dict[str, Any]] = []
     for i, hook in enumerate(webhooks):
         config = hook.client_config
@@ -350,12 +350,21 @@ def configuration_patch(webhooks: list[Any], bundle: Bundle) -> list[dict[str, A
             op = "replace" if config.ca_bundle else "add"
             patch.append({"op": op, "path": f"/webhooks/{i}/clientConfig/caBundle", "value": ca})
         if config.service is not None:
+            path = _prefix(config.service.path) + review_path(bundle.path_token)
             if config.service.path != path:
                 op = "replace" if config.service.path else "add"
                 patch.append({"op": op, "path": f"/webhooks/{i}/clientConfig/service/path", "value": path})
         elif config.url:
             parts = urlsplit(config.url)
-            url = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+            url = urlunsplit((parts.scheme, parts.netloc, _prefix(parts.path) + review_path(bundle.path_token), "", ""))
             if url != config.url:
                 patch.append({"op": "replace", "path": f"/webhooks/{i}/clientConfig/url", "value": url})
     return patch
+
+
+def _prefix(path: str | None) -> str:
+    """What stands before the review path in a configured path: all of it up to /validate-pod-deletion, or, if
+    that is not there, the whole path (without a trailing slash)."""
+    path = path or ""
+    at = path.find(REVIEW_PATH)
+    return (path[:at] if at >= 0 else path).rstrip("/")
