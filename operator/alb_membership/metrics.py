@@ -18,9 +18,12 @@ GATE_OUTCOMES = (
     "dry-run",
     "too-many",
     "no-leader",
+    "no-servers",
     "error",
 )
-WEBHOOK_REFUSALS = ("path", "body")
+# Deletions let through before their servers were out of rotation (the alert and the dashboard count these).
+UNCONFIRMED = ("timed-out", "no-leader", "too-many", "no-servers", "error")
+WEBHOOK_REFUSALS = ("tls", "path", "body")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300)
 
 
@@ -99,14 +102,15 @@ class Metrics:
             "albm_gate_outcomes",
             "Deletion gate answers: confirmed (out of rotation), kept, not-a-member, unknown-pod (no such pod with "
             "that UID in the watches), pdb-blocked, dry-run; let through unconfirmed: timed-out, too-many, "
-            "no-leader, error",
+            "no-leader, no-servers (no server of the pod to wait for), error",
             ["outcome"],
             registry=r,
         )
         self.webhook_refused = Counter(
             "albm_webhook_refused",
-            "Requests to the webhook port refused before any review was read: path (not the review path with this "
-            "install's token: 404), body (not JSON: 400)",
+            "Requests to the webhook port refused before any review was read: tls (the TLS handshake failed: no "
+            "client certificate or an untrusted one under mTLS, or no TLS at all), path (not the review path with "
+            "this install's token: 404), body (not JSON: 400)",
             ["reason"],
             registry=r,
         )

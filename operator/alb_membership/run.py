@@ -9,14 +9,15 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection, Iterator
+from typing import Any
 
 import kopf
 from aiohttp import web
 
 from alb_membership import handlers
 from alb_membership.cluster.leader import LeaderElector, LeaseSettings
-from alb_membership.gate.tls import REVIEW_PATH, Certificates, server_context
+from alb_membership.gate.tls import REVIEW_PATH, Certificates, ServerTLS
 from alb_membership.gate.webhook import LeaderLookup, Webhook
 from alb_membership.runtime import Runtime
 from alb_membership.settings import Settings
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 SHUTDOWN_DEADLINE_SECONDS = 20.0
 # Reviews still in flight when the process stops are handed to the new leader; their answers get this long.
 WEBHOOK_SHUTDOWN_SECONDS = 12.0
+# After the Lease is lost, the webhook keeps serving until another replica holds the Lease (at most this long):
+# reviews held here, and those the API server still sends here, go to the new leader rather than being dropped.
+LOST_LEASE_SERVE_SECONDS = 8.0
 
 
 class Shutdown:
@@ -45,15 +49,19 @@ class Shutdown:
             loop.add_signal_handler(sig, self._requested, sig)
 
     def _requested(self, sig: signal.Signals) -> None:
+        self.request(f"{sig.name} received")
+
+    def request(self, why: str, deadline: float = SHUTDOWN_DEADLINE_SECONDS) -> None:
+        """Stop (a signal, or the Lease lost), exiting within ``deadline`` seconds in any case."""
         if self.flag.is_set():
             return
-        log.info("%s received: stopping (at most %.0fs)", sig.name, SHUTDOWN_DEADLINE_SECONDS)
+        log.info("%s: stopping (at most %.0fs)", why, deadline)
         self.flag.set()
-        asyncio.get_running_loop().call_later(SHUTDOWN_DEADLINE_SECONDS, self._overdue)
+        asyncio.get_running_loop().call_later(deadline, self._overdue)
 
     @staticmethod
     def _overdue() -> None:
-        log.error("shutdown took longer than %.0fs; exiting now", SHUTDOWN_DEADLINE_SECONDS)
+        log.error("shutdown took too long; exiting now")
         logging.shutdown()
         os._exit(1)
 
@@ -90,6 +98,30 @@ async def _hand_over_on_shutdown(
         await asyncio.wait_for(elector.release(), timeout=3)
 
 
+async def _keep_leading(elector: LeaderElector, runtime: Runtime) -> None:
+    """Renews the Lease; the moment it cannot (LeadershipLost, before the Lease can expire for the others), this
+    replica stops acting, in the same step: nothing it does after that can overlap the next leader's work."""
+    try:
+        await elector.keep()
+    except Exception:
+        runtime.reconciler.stopped = True
+        runtime.standby = True
+        runtime.metrics.leader.set(0)
+        raise
+
+
+async def _until_another_leads(elector: LeaderElector, seconds: float) -> None:
+    """Waits (at most ``seconds``) until the Lease names another replica's webhook: reviews this replica holds or
+    still gets are handed to it meanwhile."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        with contextlib.suppress(Exception):
+            await elector.observe()
+            if elector.leader_url:
+                return
+        await asyncio.sleep(0.5)
+
+
 async def _leader_url(elector: LeaderElector) -> str | None:
     """Where a review goes when this replica does not act: the Lease holder's webhook, read afresh (shared and
     rate-limited by LeaderLookup)."""
@@ -97,7 +129,9 @@ async def _leader_url(elector: LeaderElector) -> str | None:
     return elector.leader_url
 
 
-async def _serve_webhook(settings: Settings, runtime: Runtime, elector: LeaderElector | None) -> web.AppRunner:
+async def _serve_webhook(
+    settings: Settings, runtime: Runtime, elector: LeaderElector | None
+) -> tuple[web.AppRunner, Webhook]:
     """The deletion gate's endpoint, on every replica from the start (a standby answers too)."""
     certificates = Certificates(
         runtime.kube.api,
@@ -106,25 +140,35 @@ async def _serve_webhook(settings: Settings, runtime: Runtime, elector: LeaderEl
         list(settings.webhook_hosts),
         settings.webhook_configuration,
     )
+
+    def leading() -> bool:
+        # From the moment the Lease is ours (the gate waits until kopf has loaded the resources), and no longer
+        # once this replica stopped acting (it then asks the new leader, as a standby does).
+        held = elector is None or elector.is_leader
+        return held and not runtime.standby and not runtime.reconciler.stopped
+
     bundle = await certificates.ensure()
-    context = server_context(bundle, settings.webhook_client_ca)
+    tls = ServerTLS(bundle, settings.webhook_client_ca, runtime.metrics.webhook_refused.labels("tls").inc)
     webhook = Webhook(
         runtime.gate,
         runtime.store,
         runtime.metrics,
-        # Leading from the moment the Lease is ours (the gate waits until kopf has loaded the resources), and no
-        # longer once it stopped acting (it then asks the new leader, as a standby does).
-        leading=lambda: not runtime.standby and not runtime.reconciler.stopped,
+        leading=leading,
         leaders=LeaderLookup(functools.partial(_leader_url, elector)) if elector is not None else None,
         session=runtime.session,
         bundle=bundle,
         forward_name=settings.webhook_hosts[0],
         mtls=settings.webhook_client_ca is not None,
-        unknown_token=runtime.recheck_certificates,
+        unknown_token=runtime.reread_certificates,
     )
     runner = web.AppRunner(webhook.app(), access_log=None, shutdown_timeout=WEBHOOK_SHUTDOWN_SECONDS)
     await runner.setup()
-    await web.TCPSite(runner, settings.listen_address, settings.webhook_port, ssl_context=context).start()
+    await web.TCPSite(runner, settings.listen_address, settings.webhook_port, ssl_context=tls.front).start()
+    if elector is None:  # the configuration is the leader's to write; without leader election, this replica's
+        try:
+            await certificates.configure(bundle)
+        except Exception as exc:  # tried again every few seconds (Runtime.keep_certificates)
+            log.warning("webhook configuration not written yet (%s: %s)", type(exc).__name__, exc)
     log.info(
         "deletion gate on https://%s:%d%s/<token>%s",
         settings.listen_address,
@@ -133,11 +177,47 @@ async def _serve_webhook(settings: Settings, runtime: Runtime, elector: LeaderEl
         " (client certificates required)" if settings.webhook_client_ca else "",
     )
     runtime.gate.start()
-    runtime.keep_certificates(certificates, context, webhook.use)
-    return runner
+    runtime.keep_certificates(certificates, tls, webhook.use, leading)
+    return runner, webhook
 
 
-async def serve(settings: Settings) -> None:
+class _Spared(Collection["asyncio.Task[Any]"]):
+    """The tasks kopf leaves alone when it stops (it cancels every other task started since it began, after
+    5 s): those that existed before it, and the webhook's reviews at that moment, which a stopping leader hands to
+    the next one and which must get their answer (run.py's shutdown gives them WEBHOOK_SHUTDOWN_SECONDS)."""
+
+    def __init__(self, existing: set[asyncio.Task[Any]], reviews: set[asyncio.Task[Any]]) -> None:
+        self._existing = existing
+        self._reviews = reviews
+
+    def __contains__(self, task: object) -> bool:
+        return task in self._existing or task in self._reviews
+
+    def __iter__(self) -> Iterator[asyncio.Task[Any]]:
+        return iter(self._existing | self._reviews)
+
+    def __len__(self) -> int:
+        return len(self._existing | self._reviews)
+
+
+async def _kopf(settings: Settings, runtime: Runtime, stop: asyncio.Event, reviews: set[asyncio.Task[Any]]) -> None:
+    """kopf.operator, but for the tasks it spares when it stops."""
+    existing = set(asyncio.all_tasks())
+    tasks = await kopf.spawn_tasks(
+        registry=handlers.registry,
+        memo=kopf.Memo(runtime=runtime),
+        standalone=True,  # one active replica is the Lease's job, not kopf peering's
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        ready_flag=runtime.ready,
+        stop_flag=stop,
+    )
+    await kopf.run_tasks(tasks, ignored=_Spared(existing, reviews))
+
+
+async def serve(settings: Settings) -> int:
+    """The process; its exit code: 1 when it stopped because the Lease was lost."""
+    exit_code = 0
     shutdown = Shutdown()
     shutdown.install()
     runtime = await Runtime.create(settings)
@@ -160,9 +240,11 @@ async def serve(settings: Settings) -> None:
             advertise=settings.webhook_advertise,
         )
     webhook_runner = None
+    reviews: set[asyncio.Task[Any]] = set()
     if settings.webhook_port:
         try:
-            webhook_runner = await _serve_webhook(settings, runtime, elector)
+            webhook_runner, webhook = await _serve_webhook(settings, runtime, elector)
+            reviews = webhook.tasks
         except Exception as exc:  # an opt-in feature must not stop every removal: run without it, loudly
             log.error("the deletion gate is off: its webhook could not start (%s: %s)", type(exc).__name__, exc)
             runtime.metrics.internal_errors.labels("webhook").inc()
@@ -170,39 +252,37 @@ async def serve(settings: Settings) -> None:
         if elector is not None:
             runtime.standby = True
             if not await _until(shutdown.flag, elector.acquire()):
-                return  # stopped while standing by: nothing to hand over
+                return exit_code  # stopped while standing by: nothing to hand over
             runtime.standby = False
+            runtime.certificates_now()  # the configuration is this replica's to keep now
         runtime.metrics.leader.set(1)
-        operator = asyncio.create_task(
-            kopf.operator(
-                registry=handlers.registry,
-                memo=kopf.Memo(runtime=runtime),
-                standalone=True,  # one active replica is the Lease's job, not kopf peering's
-                clusterwide=not settings.namespaces,
-                namespaces=list(settings.namespaces),
-                ready_flag=runtime.ready,
-                stop_flag=shutdown.flag,
-            )
-        )
+        operator = asyncio.create_task(_kopf(settings, runtime, shutdown.flag, reviews))
         reinstall = asyncio.create_task(_reinstall_when_ready(runtime.ready, shutdown))
         if elector is None:
             await operator
             reinstall.cancel()
-            return
-        keeper = asyncio.create_task(elector.keep())
+            return exit_code
+        keeper = asyncio.create_task(_keep_leading(elector, runtime))
         handover = asyncio.create_task(_hand_over_on_shutdown(shutdown, runtime, elector, keeper))
         done, _ = await asyncio.wait({operator, keeper}, return_when=asyncio.FIRST_COMPLETED)
         if keeper in done and not shutdown.flag.is_set():
-            # Another replica may act from now on: stop at once rather than after a graceful shutdown.
-            log.error("lost leadership (%s); exiting", keeper.exception())
-            logging.shutdown()
-            os._exit(1)
+            # Stopped acting already (_keep_leading), before another replica can take the Lease. What is left
+            # is a shutdown like SIGTERM's, less the Lease's release: held reviews are handed over, not dropped.
+            log.error(
+                "lost leadership (%s): stopped acting; held reviews go to the next leader, then exiting",
+                keeper.exception(),
+            )
+            exit_code = 1
+            # No kubelet waits on this one: time to wait for the next leader, then to hand reviews over.
+            shutdown.request("the Lease was lost", SHUTDOWN_DEADLINE_SECONDS + LOST_LEASE_SERVE_SECONDS)
         keeper.cancel()
         reinstall.cancel()
         await operator
         if not shutdown.flag.is_set():
             handover.cancel()
         await asyncio.gather(handover, return_exceptions=True)
+        if exit_code and webhook_runner is not None:
+            await _until_another_leads(elector, LOST_LEASE_SERVE_SECONDS)
     finally:
         if elector is not None and elector.is_leader:
             # Before the client closes, and bounded: a standby takes over at once, or after the Lease expires.
@@ -215,10 +295,10 @@ async def serve(settings: Settings) -> None:
         await runtime.close()
         if site_runner is not None:
             await site_runner.cleanup()
+    return exit_code
 
 
 def run(settings: Settings) -> int:
     kopf.configure(log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.PLAIN)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    asyncio.run(serve(settings))
-    return 0
+    return asyncio.run(serve(settings))

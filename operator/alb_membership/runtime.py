@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from collections.abc import Callable
 from typing import ParamSpec
 
@@ -26,7 +25,7 @@ from alb_membership.engine.jobs import JobTracker
 from alb_membership.engine.pipeline import PipelineSettings, Services
 from alb_membership.engine.reconciler import Reconciler, ReconcilerSettings
 from alb_membership.gate.review import Gate
-from alb_membership.gate.tls import Bundle, Certificates, load
+from alb_membership.gate.tls import Bundle, Certificates, ServerTLS
 from alb_membership.metrics import Metrics
 from alb_membership.model.membership import PodView
 from alb_membership.settings import Settings
@@ -37,8 +36,8 @@ log = logging.getLogger(__name__)
 CERTIFICATE_CHECK_SECONDS = 60.0  # a Secret or configuration replaced by hand is followed within a minute
 CA_BUNDLE_RETRY_SECONDS = 5.0
 # A review on a token this replica does not know (the token rotated by the other replica) has the Secret read again
-# at once, but not more often than this: a stranger guessing tokens costs one GET per 10 s at most.
-CERTIFICATE_RECHECK_SECONDS = 10.0
+# before it is answered, but not more often than this: a stranger guessing tokens costs one GET per 5 s at most.
+CERTIFICATE_RECHECK_SECONDS = 5.0
 
 
 class Runtime:
@@ -79,7 +78,10 @@ class Runtime:
         self._services: dict[str, Services] = {}
         self._anti_entropy_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()  # set by kopf once it watches everything
-        self._recheck = asyncio.Event()  # set by the webhook when a review names a token it does not know
+        self._recheck = asyncio.Event()  # set when this replica starts leading: the configuration is its to keep
+        self._reread_lock = asyncio.Lock()
+        self._reread_at = -1e9
+        self._certificates: tuple[Certificates, ServerTLS, Callable[[Bundle], None], Callable[[], bool]] | None = None
         self.standby = False  # True while another replica holds the Lease
 
     @classmethod
@@ -133,37 +135,61 @@ class Runtime:
             self.reconciler.pod_changed(new, deleted=False)
 
     def keep_certificates(
-        self, certificates: Certificates, context: ssl.SSLContext, use: Callable[[Bundle], None]
+        self,
+        certificates: Certificates,
+        tls: ServerTLS,
+        use: Callable[[Bundle], None],
+        leading: Callable[[], bool],
     ) -> None:
         """Follows the Secret and the webhook configuration: renews the certificate (a month before it expires)
-        into the live server context, and uses a new CA and path token for forwarding and hearing (a Secret
-        replaced by hand), keeping the configuration's caBundle and path in step."""
+        into the server's TLS (a new CA replaces the old one there), and uses a new CA and path token for
+        forwarding and hearing (a Secret replaced by hand, a rotation). The leader alone keeps the configuration's
+        caBundle and path in step: the configuration never names a token the leader does not hear (a new replica
+        starting beside an older leader, a Secret made again)."""
+        self._certificates = (certificates, tls, use, leading)
 
         async def renew() -> None:
-            loop = asyncio.get_running_loop()
-            checked = loop.time()
             while True:
-                pending = not certificates.ca_bundle_written  # the configuration was not there yet
+                pending = leading() and not certificates.ca_bundle_written  # the configuration was not there yet
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._recheck.wait(), CA_BUNDLE_RETRY_SECONDS if pending else CERTIFICATE_CHECK_SECONDS
                     )
-                    await asyncio.sleep(max(0.0, checked + CERTIFICATE_RECHECK_SECONDS - loop.time()))
                 self._recheck.clear()
-                checked = loop.time()
                 try:
-                    bundle = await certificates.ensure()
-                    load(context, bundle)
-                    use(bundle)
+                    await self._follow(await certificates.ensure())
                 except Exception as exc:  # the current certificate is good for a month more
                     log.warning("webhook certificate not renewed (%s: %s)", type(exc).__name__, exc)
                     self.metrics.internal_errors.labels("webhook-tls").inc()
 
         self._certificates_task = asyncio.create_task(renew(), name="webhook-certificates")
 
-    def recheck_certificates(self) -> None:
-        """Read the Secret again soon (rate-limited): a review came with a path token this replica does not know."""
+    async def _follow(self, bundle: Bundle) -> None:
+        """Hears and serves ``bundle``; then, as the leader, writes it into the configuration."""
+        assert self._certificates is not None
+        certificates, tls, use, leading = self._certificates
+        tls.use(bundle)
+        use(bundle)
+        if leading():
+            await certificates.configure(bundle)
+
+    def certificates_now(self) -> None:
+        """Check the Secret and (as the leader) the configuration at once: this replica just took the Lease."""
         self._recheck.set()
+
+    async def reread_certificates(self) -> None:
+        """Read the Secret again now, unless that was done less than CERTIFICATE_RECHECK_SECONDS ago: a review came
+        with a path token this replica does not hear, or the leader refused this replica's. Concurrent callers
+        share one read."""
+        if self._certificates is None:
+            return
+        certificates = self._certificates[0]
+        async with self._reread_lock:
+            now = asyncio.get_running_loop().time()
+            if now - self._reread_at < CERTIFICATE_RECHECK_SECONDS:
+                return
+            self._reread_at = now
+            await self._follow(await certificates.ensure())
 
     def start_work(self) -> None:
         self._anti_entropy_task = asyncio.create_task(self.anti_entropy.run(self.ready), name="anti-entropy")

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 
+from alb_membership.metrics import GATE_OUTCOMES, UNCONFIRMED
 from localcluster.binaries import locate_binaries
 from localcluster.cluster import free_port
 from tests.support.cluster import Cluster, wait_for
@@ -163,6 +164,21 @@ def test_network_policies_admit_the_webhook_from_the_api_server_and_metrics_from
     assert not by_kind(render("networkPolicy.enabled=false", "deletionGate.enabled=true"), "NetworkPolicy")
 
 
+def render_json(*sets: str) -> list[dict[str, Any]]:
+    """As render, each of ``sets`` a --set-json (a value helm --set cannot spell, such as an empty list)."""
+    args = ["--set", "region=cn-hangzhou", *[a for s in sets for a in ("--set-json", s)]]
+    return [d for d in yaml.safe_load_all(helm("template", "albm", str(CHART), "-n", "ops", *args).stdout) if d]
+
+
+@pytest.mark.parametrize("nobody", ["[]", "null"])
+def test_metrics_from_nobody_lets_nobody_in(nobody: str) -> None:
+    """values.yaml: an empty networkPolicy.metrics.from lets nobody in. A rule with ports and no from would let
+    everyone in: no rule at all is rendered, so the policy's Ingress admits nothing (but the node)."""
+    [base] = by_kind(render_json(f"networkPolicy.metrics.from={nobody}"), "NetworkPolicy")
+    assert "Ingress" in base["spec"]["policyTypes"]
+    assert base["spec"].get("ingress") in (None, []), base["spec"].get("ingress")
+
+
 def test_the_webhook_configuration_leaves_its_path_and_ca_to_the_operator_and_mtls_mounts_the_client_ca(
     tmp_path: Path,
 ) -> None:
@@ -186,6 +202,36 @@ def test_the_webhook_configuration_leaves_its_path_and_ca_to_the_operator_and_mt
     env = {e["name"]: e.get("value") for e in container["env"]}
     mount = next(m for m in container["volumeMounts"] if m["name"] == "webhook-client-ca")
     assert env["ALBM_WEBHOOK_CLIENT_CA"] == mount["mountPath"] + "/ca.crt"
+
+
+def test_the_alert_and_the_dashboard_count_every_unconfirmed_outcome() -> None:
+    [rule] = by_kind(render("prometheusRule.enabled=true"), "PrometheusRule")
+    dashboard = (CHART / "files" / "grafana-dashboard.json").read_text()
+    wanted = "|".join(UNCONFIRMED)
+    assert f'outcome=~"{wanted}"' in json.dumps(rule["spec"]).replace('\\"', '"')
+    assert f'outcome=~\\"{wanted}\\"' in dashboard
+    assert set(UNCONFIRMED) <= set(GATE_OUTCOMES)
+
+
+def test_a_new_client_ca_rolls_the_pods(tmp_path: Path) -> None:
+    """The server reads the client CA at start: the pods carry its checksum, so a new one is a rollout."""
+
+    def annotations(pem: str | None, *sets: str) -> dict[str, str]:
+        args = ["--set", "region=cn-hangzhou", "--set", "deletionGate.enabled=true"]
+        for s in sets:
+            args += ["--set", s]
+        if pem is not None:
+            (tmp_path / "ca.pem").write_text(pem)
+            args += ["--set-file", f"deletionGate.clientCA={tmp_path / 'ca.pem'}"]
+        docs = [d for d in yaml.safe_load_all(helm("template", "albm", str(CHART), *args).stdout) if d]
+        return by_kind(docs, "Deployment")[0]["spec"]["template"]["metadata"].get("annotations") or {}
+
+    one = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    two = "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n"
+    first, second = annotations(one)["checksum/webhook-client-ca"], annotations(two)["checksum/webhook-client-ca"]
+    assert first != second
+    assert "checksum/webhook-client-ca" not in annotations(None)
+    assert annotations(one, "podAnnotations.team=platform") == {"team": "platform", "checksum/webhook-client-ca": first}
 
 
 def test_the_chart_and_the_plain_manifests_pass_kube_score() -> None:

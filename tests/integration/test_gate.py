@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import select
+import signal
 import socket
 import ssl
 import subprocess
@@ -394,6 +395,8 @@ def test_with_a_client_ca_only_the_api_servers_certificate_gets_in_and_a_standby
     for port in ports:  # no client certificate, even with the right path: refused at the handshake
         with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
             forge(port, f"/validate-pod-deletion/{gated.token()}", gated.namespace, pod, victim)
+    for op in (first, second):
+        assert metric(op, 'albm_webhook_refused_total{reason="tls"}') >= 1, "the refused handshake is counted"
     started, allowed, warning = gated.delete(victim)
     assert started < gated.out_at(ips[victim]) <= allowed, "the API server's certificate got in; the leader answered"
     assert "were out of rotation" in warning and ips[other] in in_group(gated.emulator)
@@ -426,12 +429,27 @@ def test_a_failed_listing_confirms_nothing(gated: Gated) -> None:
     assert metric(op, 'albm_gate_outcomes_total{outcome="confirmed"}') == 0
     assert metric(op, 'albm_gate_outcomes_total{outcome="timed-out"}') == 2
     assert gated.emulator.requests("ListServerGroupServers"), "the gate did look"
+    # The let-throughs are in status while their removals are pending: a successor counts their exposure from them.
+    servers = [f"Ip:{ips[n]}:8080" for n in victims]
+    status_when(
+        gated.cluster,
+        gated.namespace,
+        lambda s: all("exposedAt" in (s.get("pending") or {}).get(server, {}) for server in servers),
+        "the let-throughs recorded in status (exposedAt)",
+        timeout=4,
+    )
 
 
 @pytest.mark.parametrize(
     ("asked", "how"),
-    [("standby", "sigterm"), ("standby", "sigkill"), ("leader", "sigterm")],
-    ids=["standby-asked-leader-stops", "standby-asked-leader-killed", "leader-asked-leader-stops"],
+    [("standby", "sigterm"), ("standby", "sigkill"), ("standby", "sigstop"), ("leader", "sigterm")],
+    ids=[
+        "standby-asked-leader-stops",
+        "standby-asked-leader-killed",
+        # The leader's node lost or cut off: its connections stay open and nothing answers on them.
+        "standby-asked-leader-hangs",
+        "leader-asked-leader-stops",
+    ],
 )
 def test_a_takeover_mid_hold_confirms_within_one_job_of_the_new_leader_leading(
     gated: Gated, asked: str, how: str
@@ -453,10 +471,14 @@ def test_a_takeover_mid_hold_confirms_within_one_job_of_the_new_leader_leading(
     wait_for(lambda: gated.emulator.requests("RemoveServersFromServerGroup"), "the leader's removal call", 30, 0.05)
     if how == "sigkill":
         first.kill()
+    elif how == "sigstop":
+        first.process.send_signal(signal.SIGSTOP)
     else:
         first.process.terminate()
     leading_at = wait_for(lambda: second.ready()["leader"] and time.time(), "the standby to lead", 60, 0.05)
     deletion.join(60)
+    if how == "sigstop":
+        first.kill()  # SIGKILL ends a stopped process too
     first.stop()
     [(started, allowed, warning)] = answered
     print(
@@ -466,3 +488,104 @@ def test_a_takeover_mid_hold_confirms_within_one_job_of_the_new_leader_leading(
     assert "were out of rotation" in warning, warning
     assert gated.out_at(ips[victim]) <= allowed
     assert allowed - leading_at <= job + 3.0, "within one job of the new leader leading (plus its start)"
+
+
+def test_a_deletion_let_through_by_a_killed_leader_is_exposure_for_the_next(gated: Gated) -> None:
+    """The leader holding a deletion is killed: the API server's call fails and the deletion goes ahead unconfirmed
+    (failurePolicy Ignore), which no replica answered. The next leader finishes the removal the gate decided and
+    counts the pod's exposure (before: a removal of trigger deletion-gate was counted only if let through by the
+    process that held it, so this one never was)."""
+    gated.emulator.admin("PUT", "behaviour", {"job_seconds": 2.0})
+    ports = free_port(), free_port()
+    ha = ("--leader-elect",)
+    first = gated.operator(ports[0], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[0]}")
+    wait_for(lambda: first.ready()["leader"], "the first replica to lead")
+    second = gated.operator(ports[1], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[1]}")
+    gated.register(ports[0])  # the API server asks the leader
+    gated.trusted()
+    ips = gated.members(2, gate={"enabled": True, "maxWaitSeconds": 25})
+    victim = sorted(ips)[0]
+    answered: list[tuple[float, float, str]] = []
+    deletion = threading.Thread(target=lambda: answered.append(gated.delete(victim)))
+    deletion.start()
+    wait_for(lambda: gated.emulator.requests("RemoveServersFromServerGroup"), "the leader's removal call", 30, 0.05)
+    first.kill()
+    deletion.join(30)
+    [(started, allowed, warning)] = answered
+    assert "out of rotation" not in warning and allowed - started < 10, "let through by the API server, unconfirmed"
+    wait_for(lambda: second.ready()["leader"], "the standby to lead", 60, 0.05)
+    wait_for(lambda: ips[victim] not in in_group(gated.emulator), "the removal finished by the new leader", 30)
+    count = wait_for(
+        lambda: metric(second, 'albm_exposure_seconds_count{gate="true"}'), "the new leader's exposure", 10
+    )
+    exposed = metric(second, 'albm_exposure_seconds_sum{gate="true"}')
+    print(f"\nleader killed mid-hold: the new leader counted {count:.0f} exposure of {exposed:.1f}s")
+    assert count == 1
+
+
+def test_a_leader_that_loses_its_lease_mid_hold_hands_the_review_over(gated: Gated) -> None:
+    """The leader cannot renew its Lease (here another holder took it; as when its renewals time out): it stops
+    acting before the Lease can expire for the others, keeps its webhook up until the next leader is named, hands
+    the deletion it holds to that one, and exits 1. Before, it exited at once (os._exit): the API server's call was
+    reset and the deletion went through unconfirmed and uncounted."""
+    gated.emulator.admin("PUT", "behaviour", {"job_seconds": 15.0})
+    ports = free_port(), free_port()
+    ha = ("--leader-elect",)
+    first = gated.operator(ports[0], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[0]}")
+    wait_for(lambda: first.ready()["leader"], "the first replica to lead")
+    second = gated.operator(ports[1], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[1]}")
+    gated.register(ports[0])  # the API server asks the leader
+    gated.trusted()
+    ips = gated.members(2, gate={"enabled": True, "maxWaitSeconds": 25})
+    victim = sorted(ips)[0]
+    answered: list[tuple[float, float, str]] = []
+    deletion = threading.Thread(target=lambda: answered.append(gated.delete(victim)))
+    deletion.start()
+    wait_for(lambda: gated.emulator.requests("RemoveServersFromServerGroup"), "the leader's removal call", 30, 0.05)
+    coordination = kubernetes.client.CoordinationV1Api(gated.core.api_client)
+    lease = coordination.read_namespaced_lease("alb-membership-operator", gated.namespace)
+    # Longer than the leader's renew deadline (10 s): the standby may take it only after the leader stopped acting.
+    lease.spec.holder_identity, lease.spec.lease_duration_seconds = "someone-else", 13
+    lease.metadata.annotations = {}
+    coordination.replace_namespaced_lease("alb-membership-operator", gated.namespace, lease)
+    taken = time.time()
+    wait_for(lambda: first.process.poll() is not None, "the leader to exit", 40, 0.1)
+    exit_code, exited = first.process.returncode, time.time()
+    deletion.join(30)
+    [(started, allowed, warning)] = answered
+    print(
+        f"\nLease taken {taken - started:.1f}s into the hold; the old leader exited {exited - taken:.1f}s later; "
+        f"answered {allowed - started:.1f}s after the deletion"
+    )
+    assert exit_code == 1
+    assert "were out of rotation" in warning, warning
+    assert gated.out_at(ips[victim]) <= allowed
+    assert second.ready()["leader"]
+
+
+def test_a_replica_starting_beside_the_leader_leaves_the_configuration_to_it(gated: Gated) -> None:
+    """The Secret's token no longer the one the leader hears (its key deleted to rotate it, the Secret made again,
+    an upgrade from 0.1): a replica starting then makes a token, but only the leader writes the configuration,
+    once it hears that token. Before, the new replica wrote it at once, and the leader answered the API server's
+    calls 404 (deletions let through ungated) until it read the Secret again."""
+    ports = free_port(), free_port()
+    ha = ("--leader-elect",)
+    first = gated.operator(ports[0], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[0]}")
+    wait_for(lambda: first.ready()["leader"], "the first replica to lead")
+    gated.register(ports[0])
+    gated.trusted()
+    configured = lambda: gated.admission.read_validating_webhook_configuration(gated.name).webhooks[0].client_config  # noqa: E731
+    heard = gated.token()
+    wait_for(lambda: configured().url.endswith(heard), "the leader's token in the configuration")
+    ips = gated.members(2)
+    gated.core.patch_namespaced_secret(
+        "albm-webhook-tls", gated.namespace, [{"op": "remove", "path": "/data/path-token"}]
+    )
+    second = gated.operator(ports[1], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[1]}")
+    assert not second.ready()["leader"]
+    assert gated.token() != heard, "the new replica made a token"
+    time.sleep(2.0)
+    assert configured().url.endswith(heard), "the configuration still names the token the leader hears"
+    victim = sorted(ips)[0]
+    started, allowed, warning = gated.delete(victim)
+    assert "were out of rotation" in warning and started < gated.out_at(ips[victim]) <= allowed

@@ -19,6 +19,7 @@ from alb_membership.gate import review as review_module
 from alb_membership.gate.evidence import GroupListings, Listing
 from alb_membership.gate.review import HANDED_OVER, MAX_HOLDS, Gate, Review, pod_of
 from alb_membership.metrics import Metrics
+from alb_membership.model import status
 from alb_membership.model.ledger import Entry, GroupKey, Removal, now
 from alb_membership.model.membership import PodView
 from tests.unit.fakes import RecordingKube, RecordingReconciler, View, pod, selected
@@ -82,7 +83,7 @@ def listed(*servers: tuple[str, str]) -> Callable[[list[str]], tuple[list[dict[s
 
 
 class Setup:
-    def __init__(self, pages: Pages) -> None:
+    def __init__(self, pages: Pages, budgets_hang: bool = False) -> None:
         self.view = View()
         self.kube = RecordingKube()
         self.rec = RecordingReconciler(self.view, self.kube)
@@ -90,6 +91,8 @@ class Setup:
         self.pages = pages
 
         async def budgets(_ns: str, _pod: PodView) -> bool:
+            if budgets_hang:  # an API server that takes the request and never answers
+                await asyncio.Event().wait()
             return True
 
         self.gate = Gate(self.rec, self.view, lambda _r: cast(AlbClient, pages), self.metrics, budgets)
@@ -191,6 +194,8 @@ def test_what_a_listing_proves() -> None:
     assert paged.verdict(c) == "unknown", "absent from a paged listing proves nothing"
     failed = Listing(0.0, frozenset({a, b, c}), failed=True)
     assert {failed.verdict(s) for s in (a, b, c)} == {"unknown"}
+    other_port = Listing(0.0, frozenset({a}), {Server("Ip", "10.0.0.1", 9090): "Available"}, frozenset({"10.0.0.1"}))
+    assert other_port.verdict(a) == "unknown", "its ServerId listed under another identity: no proof it is gone"
 
 
 async def test_a_failed_listing_is_unknown_for_every_server_of_the_group_and_is_not_retried_at_once() -> None:
@@ -268,6 +273,19 @@ async def test_a_removal_called_off_for_a_live_owner_is_kept_not_confirmed(ok: S
     assert await hold == "kept"
 
 
+@pytest.mark.parametrize("why", ["no-ip", "dry-run"])
+async def test_a_member_with_nothing_to_wait_for_is_no_servers_not_kept(ok: Setup, why: str) -> None:
+    """Before: answered kept, "held by another pod", which no other pod did; and not counted as unconfirmed."""
+    ok.view.pod_list = [pod("a", ip=None if why == "no-ip" else "10.0.0.1")]
+    body = selected(deletionGate=GATED, dryRun=why == "dry-run")
+    ok.view.bodies = [body]
+    ok.rec.start(body, repair=False)
+    verdict = await ok.gate.review(Review.parse(delete("a", "uid-a")), time.monotonic() + 5)
+    assert verdict.outcome == "no-servers" and verdict.warning is not None
+    assert "another pod" not in verdict.warning and "unconfirmed" in verdict.warning
+    assert ok.outcome("no-servers") == 1 and ok.outcome("kept") == 0
+
+
 # -- takeovers and let-throughs ---------------------------------------------------------------------------------
 
 
@@ -293,20 +311,90 @@ async def test_too_many_holds_still_start_the_removal_and_count_its_exposure(ok:
     assert ok.rec.sent() == ["Ip:10.0.0.1:8080"]
 
 
+async def test_a_budget_check_that_hangs_does_not_outlast_the_hold() -> None:
+    setup = Setup(Pages(listed()), budgets_hang=True)
+    setup.members("a")
+    began = time.monotonic()
+    assert await asyncio.wait_for(setup.review(evict("a"), seconds=0.5), 5) == "error"
+    assert time.monotonic() - began < 1.0 and setup.rec.sent() == [], "answered in the hold's time, nothing removed"
+
+
 def test_every_let_through_is_exposure() -> None:
     metrics = Metrics()
     server = Server("Ip", "10.0.0.1", 8080)
     started = now()
     removals = [
-        Removal("deletion-gate", started, started),  # held until out: observed at 0 by the gate, not here
-        Removal("deletion-gate", started, started, exposed_since=started),  # timed out, too many
-        Removal("pod-terminating", started, started, gated=True),  # no leader, webhook down
+        Removal("deletion-gate", started, held_out=True),  # held until out: observed at 0 by the gate, not here
+        Removal("deletion-gate", started, holds=1),  # still held as the job ends: the gate confirms it next
+        Removal("deletion-gate", started, exposed_since=started),  # let through by the gate: timed out, too many
+        Removal("deletion-gate", started, started),  # no leader answered, a takeover: the deletion as the watches saw
+        Removal("deletion-gate", started),  # the same, the deletion never seen: from the decision
+        Removal("pod-terminating", started, started, gated=True),  # the webhook was down
         Removal("pod-terminating", started, started),  # no gate at all
     ]
     observe_exposure(metrics, [Entry(server, removal=r) for r in removals])
     count = metrics.registry.get_sample_value
-    assert count("albm_exposure_seconds_count", {"gate": "true"}) == 2.0
+    assert count("albm_exposure_seconds_count", {"gate": "true"}) == 4.0
     assert count("albm_exposure_seconds_count", {"gate": "false"}) == 1.0
+
+
+def successor_of(setup: Setup) -> RecordingReconciler:
+    """The next leader: a reconciler that loads the resources from the status this one wrote."""
+    [state] = setup.rec.resources.values()
+    body = {**selected(deletionGate=GATED), "status": status.to_status(state, setup.rec.ledger(GROUP))}
+    successor = RecordingReconciler(setup.view, RecordingKube())
+    successor.start(body, repair=True)
+    return successor
+
+
+async def test_a_review_handed_over_and_never_answered_is_exposure_from_the_deletion(ok: Setup) -> None:
+    """The leader stops mid-hold and the new one never gets the review (no leader answered in time, the API
+    server's timeout): the deletion went ahead unconfirmed, and the successor counts it from its start."""
+    ok.pages.answer = listed(("10.0.0.1", "Available"))
+    ok.members("a")
+    hold = asyncio.create_task(ok.gate.review(Review.parse(delete("a", "uid-a")), time.monotonic() + 20))
+    await ok.accepted("10.0.0.1")
+    ok.rec.stopped = True
+    assert (await hold).outcome == HANDED_OVER
+    successor = successor_of(ok)
+    [entry] = successor.ledger(GROUP).pending()
+    assert entry.removal is not None and entry.removal.trigger == "deletion-gate" and entry.removal.gated
+    deleting = pod("a", ip="10.0.0.1", deleting=True)
+    ok.view.put(deleting)
+    successor.pod_changed(deleting, deleted=False)
+    assert entry.removal.deletion_started == deleting.deletion_started, "the removal learns when the deletion began"
+    metrics = Metrics()
+    observe_exposure(metrics, [entry])
+    assert metrics.registry.get_sample_value("albm_exposure_seconds_count", {"gate": "true"}) == 1.0
+
+
+async def test_a_successor_does_not_call_off_a_removal_the_gate_decided(ok: Setup) -> None:
+    """The pod whose deletion the old leader held is still live (its deletion waits on the gate): the successor
+    must not take it for a live holder of its server and call the removal off at its last check."""
+    ok.members("a")
+    hold = asyncio.create_task(ok.gate.review(Review.parse(delete("a", "uid-a")), time.monotonic() + 20))
+    await ok.decided("10.0.0.1")
+    ok.rec.stopped = True
+    assert (await hold).outcome == HANDED_OVER
+    successor = successor_of(ok)
+    assert successor.directory.holders(successor.ledger(GROUP)) == {}, "the held pod holds nothing"
+    assert "uid-a" in successor.gated
+
+
+async def test_the_gates_word_survives_a_takeover() -> None:
+    """A let-through (from when) and a hold until out (not exposed) are in status for the next leader."""
+    setup = Setup(Pages(listed(("10.0.0.1", "Available"), ("10.0.0.2", "Draining"))))
+    setup.members("a", "b")
+    holds = [asyncio.create_task(setup.review(delete(n, f"uid-{n}"), seconds=0.8)) for n in ("a", "b")]
+    await setup.accepted("10.0.0.1", "10.0.0.2")
+    assert await asyncio.gather(*holds) == ["timed-out", "confirmed"]
+    successor = successor_of(setup)
+    exposed, held = (successor.ledger(GROUP).entries[Server("Ip", ip, 8080)].removal for ip in ("10.0.0.1", "10.0.0.2"))
+    assert exposed is not None and exposed.exposed_since is not None and not exposed.held_out
+    assert held is not None and held.held_out and held.exposed_since is None
+    metrics = Metrics()
+    observe_exposure(metrics, list(successor.ledger(GROUP).pending()))
+    assert metrics.registry.get_sample_value("albm_exposure_seconds_count", {"gate": "true"}) == 1.0
 
 
 async def test_removals_of_a_gated_resource_are_marked_gated(ok: Setup) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any, cast
 
 import aiohttp
@@ -15,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from alb_membership.gate import webhook as webhook_module
 from alb_membership.gate.pki import make_ca, make_serving
 from alb_membership.gate.review import HANDED_OVER, Gate, Review, Verdict
 from alb_membership.gate.tls import Bundle, new_token
@@ -26,11 +29,11 @@ from tests.unit.test_gate import delete
 TOKEN = new_token()
 
 
-def bundle() -> Bundle:
+def bundle(token: str = TOKEN) -> Bundle:
     now = dt.datetime.now(dt.UTC)
     ca_cert, ca_key = make_ca("test CA", 1, now)
     cert, key = make_serving(ca_cert, ca_key, ["127.0.0.1"], 1, now)
-    return Bundle(ca_cert, ca_key, cert, key, TOKEN)
+    return Bundle(ca_cert, ca_key, cert, key, token)
 
 
 class FakeGate:
@@ -52,7 +55,13 @@ def gated_view() -> View:
 
 
 class Replica:
-    def __init__(self, gate: FakeGate, leading: Callable[[], bool], leader: Callable[[], str | None] | None) -> None:
+    def __init__(
+        self,
+        gate: FakeGate,
+        leading: Callable[[], bool],
+        leader: Callable[[], str | None] | None,
+        token: str = TOKEN,
+    ) -> None:
         """``leader``: None without leader election."""
         self.gate = gate
         self.metrics = Metrics()
@@ -60,8 +69,11 @@ class Replica:
         self.session = aiohttp.ClientSession()
         self.rechecks = 0
 
-        def recheck() -> None:
+        self.on_recheck: Callable[[], None] = lambda: None  # what reading the Secret again finds
+
+        async def recheck() -> None:
             self.rechecks += 1
+            self.on_recheck()
 
         async def read() -> str | None:
             return leader() if leader is not None else None
@@ -73,7 +85,7 @@ class Replica:
             leading,
             LeaderLookup(read, min_interval=0.05) if leader is not None else None,
             self.session,
-            bundle(),
+            bundle(token),
             "127.0.0.1",
             unknown_token=recheck,
         )
@@ -109,6 +121,7 @@ async def replicas() -> AsyncIterator[list[Replica]]:
 
 async def started(replicas: list[Replica], *args: Any) -> Replica:
     replica = Replica(*args)
+    await replica.client.server.start_server(access_log=None)  # as run.py serves it: no access log
     await replica.client.start_server()
     replicas.append(replica)
     return replica
@@ -230,3 +243,139 @@ async def test_without_leader_election_a_stopping_replica_lets_through_at_once(r
     resp = await alone.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a"))
     assert "no leader" in (await resp.json())["response"]["warnings"][0]
     assert time.monotonic() - began < 0.5, "no other replica to ask: no point in waiting"
+
+
+async def test_the_path_token_is_never_logged_whatever_the_leader_answers(
+    replicas: list[Replica], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The replicas disagree on the token (rotated, a Secret made again, an upgrade from 0.1): the leader answers
+    404, or anything else but 200; aiohttp's errors print the request's URL, token and all."""
+    caplog.set_level(logging.DEBUG)
+    other = await started(replicas, FakeGate(), lambda: True, lambda: None, new_token())
+
+    async def fail(_: web.Request) -> web.Response:
+        return web.Response(status=500)
+
+    failing = web.Application()
+    failing.router.add_route("*", "/{tail:.*}", fail)
+    broken = TestClient(TestServer(failing))
+    await broken.server.start_server(access_log=None)
+    await broken.start_server()
+    try:
+        for leader_url in (other.url, str(broken.make_url("")).rstrip("/")):
+            standby = await started(replicas, FakeGate(), lambda: False, lambda u=leader_url: u)
+            resp = await standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a"))
+            assert "no leader" in (await resp.json())["response"]["warnings"][0]
+            assert TOKEN not in caplog.text
+            assert "answered" in caplog.text, "the standby did say what went wrong"
+        assert replicas[1].rechecks >= 1, "a 404 from the leader has the Secret read again, like a review's"
+    finally:
+        await broken.close()
+
+
+@pytest.fixture
+async def hung() -> AsyncIterator[str]:
+    """A leader whose node was lost or cut off: connections are taken, nothing is ever answered."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def take(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(take, "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    for writer in held:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_standby_takes_over_while_its_forward_hangs(replicas: list[Replica], hung: str) -> None:
+    leads = False
+    standby = await started(replicas, FakeGate(), lambda: leads, lambda: hung)
+    review = asyncio.create_task(standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a")))
+    await asyncio.sleep(0.5)
+    assert not review.done()
+    leads = True  # the Lease expired and this replica took it: the hung leader is no longer asked
+    took_over = time.monotonic()
+    resp = await review
+    assert (await resp.json())["response"]["warnings"] == ["held"], "answered by this replica, now the leader"
+    assert time.monotonic() - took_over < 0.6
+    assert standby.metrics.registry.get_sample_value("albm_gate_outcomes_total", {"outcome": "no-leader"}) == 0
+
+
+async def test_a_forward_to_a_hung_leader_goes_to_the_one_the_lease_names_next(
+    replicas: list[Replica], hung: str
+) -> None:
+    new = await started(replicas, FakeGate(), lambda: True, lambda: None)
+    named = hung
+    standby = await started(replicas, FakeGate(), lambda: False, lambda: named)
+    review = asyncio.create_task(standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a")))
+    await asyncio.sleep(0.5)
+    named = new.url  # a third replica took the Lease
+    changed = time.monotonic()
+    resp = await review
+    assert (await resp.json())["response"]["warnings"] == ["held"] and len(new.gate.reviews) == 1
+    assert time.monotonic() - changed < 0.8
+
+
+async def test_a_standbys_forwards_are_bounded(
+    replicas: list[Replica], hung: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhook_module, "MAX_FORWARDS", 1)
+    standby = await started(replicas, FakeGate(), lambda: False, lambda: hung)
+    first = asyncio.create_task(standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a")))
+    await asyncio.sleep(0.3)
+    began = time.monotonic()
+    resp = await standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a"))
+    assert "too many" in (await resp.json())["response"]["warnings"][0] and time.monotonic() - began < 0.5
+    assert standby.metrics.registry.get_sample_value("albm_gate_outcomes_total", {"outcome": "too-many"}) == 1
+    first.cancel()
+
+
+async def test_a_failure_on_the_standby_is_answered_and_counted(replicas: list[Replica]) -> None:
+    standby = await started(replicas, FakeGate(), lambda: False, lambda: "https://127.0.0.1:9")
+
+    def broken() -> list[Any]:
+        raise RuntimeError("the store broke")
+
+    standby.webhook._store.memberships = broken  # type: ignore[method-assign]
+    resp = await standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a"))
+    assert resp.status == 200 and "failed (RuntimeError)" in (await resp.json())["response"]["warnings"][0]
+    assert standby.metrics.registry.get_sample_value("albm_gate_outcomes_total", {"outcome": "error"}) == 1
+
+
+async def test_a_lease_read_that_hangs_does_not_outlast_the_hold(replicas: list[Replica]) -> None:
+    standby = await started(replicas, FakeGate(), lambda: False, lambda: None)
+
+    async def hangs() -> str | None:
+        await asyncio.Event().wait()
+        return None
+
+    standby.webhook._leaders = LeaderLookup(hangs)
+    began = time.monotonic()
+    resp = await asyncio.wait_for(standby.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a")), 8)
+    assert "no leader" in (await resp.json())["response"]["warnings"][0]
+    assert time.monotonic() - began < 4.0, "maxWaitSeconds (3 s), not forever"
+
+
+async def test_a_token_shaped_miss_reads_the_secret_before_it_is_answered(replicas: list[Replica]) -> None:
+    """The other replica rotated the token and the leader wrote it into the configuration: the first review on it
+    is heard (before: 404, an ungated deletion, and the Secret read afterwards)."""
+    rotated = new_token()
+    replica = await started(replicas, FakeGate(), lambda: True, lambda: None)
+    replica.on_recheck = lambda: replica.webhook.use(bundle(rotated))
+    resp = await replica.client.post("/validate-pod-deletion/" + rotated, json=delete("a", "uid-a"))
+    assert resp.status == 200 and replica.rechecks == 1
+    resp = await replica.client.post("/validate-pod-deletion/" + TOKEN, json=delete("a", "uid-a"))
+    assert resp.status == 200, "the token heard before is heard for a grace period: the configuration may name it"
+
+
+async def test_the_previous_token_is_heard_only_during_its_grace(replicas: list[Replica]) -> None:
+    old = new_token()
+    replica = await started(replicas, FakeGate(), lambda: True, lambda: None)
+    now = dt.datetime.now(dt.UTC)
+    replica.webhook._bundle = replace(bundle(), previous_token=old, previous_until=now + dt.timedelta(seconds=60))
+    assert (await replica.client.post("/validate-pod-deletion/" + old, json=delete("a", "uid-a"))).status == 200
+    replica.webhook._bundle = replace(bundle(), previous_token=old, previous_until=now - dt.timedelta(seconds=1))
+    replica.webhook._retired.clear()
+    assert (await replica.client.post("/validate-pod-deletion/" + old, json=delete("a", "uid-a"))).status == 404

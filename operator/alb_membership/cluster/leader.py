@@ -4,7 +4,8 @@ The same protocol as client-go's leaderelection: the holder renews ``renewTime``
 a candidate takes the Lease once it has seen the same record, unchanged, for ``leaseDurationSeconds`` by its own
 clock (as client-go's observedTime: no trust in another node's clock); every write carries the resourceVersion it
 read, so two candidates cannot both win. A leader that cannot renew within ``renew_deadline_seconds`` of its
-last successful renewal's start stops acting at once (the process exits), before any other replica can take over.
+last successful renewal's start stops acting at once (``keep`` raises; run.py stops the engine in that step, hands
+the reviews it holds to the next leader and exits), before any other replica can take over.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 
 ADVERTISE = "albmembership.io/webhook-url"
+OBSERVE_TIMEOUT_SECONDS = 2.0
 
 
 class LeadershipLost(Exception):
@@ -90,8 +92,11 @@ class LeaderElector:
         log.info("leading: acquired lease %s/%s as %s", self.settings.namespace, self.settings.name, self.identity)
 
     async def observe(self) -> None:
-        """Reads who leads (``leader_url``) without competing: for a replica that gave the Lease up."""
-        lease = await self._api.read_namespaced_lease(self.settings.name, self.settings.namespace)
+        """Reads who leads (``leader_url``) without competing, within OBSERVE_TIMEOUT_SECONDS (a gated review waits
+        on it): for a standby's forwards, and a replica that gave the Lease up."""
+        lease = await self._api.read_namespaced_lease(
+            self.settings.name, self.settings.namespace, _request_timeout=OBSERVE_TIMEOUT_SECONDS
+        )
         holder = lease.spec.holder_identity
         annotations = lease.metadata.annotations or {}
         self.leader_url = annotations.get(ADVERTISE) if holder not in (None, "", self.identity) else None

@@ -23,7 +23,7 @@ from alb_membership.engine.round import Round
 from alb_membership.metrics import Metrics
 from alb_membership.model import status
 from alb_membership.model.health import group_missing, set_health
-from alb_membership.model.ledger import GroupKey, GroupLedger, now
+from alb_membership.model.ledger import Entry, GroupKey, GroupLedger, now
 from alb_membership.model.membership import PodView, Seen, endpoint_parts
 from alb_membership.model.owners import OwnerReader, pod_uid_of
 from alb_membership.model.spec import Ref, Spec
@@ -111,7 +111,19 @@ class Reconciler:
         )
         recorded = dict(body.get("status") or {})
         state.restore(recorded)
-        pending = status.restore(self.ledger(state.group), state.ref.uid, recorded)
+        ledger = self.ledger(state.group)
+        pending = status.restore(ledger, state.ref.uid, recorded)
+        for entry in _pending((ledger, server) for server in pending):
+            assert entry.removal is not None
+            if spec.gate_seconds is not None:
+                entry.removal.gated = True  # for albm_exposure_seconds{gate="true"}
+            if entry.removal.trigger == "deletion-gate":
+                # Decided by an earlier leader's gate for a pod whose deletion may still wait on it: that pod, live
+                # as it looks, holds nothing (the last check before the call must not call the removal off).
+                for key in entry.leaving_owners():
+                    pod_uid = pod_uid_of(key[1], entry.owners[key].source)
+                    if pod_uid is not None:
+                        self.gated.add(pod_uid)
         self.writer.known(state, recorded)
         self.resources[state.ref.uid] = state
         if pending:
@@ -235,12 +247,28 @@ class Reconciler:
 
     def let_through(self, servers: Iterable[tuple[GroupLedger, Server]]) -> None:
         """The gate let a pod's deletion go ahead while these servers were still in rotation: they are exposed
-        from now until their removal ends (albm_exposure_seconds)."""
+        from now until their removal ends (albm_exposure_seconds), also after a takeover (status keeps it)."""
         when = now()
-        for ledger, server in servers:
-            entry = ledger.entries.get(server)
-            if entry is not None and entry.removal is not None and entry.removal.exposed_since is None:
+        changed = []
+        for entry in _pending(servers):
+            if entry.removal is not None and entry.removal.exposed_since is None and not entry.removal.held_out:
                 entry.removal.exposed_since = when
+                changed.append(entry)
+        self._status_soon(changed)
+
+    def held_out(self, servers: Iterable[tuple[GroupLedger, Server]]) -> None:
+        """The gate held a pod's deletion until these servers were out of rotation: not exposed, whenever their
+        removal ends and whoever leads then (status keeps it)."""
+        changed = []
+        for entry in _pending(servers):
+            if entry.removal is not None and not entry.removal.held_out and entry.removal.exposed_since is None:
+                entry.removal.held_out = True
+                changed.append(entry)
+        self._status_soon(changed)
+
+    def _status_soon(self, entries: list[Entry]) -> None:
+        for state in self.directory.states_of(entries):
+            self.writer.soon(state)
 
     def gate(self, pod: PodView) -> list[tuple[GroupLedger, Server]]:
         """A gated resource's member pod is about to be deleted: it leaves now, before the deletion exists (trigger
@@ -258,7 +286,8 @@ class Reconciler:
             for owner_id in owner_ids:
                 server = ledger.server_of((uid, owner_id))
                 if server is not None:
-                    leave(ledger, (uid, owner_id), "deletion-gate", now(), round_)
+                    # Its deletion does not exist yet: its start is set once the watches see it (if they do).
+                    leave(ledger, (uid, owner_id), "deletion-gate", None, round_)
                     entry = ledger.entries.get(server)
                     if entry is not None and entry.removal is not None and not state.spec.dry_run:
                         out.append((ledger, server))  # it leaves; another live owner would have kept it
@@ -326,3 +355,13 @@ class Reconciler:
                 if entry is not None and entry.removal is not None:
                     entry.removal.gated = True
         self._effects.finish(state, ledger, round_, repair)
+
+
+def _pending(servers: Iterable[tuple[GroupLedger, Server]]) -> list[Entry]:
+    """The entries of these servers whose removal is still pending."""
+    out = []
+    for ledger, server in servers:
+        entry = ledger.entries.get(server)
+        if entry is not None and entry.removal is not None:
+            out.append(entry)
+    return out

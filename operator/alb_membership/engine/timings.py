@@ -23,10 +23,13 @@ def observe_latency(histogram: Histogram, batch: list[Entry]) -> None:
 
 
 def observe_exposure(metrics: Metrics, batch: list[Entry]) -> None:
-    """A pod is exposed from its deletion's start until its server is out (here: the job's end). A removal the gate
-    held until the server was out was observed at 0 when the gate answered; one it let through (timed out, too
-    many) counts from the let-through; any other removal of a gated resource's pod (a deletion that passed no gate:
-    no leader answered, the webhook was down) from the deletion's start, under gate="true" all the same."""
+    """A pod is exposed from its deletion's start until its server is out (here: the job's end). Of the removals
+    the deletion gate decided: one it held until the server was out (``held_out``), or is holding still (the job
+    ended first: the deletion has not happened yet), was observed at 0 when the gate answered, or will be; one it
+    let through (timed out, too many, error) counts from the let-through; any other (no leader answered, a
+    takeover, the webhook's timeout: the deletion went ahead without this process's word) from the deletion's start
+    as the watches saw it, or from the decision when they never did. Any other removal of a gated resource's pod (a
+    deletion that passed no gate) from the deletion's start, under gate="true" all the same."""
     when = now()
     for entry in batch:
         removal = entry.removal
@@ -34,7 +37,12 @@ def observe_exposure(metrics: Metrics, batch: list[Entry]) -> None:
             continue
         if removal.trigger == "deletion-gate":
             if removal.exposed_since is not None:
-                metrics.exposure_seconds.labels("true").observe(_seconds(when - removal.exposed_since))
+                since = removal.exposed_since
+            elif removal.held_out or removal.holds > 0:
+                continue
+            else:
+                since = removal.deletion_started or removal.decided_at
+            metrics.exposure_seconds.labels("true").observe(_seconds(when - since))
         elif removal.deletion_started is not None:
             label = "true" if removal.gated else "false"
             metrics.exposure_seconds.labels(label).observe(_seconds(when - removal.deletion_started))

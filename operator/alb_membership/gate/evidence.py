@@ -8,6 +8,8 @@ still receive new requests until the job ends. Anything else is "in" (seen in ro
 - A failed listing is unknown for every server of the group: nothing is confirmed from it (before issue 17 a
   failure was cached as "the one server asked about is in rotation", so every other held server of the group read
   as out).
+- A server whose ServerId the listing shows under another identity (another port, type or IP) is unknown, not
+  absent: that entry may be the server itself, read differently.
 - A paged listing is not a snapshot (issue 18): a change between pages shifts them, so a server can be skipped.
   The gate asks only about the servers it waits for (``ServerIds``), which fit one page; an answer that still came
   in pages proves presence and Draining, never absence.
@@ -53,6 +55,10 @@ class Listing:
             return "unknown"
         status = self.statuses.get(server)
         if status is None:
+            if any(listed.server_id == server.server_id for listed in self.statuses):
+                # Its ServerId is there under another identity (port, type, IP): as the cloud shows it or as we
+                # read it, that may be this server. No proof of absence.
+                return "unknown"
             return "out" if server.server_id in self.snapshot_ids else "unknown"
         return "out" if status in OUT_OF_ROTATION else "in"
 

@@ -29,7 +29,7 @@ from alb_membership.alb.models import Server
 from alb_membership.engine.reconciler import Reconciler
 from alb_membership.gate.evidence import GroupListings
 from alb_membership.metrics import Metrics
-from alb_membership.model.ledger import GroupKey, GroupLedger
+from alb_membership.model.ledger import GroupKey, GroupLedger, Removal
 from alb_membership.model.membership import PodView
 from alb_membership.model.owners import picks
 from alb_membership.model.spec import Spec
@@ -159,8 +159,13 @@ class _Awaited:
 
     ledger: GroupLedger
     server: Server
-    decided_at: Any  # the removal's decision time when the hold began (a job submitted since then may prove it)
+    removal: Removal | None  # as the hold began: its ``holds`` counts this hold while it waits
     jobs: set[str] = field(default_factory=set)  # its removal's JobIds as seen
+
+    @property
+    def decided_at(self) -> Any:
+        """The removal's decision time when the hold began (a job submitted since then may prove it)."""
+        return self.removal.decided_at if self.removal is not None else None
 
 
 class Gate:
@@ -233,13 +238,17 @@ class Gate:
         hold = hold_for(self._store, pod)
         if hold is None:
             return Verdict("not-a-member")
-        if review.eviction and not await self._budgets_allow(review.namespace, pod):
+        seconds = hold.seconds if deadline is None else min(hold.seconds, deadline - self._clock())
+        if review.eviction:
             # The Eviction API checks PodDisruptionBudgets after admission: a refused eviction must not have
-            # taken the pod's servers out.
-            return Verdict("pdb-blocked")
+            # taken the pod's servers out. Read within the hold's time (an API server that hangs: error).
+            began = self._clock()
+            allowed = await asyncio.wait_for(self._budgets_allow(review.namespace, pod), max(0.01, seconds))
+            if not allowed:
+                return Verdict("pdb-blocked")
+            seconds -= self._clock() - began
         if self._reconciler.stopped:
             return Verdict(HANDED_OVER)
-        seconds = hold.seconds if deadline is None else min(hold.seconds, deadline - self._clock())
         if self.holds >= MAX_HOLDS:
             if hold.resource_uids <= self._reconciler.resources.keys():
                 self._reconciler.let_through(self._reconciler.gate(pod))  # out as soon as can be, and counted
@@ -262,6 +271,18 @@ class Gate:
                 return self._timed_out(review, started, [])
             await asyncio.sleep(min(POLL_SECONDS, max(0.0, until - self._clock())))
         leaving = self._reconciler.gate(pod)
+        if not leaving:
+            # Nothing to wait for, so nothing to confirm: no server of the pod is known (no IP yet, an ENI not
+            # annotated, already removed) or its resources are dry runs (nothing leaves).
+            self._metrics.gate_hold_seconds.observe(self._clock() - started)
+            log.warning(
+                "deletion of pod %s/%s let through: no server of it to wait for", review.namespace, review.pod_name
+            )
+            return Verdict(
+                "no-servers",
+                "alb-membership-operator: no server of this pod to wait for (none known to the operator, or its "
+                "resource is a dry run); let through unconfirmed",
+            )
         awaited = [self._awaiting(ledger, server) for ledger, server in leaving]
         try:
             outcome = await self._until_out(awaited, until)
@@ -277,6 +298,8 @@ class Gate:
         if outcome == "timed-out":
             return self._timed_out(review, started, leaving)
         self._metrics.gate_hold_seconds.observe(held)
+        if outcome == "confirmed":
+            self._reconciler.held_out(leaving)  # exposure 0, however its removal ends (observed here)
         if outcome == "kept":
             # Its servers stay: another live pod holds them (hostNetwork), or a dry run removes nothing.
             return Verdict(
@@ -311,10 +334,14 @@ class Gate:
     def _awaiting(self, ledger: GroupLedger, server: Server) -> _Awaited:
         entry = ledger.entries.get(server)
         removal = entry.removal if entry is not None else None
+        if removal is not None:
+            removal.holds += 1  # a job that ends now ends before the deletion: no exposure (engine/timings.py)
         self._awaited.setdefault(ledger.key, Counter())[server] += 1
-        return _Awaited(ledger, server, removal.decided_at if removal is not None else None)
+        return _Awaited(ledger, server, removal)
 
     def _done_awaiting(self, w: _Awaited) -> None:
+        if w.removal is not None:
+            w.removal.holds -= 1
         waiting = self._awaited.get(w.ledger.key)
         if waiting is not None:
             waiting[w.server] -= 1
@@ -324,7 +351,7 @@ class Gate:
                 del self._awaited[w.ledger.key]
 
     async def _until_out(self, awaited: list[_Awaited], until: float) -> str:
-        """confirmed (every server out), kept (the others out, these held by a live owner), timed-out, or
+        """confirmed (every server out), kept (the others out, some held by a live owner), timed-out, or
         HANDED_OVER (this replica stopped leading: the new leader answers, as soon as it leads)."""
         pending = list(awaited)
         kept = False
@@ -339,10 +366,11 @@ class Gate:
                     still.append(w)
             pending = still
             if not pending:
-                return "kept" if kept or not awaited else "confirmed"
+                return "kept" if kept else "confirmed"
             left = until - self._clock()
             if left <= 0:
-                return "timed-out"
+                # A last look at the jobs (no listing): one that ended since the look above proves it still.
+                return "confirmed" if all(self._job_succeeded(w) for w in pending) else "timed-out"
             await asyncio.sleep(min(POLL_SECONDS, left))
 
     async def _seen(self, w: _Awaited, until: float) -> str:

@@ -21,11 +21,13 @@ anonymous in-memory file (memfd).
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import logging
 import os
 import secrets
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -45,6 +47,12 @@ SERVING_DAYS = 365
 RENEW_BEFORE = dt.timedelta(days=30)
 REVIEW_PATH = "/validate-pod-deletion"  # + "/<token>": the only path the webhook answers on
 TOKEN_KEY = "path-token"
+PREVIOUS_TOKEN_KEY = "previous-path-token"
+PREVIOUS_UNTIL_KEY = "previous-path-token-until"
+# After a rotation, the token before it is heard this long too: the API server follows the configuration through
+# its own watch, the other replica reads the Secret when it first hears the new token, and the leader writes the
+# configuration within its next check (a minute); none of that may turn deletions away (404, ungated).
+PREVIOUS_TOKEN_SECONDS = 300
 
 
 def new_token() -> str:
@@ -63,24 +71,53 @@ class Bundle:
     cert: bytes
     key: bytes
     path_token: str = ""  # empty in a Secret an older operator wrote: one is added
+    # The token before the last rotation, heard too until ``previous_until``.
+    previous_token: str = ""
+    previous_until: dt.datetime | None = None
+
+    def tokens(self, now: dt.datetime) -> list[str]:
+        """The tokens a review may come with now: this one, and the previous one during its grace."""
+        previous = self.previous_token and self.previous_until is not None and now < self.previous_until
+        return [t for t in (self.path_token, self.previous_token if previous else "") if t]
 
     def to_secret_data(self) -> dict[str, str]:
-        return {
-            name: base64.b64encode(value).decode()
-            for name, value in (
-                ("ca.crt", self.ca_cert),
-                ("ca.key", self.ca_key),
-                ("tls.crt", self.cert),
-                ("tls.key", self.key),
-                (TOKEN_KEY, self.path_token.encode()),
-            )
-        }
+        values = [
+            ("ca.crt", self.ca_cert),
+            ("ca.key", self.ca_key),
+            ("tls.crt", self.cert),
+            ("tls.key", self.key),
+            (TOKEN_KEY, self.path_token.encode()),
+        ]
+        if self.previous_token and self.previous_until is not None:
+            values.append((PREVIOUS_TOKEN_KEY, self.previous_token.encode()))
+            values.append((PREVIOUS_UNTIL_KEY, self.previous_until.strftime("%Y-%m-%dT%H:%M:%SZ").encode()))
+        return {name: base64.b64encode(value).decode() for name, value in values}
 
     @classmethod
     def from_secret_data(cls, data: dict[str, str]) -> Bundle:
+        """Raises KeyError or ValueError when the certificates cannot be read; a token that is not usable (not
+        ASCII, too short, edited by hand) reads as none, and a new one is made: the CA is kept."""
         raw = {k: base64.b64decode(v) for k, v in data.items()}
-        token = raw.get(TOKEN_KEY, b"").decode("ascii")
-        return cls(raw["ca.crt"], raw["ca.key"], raw["tls.crt"], raw["tls.key"], token if _usable(token) else "")
+        previous, until = _token(raw.get(PREVIOUS_TOKEN_KEY)), None
+        with contextlib.suppress(ValueError):
+            until = dt.datetime.strptime(
+                raw.get(PREVIOUS_UNTIL_KEY, b"").decode("ascii", "replace"), "%Y-%m-%dT%H:%M:%SZ"
+            )
+            until = until.replace(tzinfo=dt.UTC)
+        return cls(
+            raw["ca.crt"],
+            raw["ca.key"],
+            raw["tls.crt"],
+            raw["tls.key"],
+            _token(raw.get(TOKEN_KEY)),
+            previous if until is not None else "",
+            until if previous else None,
+        )
+
+
+def _token(raw: bytes | None) -> str:
+    token = (raw or b"").decode("ascii", errors="replace")
+    return token if _usable(token) else ""
 
 
 def _usable(token: str) -> bool:
@@ -106,16 +143,48 @@ def server_context(bundle: Bundle, client_ca: bytes | None = None) -> ssl.SSLCon
     if client_ca:
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(cadata=client_ca.decode())
-    load(context, bundle)
+        context.load_verify_locations(cadata=bundle.ca_cert.decode())
+    _load_chain(context, bundle.cert, bundle.key)
     return context
 
 
-def load(context: ssl.SSLContext, bundle: Bundle) -> None:
-    """Into a live context too: connections made after a renewal get the new certificate (and, under mTLS, a CA
-    replaced by hand is trusted for the replicas' forwarding from then on)."""
-    _load_chain(context, bundle.cert, bundle.key)
-    if context.verify_mode == ssl.CERT_REQUIRED:
-        context.load_verify_locations(cadata=bundle.ca_cert.decode())
+class ServerTLS:
+    """The webhook server's TLS, which follows the Secret. The server is given one context, ``front``; every
+    handshake is switched (its SNI callback, which OpenSSL calls on every ClientHello, with a server name or
+    without) to the context built from the bundle current now. A renewed certificate, and under mTLS a new
+    install CA, take effect for the next connection, and a CA replaced is no longer trusted: a context's trust
+    store can only grow, so it is built again rather than added to. Failed handshakes (no client certificate or
+    an untrusted one under mTLS, or no TLS at all) are counted with ``refused``."""
+
+    def __init__(self, bundle: Bundle, client_ca: bytes | None, refused: Callable[[], None]) -> None:
+        self._client_ca = client_ca
+        self._bundle = bundle
+        self._current = server_context(bundle, client_ca)
+        self.front = server_context(bundle, client_ca)
+        self.front.sni_callback = self._switch
+        self.front.sslobject_class = _counting(refused)
+
+    def use(self, bundle: Bundle) -> None:
+        if (bundle.ca_cert, bundle.cert, bundle.key) != (self._bundle.ca_cert, self._bundle.cert, self._bundle.key):
+            self._current = server_context(bundle, self._client_ca)
+        self._bundle = bundle
+
+    def _switch(self, connection: ssl.SSLObject | ssl.SSLSocket, _name: str | None, _: ssl.SSLContext) -> None:
+        connection.context = self._current
+
+
+def _counting(refused: Callable[[], None]) -> type[ssl.SSLObject]:
+    class Counting(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise  # not done yet
+            except ssl.SSLError:
+                refused()
+                raise
+
+    return Counting
 
 
 def _load_chain(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
@@ -148,30 +217,63 @@ class Certificates:
         self._hosts = hosts
         self._configuration = configuration
         self.ca_bundle_written = configuration is None  # False until the configuration carries our CA and path
+        self._used: Bundle | None = None  # what this replica last got from ensure: its token is the one it hears
 
     async def ensure(self) -> Bundle:
+        """The Secret's bundle, made, completed or renewed as needed. Raises CertificateError, whose text never
+        holds a token (the API server's error bodies echo what was sent)."""
+        known: set[str] = set()
+        try:
+            bundle = await self._ensure(known)
+        except ApiException as exc:
+            raise CertificateError(f"{exc.status} {exc.reason}: {redact(str(exc.body or ''), known)}") from None
+        self._used = bundle
+        return bundle
+
+    async def configure(self, bundle: Bundle) -> None:
+        """The configuration's caBundle and path in step with ``bundle``: by the leader only, once it hears that
+        bundle's token (the configuration must never name a token the leader does not hear)."""
+        if not self._configuration:
+            return
+        try:
+            await self._keep_configuration(bundle)
+        except ApiException as exc:
+            tokens = set(bundle.tokens(dt.datetime.now(dt.UTC)))
+            raise CertificateError(f"{exc.status} {exc.reason}: {redact(str(exc.body or ''), tokens)}") from None
+
+    async def _ensure(self, known: set[str]) -> Bundle:
         now = dt.datetime.now(dt.UTC)
         for _ in range(3):  # a conflict means another replica wrote it first: read again
             existing = await self._read()
             current = existing[0] if existing else None
-            if current is not None and current.path_token and not needs_renewal(current, self._hosts, now):
-                bundle = current
-                break
-            if current is not None and not needs_renewal(current, self._hosts, now):
-                bundle = replace(current, path_token=new_token())  # written by an operator before the path token
+            known.update(current.tokens(now) if current is not None else ())
+            renew = current is None or needs_renewal(current, self._hosts, now)
+            if current is not None and current.path_token and not renew:
+                return current
+            if current is not None and not renew:
+                bundle = self._rotated(current, now)  # the token's key deleted (a rotation), or a 0.1 Secret
+            elif current is not None and current.path_token:
+                cert, key = make_serving(current.ca_cert, current.ca_key, self._hosts, SERVING_DAYS, now)
+                bundle = replace(current, cert=cert, key=key)
             else:
                 ca_cert, ca_key = (current.ca_cert, current.ca_key) if current else make_ca(CA_NAME, CA_DAYS, now)
                 cert, key = make_serving(ca_cert, ca_key, self._hosts, SERVING_DAYS, now)
-                token = current.path_token if current and current.path_token else new_token()
-                bundle = Bundle(ca_cert, ca_key, cert, key, token)
+                bundle = self._rotated(Bundle(ca_cert, ca_key, cert, key), now)
+            known.update(bundle.tokens(now))
             if await self._write(bundle, existing[1] if existing else None):
                 log.info("webhook certificate and path token written to Secret %s/%s", self._namespace, self._secret)
-                break
-        else:
-            raise RuntimeError(f"could not write the Secret {self._namespace}/{self._secret}")
-        if self._configuration:
-            await self._keep_configuration(bundle)
-        return bundle
+                return bundle
+        raise RuntimeError(f"could not write the Secret {self._namespace}/{self._secret}")
+
+    def _rotated(self, bundle: Bundle, now: dt.datetime) -> Bundle:
+        """``bundle`` with a new token; the one this replica heard until now (if any) heard for a grace period
+        more, so that neither the API server's nor the other replica's lag turns deletions away."""
+        token = new_token()
+        held = self._used.path_token if self._used is not None else ""
+        if held and held != token:
+            until = now.replace(microsecond=0) + dt.timedelta(seconds=PREVIOUS_TOKEN_SECONDS)
+            return replace(bundle, path_token=token, previous_token=held, previous_until=until)
+        return replace(bundle, path_token=token, previous_token="", previous_until=None)
 
     async def _read(self) -> tuple[Bundle | None, str] | None:
         try:
@@ -225,11 +327,22 @@ class Certificates:
         self.ca_bundle_written = True
 
 
+class CertificateError(RuntimeError):
+    """The Secret or the webhook configuration could not be read or written (the token left out of the text)."""
+
+
+def redact(text: str, tokens: set[str]) -> str:
+    for token in tokens:
+        if token:
+            text = text.replace(token, "<path-token>")
+    return text
+
+
 def configuration_patch(webhooks: list[Any], bundle: Bundle) -> list[dict[str, Any]]:
     """JSON patch operations that give every webhook of the configuration this install's CA and its path with the
-    token, whether it calls a Service (``service.path``) or a URL (its path replaced, query dropped)."""
+    token, whether it calls a Service (``service.path``) or a URL (query dropped: the API server allows none).
+    A prefix before the review path is kept (a proxy in front of the webhook, ``/albm/validate-pod-deletion``)."""
     ca = base64.b64encode(bundle.ca_cert).decode()
-    path = review_path(bundle.path_token)
     patch: list[dict[str, Any]] = []
     for i, hook in enumerate(webhooks):
         config = hook.client_config
@@ -237,12 +350,21 @@ def configuration_patch(webhooks: list[Any], bundle: Bundle) -> list[dict[str, A
             op = "replace" if config.ca_bundle else "add"
             patch.append({"op": op, "path": f"/webhooks/{i}/clientConfig/caBundle", "value": ca})
         if config.service is not None:
+            path = _prefix(config.service.path) + review_path(bundle.path_token)
             if config.service.path != path:
                 op = "replace" if config.service.path else "add"
                 patch.append({"op": op, "path": f"/webhooks/{i}/clientConfig/service/path", "value": path})
         elif config.url:
             parts = urlsplit(config.url)
-            url = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+            url = urlunsplit((parts.scheme, parts.netloc, _prefix(parts.path) + review_path(bundle.path_token), "", ""))
             if url != config.url:
                 patch.append({"op": "replace", "path": f"/webhooks/{i}/clientConfig/url", "value": url})
     return patch
+
+
+def _prefix(path: str | None) -> str:
+    """What stands before the review path in a configured path: all of it up to /validate-pod-deletion, or, if
+    that is not there, the whole path (without a trailing slash)."""
+    path = path or ""
+    at = path.find(REVIEW_PATH)
+    return (path[:at] if at >= 0 else path).rstrip("/")

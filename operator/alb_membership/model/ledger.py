@@ -53,10 +53,16 @@ class Removal:
     job_id: str | None = None
     refused: int = 0  # times refused on the way to the cloud, sent alone
     failures: int = 0  # jobs that failed or were never confirmed
-    # For albm_exposure_seconds (not kept in status): a resource with the deletion gate decided it, and when the
-    # gate let the pod's deletion go ahead while the server was still in rotation (a let-through), if it did.
+    # For albm_exposure_seconds. ``gated``: a resource with the deletion gate decided it (not kept in status: the
+    # resource's spec tells a successor). Kept in status while set, for a successor: ``exposed_since``, when the
+    # gate let the pod's deletion go ahead while the server was still in rotation (timed out, too many, error);
+    # ``held_out``, the gate held the deletion until the server was out (exposure 0). ``holds``: this process's
+    # holds waiting on it now (a deletion still held: not exposed). A deletion-gate removal with none of these
+    # (no leader answered, a takeover, the webhook's timeout) is exposed from the pod's deletion.
     gated: bool = False
     exposed_since: dt.datetime | None = None
+    held_out: bool = False
+    holds: int = 0
 
     @property
     def sent(self) -> bool:
@@ -150,6 +156,11 @@ class GroupLedger:
         entry = self.entries[known]
         owner = entry.owners[key]
         if owner.leaving:
+            # Seen leaving again: a removal the gate decided before the pod's deletion existed learns when it began.
+            removal = entry.removal
+            if removal is not None and deletion_started is not None:
+                known_start = removal.deletion_started
+                removal.deletion_started = min(known_start, deletion_started) if known_start else deletion_started
             return False
         owner.leaving, owner.trigger = True, trigger
         if entry.live_owners():

@@ -71,6 +71,12 @@ def _removal_status(removal: Removal) -> dict[str, Any]:
         out["jobId"] = removal.job_id
     if removal.refused:
         out["refused"] = removal.refused
+    # The deletion gate's word on the pod's deletion, for albm_exposure_seconds after a takeover: short keys,
+    # present only when set (a mass removal without the gate costs nothing more).
+    if removal.exposed_since is not None:
+        out["exposedAt"] = decided_stamp(removal.exposed_since)
+    if removal.held_out:
+        out["heldOut"] = True
     return out
 
 
@@ -163,6 +169,8 @@ def restore(ledger: GroupLedger, uid: str, status: dict[str, Any]) -> list[Serve
             client_token=raw.get("clientToken"),
             job_id=raw.get("jobId"),
             refused=int(raw.get("refused", 0)),
+            exposed_since=unstamp(raw.get("exposedAt")),
+            held_out=raw.get("heldOut") is True,
         )
         for owner_id in raw.get("owners") or []:
             key: OwnerKey = (uid, owner_id)
