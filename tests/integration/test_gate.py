@@ -25,7 +25,6 @@ from typing import Any
 import kubernetes
 import pytest
 
-from alb_membership.gate.review import GROUP_READ_SECONDS
 from localcluster.cluster import free_port
 from tests.support.cluster import Cluster, wait_for
 from tests.support.emulator import EmulatorProcess, server
@@ -193,10 +192,6 @@ def test_a_rollout_an_eviction_and_a_force_delete_are_held(gated: Gated) -> None
     current = pod_ips(gated.core, gated.namespace, "web", 4)
     # The replacements of the evicted and deleted pods join the group, as the ingress would add them.
     gated.emulator.add_group(GROUP, [server(ip) for ip in current.values()] + [server(FOREIGN)])
-    # The gate trusts its last listing of the group for GROUP_READ_SECONDS, even one read before these servers were
-    # added: a replacement's server, absent from it, then looks out of rotation at once (seen: held 0.3 s, out 1 s
-    # later). A gate bug, reported with issue 19; until it is fixed, the rollout waits for that listing to expire.
-    time.sleep(GROUP_READ_SECONDS)
     gated.cluster.kubectl("rollout", "restart", "deployment/web", "-n", gated.namespace)
     old = set(current.values())
     wait_for(lambda: not in_group(gated.emulator) & old, "every old pod out of the group", timeout=120)

@@ -208,8 +208,8 @@ async def test_a_failed_listing_is_unknown_for_every_server_of_the_group_and_is_
 
     listings = GroupListings(read, max_age=0.5)
     a, b = Server("Ip", "10.0.0.1", 8080), Server("Ip", "10.0.0.2", 8080)
-    assert await listings.verdict(GROUP, a, {a, b}) == "unknown"
-    assert await listings.verdict(GROUP, b, {a, b}) == "unknown", "before issue 17: b read as out of rotation"
+    assert await listings.verdict(GROUP, a, {a, b}, since=0.0) == "unknown"
+    assert await listings.verdict(GROUP, b, {a, b}, since=0.0) == "unknown", "before issue 17: b read as out"
     assert calls == 1, "one failed read per group per max_age, however many holds look"
 
 
@@ -411,7 +411,7 @@ def test_the_listing_cache_forgets_groups_on_its_own_clock() -> None:
     clock = [0.0]
     listings = GroupListings(lambda _k, _i: asyncio.sleep(0, ([], True)), clock=lambda: clock[0])
     a = Server("Ip", "10.0.0.1", 8080)
-    asyncio.run(listings.verdict(GROUP, a, {a}))
+    asyncio.run(listings.verdict(GROUP, a, {a}, since=0.0))
     assert len(listings) == 1
     clock[0] = 10.0
     listings.prune()
@@ -432,3 +432,20 @@ async def test_the_sweeper_prunes_the_gated_set_and_the_cache_without_any_call(
     await asyncio.sleep(0.1)
     await ok.gate.close()
     assert swept.count("gated") >= 2 and swept.count("listings") >= 2
+
+
+async def test_a_listing_read_before_the_removal_was_accepted_proves_nothing_of_it() -> None:
+    """An IP reused by a new pod: its server was absent from the group a moment ago (the old pod's removal) and
+    was added again since. A listing read then, still young, must not confirm the new pod's deletion (found by the
+    suite: a replacement's deletion let through while its server showed Removing)."""
+    pages = Pages(listed())  # the group as it was before the new pod's server was added
+    setup = Setup(pages)
+    setup.members("a")
+    await setup.gate.listings.verdict(GROUP, Server("Ip", "10.0.0.1", 8080), [], since=0.0)
+    pages.answer = listed(("10.0.0.1", "Removing"))  # added again; now being removed
+    hold = asyncio.create_task(setup.review(delete("a", "uid-a"), seconds=5))
+    await setup.accepted("10.0.0.1")
+    await asyncio.sleep(0.3)  # within the old listing's max age
+    assert not hold.done(), "confirmed from a listing read before its removal was accepted"
+    pages.answer = listed()
+    assert await hold == "confirmed"

@@ -44,7 +44,7 @@ FORGET_SECONDS = 30.0  # listings and locks of groups nobody asked about for thi
 class Listing:
     """One read of a group, for the servers asked about."""
 
-    read_at: float
+    read_at: float  # when the read began: it shows the group as it was then, at the earliest
     asked: frozenset[Server]
     statuses: Mapping[Server, str] = field(default_factory=dict)  # as shown, for the servers the answer had
     snapshot_ids: frozenset[str] = frozenset()  # ServerIds whose read came in one page: absence is proof
@@ -88,19 +88,20 @@ class GroupListings:
     def __len__(self) -> int:
         return len(self._listed)
 
-    async def verdict(self, key: GroupKey, server: Server, wanted: Iterable[Server]) -> Verdict:
-        """What the group shows of ``server``; a new read covers every server of ``wanted`` (all the holds of the
-        group wait for) so that one read serves them all."""
+    async def verdict(self, key: GroupKey, server: Server, wanted: Iterable[Server], since: float) -> Verdict:
+        """What the group shows of ``server``, from a read begun at ``since`` or later; a new read covers every
+        server of ``wanted`` (all the holds of the group wait for) so that one read serves them all."""
         self._asked_at[key] = self._clock()
         async with self._locks.setdefault(key, asyncio.Lock()):
             listing = self._listed.get(key)
-            stale = listing is None or self._clock() - listing.read_at > self._max_age
+            stale = listing is None or listing.read_at < since or self._clock() - listing.read_at > self._max_age
             if stale or (listing is not None and not listing.failed and server not in listing.asked):
                 listing = self._listed[key] = await self._list(key, {*wanted, server})
         assert listing is not None
         return listing.verdict(server)
 
     async def _list(self, key: GroupKey, servers: set[Server]) -> Listing:
+        began = self._clock()
         ids = sorted({s.server_id for s in servers})
         statuses: dict[Server, str] = {}
         whole: set[str] = set()
@@ -114,8 +115,8 @@ class GroupListings:
                     whole.update(chunk)
         except Exception as exc:  # nothing is out as far as anyone knows: the next look may do better
             log.warning("could not list %s (%s: %s); no server of it is confirmed out", key[1], type(exc).__name__, exc)
-            return Listing(self._clock(), frozenset(servers), failed=True)
-        return Listing(self._clock(), frozenset(servers), statuses, frozenset(whole))
+            return Listing(began, frozenset(servers), failed=True)
+        return Listing(began, frozenset(servers), statuses, frozenset(whole))
 
     def prune(self) -> None:
         """Forgets the groups nobody asked about lately (their holds ended)."""

@@ -161,6 +161,7 @@ class _Awaited:
     server: Server
     removal: Removal | None  # as the hold began: its ``holds`` counts this hold while it waits
     jobs: set[str] = field(default_factory=set)  # its removal's JobIds as seen
+    accepted_seen: float | None = None  # when this hold first saw its removal accepted (the gate's clock)
 
     @property
     def decided_at(self) -> Any:
@@ -379,6 +380,8 @@ class Gate:
         removal = entry.removal if entry is not None else None
         if removal is not None and removal.job_id:
             w.jobs.add(removal.job_id)
+            if w.accepted_seen is None:
+                w.accepted_seen = self._clock()
         if self._job_succeeded(w):
             return "out"
         if removal is None and entry is not None and entry.live_owners():
@@ -388,7 +391,10 @@ class Gate:
         wanted = self._awaited.get(w.ledger.key, Counter()).keys()
         try:
             listed = await asyncio.wait_for(
-                self.listings.verdict(w.ledger.key, w.server, wanted), max(0.01, until - self._clock())
+                # Only a read begun after the removal was accepted says anything of it: an older one may predate
+                # the server itself (an IP reused by a new pod, its server added a moment ago).
+                self.listings.verdict(w.ledger.key, w.server, wanted, since=w.accepted_seen or self._clock()),
+                max(0.01, until - self._clock()),
             )
         except TimeoutError:
             return "pending"
