@@ -142,9 +142,16 @@ def timed(action: Any) -> tuple[float, float]:
 
 
 def test_kubectl_delete_is_held_until_the_server_is_out(gated: Gated) -> None:
-    gated.serving()
+    op = gated.serving()
     ips = gated.members(2)
     victim = sorted(ips)[0]
+    # The check the docs give for a NetworkPolicy: a server-side dry run reaches the webhook, is answered at once,
+    # is counted, and removes nothing.
+    started, answered = timed(
+        lambda: gated.cluster.kubectl("delete", "pod", victim, "-n", gated.namespace, "--dry-run=server")
+    )
+    assert answered - started < 5 and metric(op, 'albm_gate_outcomes_total{outcome="dry-run"}') == 1
+    assert ips[victim] in in_group(gated.emulator)
     started, allowed = timed(
         lambda: gated.cluster.kubectl("delete", "pod", victim, "-n", gated.namespace, "--wait=false")
     )
