@@ -162,9 +162,11 @@ async def test_a_failed_fill_is_tried_again_when_a_handler_asks() -> None:
         assert calls == ["x", "x"] and [p.name for p in store.pods("x")] == ["p1"]
 
 
-async def test_an_event_its_handler_fails_on_is_not_read_again_and_again() -> None:
-    """Raised into the watch, the failure would make it resume from the same resourceVersion, read the same event
-    and fail again, forever. The watch goes on with the next event instead."""
+async def watch_a_bad_then_a_good_pod(
+    convert: Callable[[dict[str, Any]], dict[str, Any]], on_change: Callable[[Any, Any], None]
+) -> tuple[Informer[dict[str, Any]], list[str]]:
+    """An informer over a watch that sends "bad" then "good", run for a moment; returns it and the versions it
+    watched from."""
     watched_from: list[str] = []
 
     async def call(**q: Any) -> Resp:
@@ -174,6 +176,19 @@ async def test_an_event_its_handler_fails_on_is_not_read_again_and_again() -> No
         return Resp(content=Body([event("ADDED", "a", "bad", "u1", "11"),
                                   event("ADDED", "a", "good", "u2", "12")], fail=False))  # fmt: skip
 
+    inf: Informer[dict[str, Any]] = Informer(
+        Source(call), convert, lambda o: o["metadata"]["uid"], lambda ns: True, on_change
+    )
+    task = asyncio.create_task(inf.run())
+    await asyncio.sleep(0.5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return inf, watched_from
+
+
+async def test_an_event_its_handler_fails_on_is_not_read_again_and_again() -> None:
+    """Raised into the watch, the failure would make it resume from the same resourceVersion, read the same event
+    and fail again, forever. The watch goes on with the next event instead."""
     handled: list[str] = []
 
     def on_change(_old: Any, new: Any) -> None:
@@ -181,39 +196,18 @@ async def test_an_event_its_handler_fails_on_is_not_read_again_and_again() -> No
             raise RuntimeError("a bug in the handler")
         handled.append(new["metadata"]["name"])
 
-    inf: Informer[dict[str, Any]] = Informer(
-        Source(call), lambda o: o, lambda o: o["metadata"]["uid"], lambda ns: True, on_change
-    )
-    task = asyncio.create_task(inf.run())
-    await asyncio.sleep(0.5)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    inf, watched_from = await watch_a_bad_then_a_good_pod(lambda o: o, on_change)
     assert handled == ["good"] and inf.callback_errors == 1
     assert watched_from == ["10"], "one watch: the failing event was not read again"
 
 
 async def test_an_object_that_cannot_be_read_is_passed_over_not_read_again() -> None:
-    watched_from: list[str] = []
-
-    async def call(**q: Any) -> Resp:
-        if not q.get("watch"):
-            return Resp({"metadata": {"resourceVersion": "10"}, "items": []})
-        watched_from.append(q["resource_version"])
-        return Resp(content=Body([event("ADDED", "a", "bad", "u1", "11"),
-                                  event("ADDED", "a", "good", "u2", "12")], fail=False))  # fmt: skip
-
     def convert(o: dict[str, Any]) -> dict[str, Any]:
         if o["metadata"]["name"] == "bad":
             raise KeyError("status")
         return o
 
     changes: list[Any] = []
-    inf: Informer[dict[str, Any]] = Informer(
-        Source(call), convert, lambda o: o["metadata"]["uid"], lambda ns: True, lambda o, n: changes.append(n)
-    )
-    task = asyncio.create_task(inf.run())
-    await asyncio.sleep(0.5)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    inf, watched_from = await watch_a_bad_then_a_good_pod(convert, lambda o, n: changes.append(n))
     assert [n["metadata"]["name"] for n in changes] == ["good"] and inf.callback_errors == 1
     assert watched_from == ["10"]
