@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -492,25 +493,51 @@ def test_a_takeover_mid_hold_confirms_within_one_job_of_the_new_leader_leading(
     assert allowed - leading_at <= job + 3.0, "within one job of the new leader leading (plus its start)"
 
 
+@dataclass
+class HeldByTheLeader:
+    """Two replicas, the API server asking the leader, and a gated member's deletion held by it, its removal call
+    out: what the hand-over tests start from."""
+
+    first: OperatorProcess
+    second: OperatorProcess
+    ips: dict[str, str]
+    victim: str
+    answered: list[tuple[float, float, str]]
+    deletion: threading.Thread
+
+    @classmethod
+    def start(cls, gated: Gated, job_seconds: float) -> HeldByTheLeader:
+        gated.emulator.admin("PUT", "behaviour", {"job_seconds": job_seconds})
+        ports = free_port(), free_port()
+        ha = ("--leader-elect",)
+        first = gated.operator(ports[0], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[0]}")
+        wait_for(lambda: first.ready()["leader"], "the first replica to lead")
+        second = gated.operator(ports[1], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[1]}")
+        gated.register(ports[0])  # the API server asks the leader
+        gated.trusted()
+        ips = gated.members(2, gate={"enabled": True, "maxWaitSeconds": 25})
+        victim = sorted(ips)[0]
+        answered: list[tuple[float, float, str]] = []
+        deletion = threading.Thread(target=lambda: answered.append(gated.delete(victim)))
+        deletion.start()
+        wait_for(lambda: gated.emulator.requests("RemoveServersFromServerGroup"), "the leader's removal call", 30, 0.05)
+        return cls(first, second, ips, victim, answered, deletion)
+
+
 def test_a_deletion_let_through_by_a_killed_leader_is_exposure_for_the_next(gated: Gated) -> None:
     """The leader holding a deletion is killed: the API server's call fails and the deletion goes ahead unconfirmed
     (failurePolicy Ignore), which no replica answered. The next leader finishes the removal the gate decided and
     counts the pod's exposure (before: a removal of trigger deletion-gate was counted only if let through by the
     process that held it, so this one never was)."""
-    gated.emulator.admin("PUT", "behaviour", {"job_seconds": 2.0})
-    ports = free_port(), free_port()
-    ha = ("--leader-elect",)
-    first = gated.operator(ports[0], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[0]}")
-    wait_for(lambda: first.ready()["leader"], "the first replica to lead")
-    second = gated.operator(ports[1], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[1]}")
-    gated.register(ports[0])  # the API server asks the leader
-    gated.trusted()
-    ips = gated.members(2, gate={"enabled": True, "maxWaitSeconds": 25})
-    victim = sorted(ips)[0]
-    answered: list[tuple[float, float, str]] = []
-    deletion = threading.Thread(target=lambda: answered.append(gated.delete(victim)))
-    deletion.start()
-    wait_for(lambda: gated.emulator.requests("RemoveServersFromServerGroup"), "the leader's removal call", 30, 0.05)
+    held = HeldByTheLeader.start(gated, job_seconds=2.0)
+    first, second, ips, victim, answered, deletion = (
+        held.first,
+        held.second,
+        held.ips,
+        held.victim,
+        held.answered,
+        held.deletion,
+    )
     first.kill()
     deletion.join(30)
     [(started, allowed, warning)] = answered
@@ -530,20 +557,15 @@ def test_a_leader_that_loses_its_lease_mid_hold_hands_the_review_over(gated: Gat
     acting before the Lease can expire for the others, keeps its webhook up until the next leader is named, hands
     the deletion it holds to that one, and exits 1. Before, it exited at once (os._exit): the API server's call was
     reset and the deletion went through unconfirmed and uncounted."""
-    gated.emulator.admin("PUT", "behaviour", {"job_seconds": 15.0})
-    ports = free_port(), free_port()
-    ha = ("--leader-elect",)
-    first = gated.operator(ports[0], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[0]}")
-    wait_for(lambda: first.ready()["leader"], "the first replica to lead")
-    second = gated.operator(ports[1], *ha, "--webhook-advertise", f"https://127.0.0.1:{ports[1]}")
-    gated.register(ports[0])  # the API server asks the leader
-    gated.trusted()
-    ips = gated.members(2, gate={"enabled": True, "maxWaitSeconds": 25})
-    victim = sorted(ips)[0]
-    answered: list[tuple[float, float, str]] = []
-    deletion = threading.Thread(target=lambda: answered.append(gated.delete(victim)))
-    deletion.start()
-    wait_for(lambda: gated.emulator.requests("RemoveServersFromServerGroup"), "the leader's removal call", 30, 0.05)
+    held = HeldByTheLeader.start(gated, job_seconds=15.0)
+    first, second, ips, victim, answered, deletion = (
+        held.first,
+        held.second,
+        held.ips,
+        held.victim,
+        held.answered,
+        held.deletion,
+    )
     coordination = kubernetes.client.CoordinationV1Api(gated.core.api_client)
     lease = coordination.read_namespaced_lease("alb-membership-operator", gated.namespace)
     # Longer than the leader's renew deadline (10 s): the standby may take it only after the leader stopped acting.
