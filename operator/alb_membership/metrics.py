@@ -24,6 +24,8 @@ GATE_OUTCOMES = (
 # Deletions let through before their servers were out of rotation (the alert and the dashboard count these).
 UNCONFIRMED = ("timed-out", "no-leader", "too-many", "no-servers", "error")
 WEBHOOK_REFUSALS = ("tls", "path", "body")
+ADDITION_OUTCOMES = ("submitted", "succeeded", "already-there", "failed", "refused")
+UNDO_REASONS = ("deletion-not-seen", "owner-live-after-removal")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300)
 
 
@@ -130,6 +132,24 @@ class Metrics:
             registry=r,
         )
         self.leader = Gauge("albm_leader", "1 while this replica acts, 0 while it stands by", registry=r)
+        self.additions = Counter(
+            "albm_additions", "Servers added to groups (registration and undo), by outcome", ["outcome"], registry=r
+        )
+        self.undone = Counter(
+            "albm_removals_undone",
+            "Servers put back into their group after a removal that turned out wrong, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.ready_to_traffic_seconds = Histogram(
+            "albm_registration_seconds",
+            "From an addition's decision (a member ready) to its server Available in the group",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.gate_conditions = Counter(
+            "albm_readiness_gate_patches", "Pod readiness-gate conditions written, by status", ["status"], registry=r
+        )
         # Every outcome an alert counts exists from the start, at 0: a first count is then an increase.
         for status in ("Succeeded", "Failed", "Unknown"):
             self.jobs.labels(status)
@@ -137,6 +157,10 @@ class Metrics:
             self.gate_outcomes.labels(outcome)
         for reason in WEBHOOK_REFUSALS:
             self.webhook_refused.labels(reason)
+        for outcome in ADDITION_OUTCOMES:
+            self.additions.labels(outcome)
+        for reason in UNDO_REASONS:
+            self.undone.labels(reason)
         self.resources_degraded = Gauge(
             "albm_resources_degraded", "ServerGroupMemberships whose Degraded condition is True", registry=r
         )

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from alb_membership.alb import quotas
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.credentials import CredentialSource, DefaultChain
+from alb_membership.alb.models import Server
 from alb_membership.cluster.kube import Kube
 from alb_membership.cluster.notices import Notices
 from alb_membership.cluster.store import ClusterStore
@@ -23,10 +24,12 @@ from alb_membership.engine import census
 from alb_membership.engine.antientropy import AntiEntropy
 from alb_membership.engine.jobs import JobTracker
 from alb_membership.engine.pipeline import PipelineSettings, Services
+from alb_membership.engine.readiness import ReadinessGates
 from alb_membership.engine.reconciler import Reconciler, ReconcilerSettings
 from alb_membership.gate.review import Gate
 from alb_membership.gate.tls import Bundle, Certificates, ServerTLS
 from alb_membership.metrics import Metrics
+from alb_membership.model.ledger import GroupKey
 from alb_membership.model.membership import PodView
 from alb_membership.settings import Settings
 
@@ -111,6 +114,10 @@ class Runtime:
     def clients_for(self, region: str) -> AlbClient:
         return self.services_for(region).client
 
+    async def _read_group(self, key: GroupKey, servers: list[Server]) -> dict[Server, tuple[str, int | None]]:
+        listed = await self.clients_for(key[0]).listed_servers(key[1], servers)
+        return {s: (listed[s].status, listed[s].weight) if s in listed else ("Absent", None) for s in servers}
+
     def start_watching(self) -> None:
         """From process start, leader or not: a standby's view is current when it takes over."""
         self._store_task = asyncio.create_task(self.store.run(), name="store")
@@ -192,6 +199,9 @@ class Runtime:
             await self._follow(await certificates.ensure())
 
     def start_work(self) -> None:
+        self.reconciler.readiness = ReadinessGates(
+            self.kube.set_pod_condition, self._read_group, self.reconciler.group_read, self.metrics
+        )
         self._anti_entropy_task = asyncio.create_task(self.anti_entropy.run(self.ready), name="anti-entropy")
 
     async def stop_work(self) -> None:
@@ -200,6 +210,8 @@ class Runtime:
         still arriving (the watches run until the process ends) change nothing."""
         self.reconciler.stopped = True
         self.metrics.leader.set(0)
+        if self.reconciler.readiness is not None:
+            await self.reconciler.readiness.close()
         if self._anti_entropy_task is not None:
             self._anti_entropy_task.cancel()
             await asyncio.gather(self._anti_entropy_task, return_exceptions=True)

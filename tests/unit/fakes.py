@@ -110,7 +110,11 @@ def pod(
     annotations: dict[str, str] | None = None,
     uid: str | None = None,
     namespace: str = "shop",
+    ready: bool = False,
+    containers_ready: bool | None = None,
+    gates: dict[str, str | None] | None = None,
 ) -> PodView:
+    """``gates``: readiness gate condition type -> its status now (None: no condition yet)."""
     meta: dict[str, Any] = {
         "namespace": namespace,
         "name": name,
@@ -120,7 +124,17 @@ def pod(
     }
     if deleting:
         meta.update(deletionTimestamp="2026-11-28T10:00:30Z", deletionGracePeriodSeconds=30)
-    return PodView.from_body({"metadata": meta, "status": {"podIP": ip, "phase": phase}}, ENI)
+    conditions = [
+        {"type": "Ready", "status": str(ready)},
+        {"type": "ContainersReady", "status": str(ready if containers_ready is None else containers_ready)},
+    ]
+    conditions += [{"type": t, "status": v, "reason": "Test"} for t, v in (gates or {}).items() if v is not None]
+    body = {
+        "metadata": meta,
+        "spec": {"readinessGates": [{"conditionType": t} for t in gates or {}]},
+        "status": {"podIP": ip, "phase": phase, "conditions": conditions},
+    }
+    return PodView.from_body(body, ENI)
 
 
 def resource(uid: str = "sgm-uid-1", namespace: str = "shop", name: str = "web", **spec: Any) -> dict[str, Any]:

@@ -327,10 +327,12 @@ def test_every_let_through_is_exposure() -> None:
         Removal("deletion-gate", started, held_out=True),  # held until out: observed at 0 by the gate, not here
         Removal("deletion-gate", started, holds=1),  # still held as the job ends: the gate confirms it next
         Removal("deletion-gate", started, exposed_since=started),  # let through by the gate: timed out, too many
-        Removal("deletion-gate", started, started),  # no leader answered, a takeover: the deletion as the watches saw
+        Removal(
+            "deletion-gate", started, deletion_started=started
+        ),  # no leader answered, a takeover: the deletion as the watches saw
         Removal("deletion-gate", started),  # the same, the deletion never seen: from the decision
-        Removal("pod-terminating", started, started, gated=True),  # the webhook was down
-        Removal("pod-terminating", started, started),  # no gate at all
+        Removal("pod-terminating", started, deletion_started=started, gated=True),  # the webhook was down
+        Removal("pod-terminating", started, deletion_started=started),  # no gate at all
     ]
     observe_exposure(metrics, [Entry(server, removal=r) for r in removals])
     count = metrics.registry.get_sample_value

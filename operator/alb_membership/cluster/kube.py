@@ -59,6 +59,23 @@ class Kube:
             raise
         return True
 
+    async def set_pod_condition(self, namespace: str, name: str, uid: str, condition: dict[str, Any]) -> bool:
+        """Sets one condition of a pod's status (a strategic merge by type: the kubelet's conditions stay); the
+        pod's UID is a precondition, so a newer pod of the same name is never touched. False when that pod is gone."""
+        body = {"metadata": {"uid": uid}, "status": {"conditions": [condition]}}
+        try:
+            await self._core.patch_namespaced_pod_status(
+                name,
+                namespace,
+                body,
+                _content_type="application/strategic-merge-patch+json",  # type: ignore[call-arg]
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
     async def list_pods(self, namespace: str, eni_annotation: str) -> list[PodView]:
         """Paged, as raw JSON: building the client's model objects for thousands of pods costs far more."""
         out: list[PodView] = []

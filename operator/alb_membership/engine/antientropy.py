@@ -6,7 +6,9 @@ the deletions in its gap).
   recorded and the list no longer has was deleted unseen (in a watch gap): it leaves, and that is a leak repaired
   (metric and Event). Only absence counts, never presence: the list may be older than the latest watch event.
 - Groups: removals pending and not in flight whose servers are no longer in the group are forgotten (already
-  out). Servers the operator never recorded are never looked at: they are someone else's.
+  out). In a group with registration on, what the group shows of every member's server is recorded, and a live
+  member whose server is missing is added. Servers the operator never recorded are never looked at: they are
+  someone else's.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class AntiEntropy:
                 self._failed(f"server group {ledger.group_id}", exc)
 
     async def _check_group(self, key: GroupKey, ledger: GroupLedger) -> None:
+        if any(s.group == key and s.spec.register_weight is not None for s in self._reconciler.resources.values()):
+            await self._read_members(key, ledger)
         idle = [e for e in ledger.pending() if e.server not in self._in_flight(key)]
         if not idle:
             return
@@ -124,6 +128,19 @@ class AntiEntropy:
             )
         self._reconciler.directory.changed(states)
         log.info("%d pending removal(s) from %s were out of the group already", len(gone), ledger.group_id)
+
+    async def _read_members(self, key: GroupKey, ledger: GroupLedger) -> None:
+        """The whole group's listing, for its members without a change under way: a hint (pages of a changing
+        group can miss a server), and a wrong hint costs one call (an addition the cloud answers as done)."""
+        deadline = asyncio.get_running_loop().time() + GROUP_SECONDS
+        listed = await self._client_for(key[0]).listed_servers(ledger.group_id, deadline=deadline)
+        busy = self._in_flight(key)
+        ours = {
+            e.server: (listed[e.server].status, listed[e.server].weight) if e.server in listed else ("Absent", None)
+            for e in list(ledger.entries.values())
+            if e.change is None and e.server not in busy
+        }
+        self._reconciler.group_read(key, ours, every=False)
 
     def _failed(self, what: str, exc: Exception) -> None:
         log.warning(

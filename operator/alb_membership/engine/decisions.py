@@ -4,6 +4,10 @@
   server is dropped from the spec. The server is removed when no owner of it is live (the ledger's rule).
 - A spec edit that stops picking a live pod or endpoint releases it: no longer tracked, never removed.
 - A pod first seen already terminal is never recorded: its IP went back to the pool.
+- A pod whose deletion the gate holds is leaving, whatever it looks like, until the gate says otherwise.
+- A live owner ready for traffic (Ready; or its containers ready, when it declares the resource's readiness gate)
+  whose server the group does not show is added: with registration on, and, with it off, when the server was taken
+  out by this operator for an owner that turned out live (PRODUCT.md 3.11, 3.13).
 - An endpoint missing from every slice while its pod is live, or one without a pod, is judged only after a grace
   period: EndpointSlice updates for a move between slices do not arrive together.
 
@@ -13,18 +17,20 @@ Every decision goes into the ledger and into the Round; nothing here calls the c
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from typing import Any
 
 from alb_membership.engine.round import Round
 from alb_membership.model.ledger import GroupLedger, OwnerKey
 from alb_membership.model.membership import PodView, Seen, endpoint_parts
+from alb_membership.model.spec import DEFAULT_WEIGHT
 from alb_membership.model.state import ResourceState
 
 
 class Decider:
-    def __init__(self, endpoint_grace_seconds: float) -> None:
+    def __init__(self, endpoint_grace_seconds: float, gated: Container[str] = frozenset()) -> None:
         self._grace = endpoint_grace_seconds
+        self._gated = gated
         # Endpoint owners absent from every slice, since when: resource UID -> owner id -> monotonic time.
         self._missing: dict[str, dict[str, float]] = {}
 
@@ -55,7 +61,7 @@ class Decider:
         # Live owners first, then those leaving, each in id order: a server a live owner holds is never decided
         # for removal on the way (to be called off at once), and the outcome does not depend on the slices' order.
         for found in sorted(seen.values(), key=lambda s: (s.leaving, s.owner_id)):
-            self.apply(state, ledger, found, round_)
+            self.apply(state, ledger, found, round_, pod_of(found.pod_uid) if found.pod_uid else None)
         if only is None:
             done = ledger.done_ids(uid)
             recorded = ledger.owner_ids(uid)
@@ -88,20 +94,44 @@ class Decider:
             else:
                 leave(ledger, key, "spec-change", None, round_)
 
-    def apply(self, state: ResourceState, ledger: GroupLedger, seen: Seen, round_: Round) -> None:
+    def apply(
+        self, state: ResourceState, ledger: GroupLedger, seen: Seen, round_: Round, pod: PodView | None = None
+    ) -> None:
+        """``pod``: the pod behind a pod or endpoint owner, as the cluster shows it now."""
         key = (state.ref.uid, seen.owner_id)
         self._found(key)
         if not seen.leaving:
+            if seen.pod_uid is not None and seen.pod_uid in self._gated:
+                return  # its deletion is held by the gate: leaving, not holding (engine/gated.py)
             known = ledger.server_of(key)
             if known is not None and known != seen.server:
                 round_.released.append(f"{seen.name or seen.owner_id} ({known}, now {seen.server})")
             round_.changed |= ledger.hold(key, seen.server, seen.source, seen.name)
+            self._maybe_add(state, ledger, seen, pod, round_)
         elif ledger.server_of(key) is None and seen.terminal:
             return  # never recorded while it held the IP, and the IP may be someone else's now
         elif ledger.leave(key, seen.trigger or "unknown", seen.deletion_started, seen.server, seen.source, seen.name):
             round_.removals.append(ledger.server_of(key) or seen.server)
         else:
             round_.changed = True
+
+    @staticmethod
+    def _maybe_add(state: ResourceState, ledger: GroupLedger, seen: Seen, pod: PodView | None, round_: Round) -> None:
+        entry = ledger.entries.get(seen.server)
+        if entry is None or entry.change is not None:
+            return
+        ready = seen.ready or (pod is not None and pod.registrable_for(state.ref.name))
+        if not ready:
+            return
+        registration = state.spec.register_weight
+        if entry.undo is not None:
+            reason = entry.undo
+            weight = entry.weight if entry.weight is not None else registration
+            if ledger.want(seen.server, DEFAULT_WEIGHT if weight is None else weight, "undo"):
+                round_.additions.append(seen.server)
+                round_.undone.append((seen.server, reason))
+        elif registration is not None and ledger.want(seen.server, registration, "registration"):
+            round_.additions.append(seen.server)
 
     @staticmethod
     def unseen_pod(ledger: GroupLedger, key: OwnerKey, pod: PodView | None, round_: Round) -> None:

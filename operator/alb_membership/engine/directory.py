@@ -1,5 +1,5 @@
 """What a group's pipeline asks of the rest of the operator (engine/pipeline.py's Directory): which resources a
-removal concerns, who holds the group's servers right now (the last check before a call), and their status."""
+change concerns, who holds the group's servers right now (the last check before a call), and their status."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class ResourceDirectory:
         writer: StatusWriter,
         group_key: Callable[[Spec], GroupKey],
         view: Callable[[], LiveView | None],
+        in_group_changed: Callable[[GroupLedger, Iterable[Server]], None] = lambda _ledger, _servers: None,
     ) -> None:
         self._resources = resources
         self._owners = owners
@@ -34,11 +35,12 @@ class ResourceDirectory:
         self._writer = writer
         self._group_key = group_key
         self._view = view
+        self.in_group_changed = in_group_changed
         self._specs: dict[str, tuple[Mapping[str, Any], Spec, dict[Server, list[Seen]]]] = {}  # parsed, by UID
 
     def states_of(self, entries: Iterable[Entry]) -> list[ResourceState]:
-        """The resources whose owners' leaving decided these removals."""
-        uids = sorted({uid for e in entries for uid, _ in e.leaving_owners()})
+        """The resources whose owners' leaving decided these removals, or whose live owners want these additions."""
+        uids = sorted({uid for e in entries for uid, _ in e.concerned()})
         return [self._resources[uid] for uid in uids if uid in self._resources]
 
     def holders(self, ledger: GroupLedger) -> Holders:

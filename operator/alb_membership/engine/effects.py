@@ -1,6 +1,7 @@
-"""Acts on what a round decided (engine/round.py), once, at its end: removals go to the group's pipeline, people hear
-of leaks repaired, members released and pods that cannot be mapped (Events), Prometheus counts them, the status is
-written soon, and a resource whose endpoints must be judged again is looked at again."""
+"""Acts on what a round decided (engine/round.py), once, at its end: removals and additions go to the group's
+pipeline, people hear of leaks repaired, removals undone, members released and pods that cannot be mapped (Events),
+Prometheus counts them, the status is written soon, and a resource whose endpoints must be judged again is looked
+at again."""
 
 from __future__ import annotations
 
@@ -52,6 +53,20 @@ class Effects:
         """``repair``: whatever the round removes for owners that went away unseen is a leak repaired."""
         if round_.removals:
             self._removals(state, ledger, round_.removals, repair)
+        if round_.additions:
+            for server in round_.additions:
+                log.info("%s: %s joins %s", state.ref, server, ledger.group_id)
+            self._pipeline_for(state.group).enqueue(round_.additions)
+        if round_.undone:
+            for _, reason in round_.undone:
+                self._metrics.undone.labels(reason).inc()
+            self._notices.post(
+                [state],
+                "Normal",
+                "RemovalUndone",
+                f"{len(round_.undone)} server(s) taken out of {ledger.group_id} for an owner that turned out live "
+                "go back in: " + ", ".join(f"{s} ({why})" for s, why in round_.undone[:10]),
+            )
         if round_.released:
             self._metrics.released.inc(len(round_.released))
             self._notices.post(
@@ -65,7 +80,7 @@ class Effects:
             self._warn_unmappable(state, unmappable.name, unmappable.reason)
         if round_.recheck_in is not None:
             self._recheck_later(state, round_.recheck_in)
-        if round_.removals or round_.released or round_.changed:
+        if round_.removals or round_.additions or round_.released or round_.changed:
             self._writer.soon(state)
         self._metrics.ledger_identities.set(self._identities())
 

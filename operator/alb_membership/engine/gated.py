@@ -27,6 +27,10 @@ class GatedPods:
         self._until[pod_uid] = self._clock() + self._seconds
         self.prune()
 
+    def discard(self, pod_uid: str) -> None:
+        """The pod's deletion never came: it counts again."""
+        self._until.pop(pod_uid, None)
+
     def __contains__(self, pod_uid: object) -> bool:
         self.prune()
         return pod_uid in self._until

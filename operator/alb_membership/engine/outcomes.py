@@ -10,19 +10,20 @@ from dataclasses import dataclass
 from alb_membership.alb.errors import CREDENTIALS_UNAVAILABLE, IDEMPOTENCE_MISMATCHES, AlbError
 from alb_membership.alb.models import Server
 from alb_membership.model.health import advice, set_health
-from alb_membership.model.ledger import Entry, GroupLedger, now
+from alb_membership.model.ledger import DRY_RUN, Entry, GroupLedger, now
 from alb_membership.model.state import JobRecord, ResourceState
 
 
 def trigger_of(batch: list[Entry]) -> str:
-    return ", ".join(sorted({e.removal.trigger for e in batch if e.removal}))
+    triggers = sorted({e.change.trigger for e in batch if e.change})
+    return ", ".join(f"add: {t}" if batch[0].adding else t for t in triggers)
 
 
 def record_accepted(batch: list[Entry], states: Iterable[ResourceState], job_id: str, token: str) -> None:
     servers = [e.server.compact for e in batch]
     for entry in batch:
-        if entry.removal is not None:
-            entry.removal.job_id = job_id
+        if entry.change is not None:
+            entry.change.job_id = job_id
     for state in states:
         state.add_job(JobRecord(job_id, token, servers, trigger_of(batch), now()))
 
@@ -32,7 +33,28 @@ def record_dry_run(batch: list[Entry], states: Iterable[ResourceState], ledger: 
     for state in states:
         state.add_job(JobRecord("", token, servers, trigger_of(batch), now(), "DryRunPassed", finished_at=now()))
     for entry in batch:
-        ledger.finished(entry.server)
+        if entry.adding:
+            ledger.added(entry.server, DRY_RUN, None)  # would be added: not asked again while it stays so
+        else:
+            ledger.finished(entry.server)
+
+
+def finish_additions(
+    batch: list[Entry],
+    ledger: GroupLedger,
+    states: Iterable[ResourceState],
+    listed: dict[Server, tuple[str, int | None]],
+    job_id: str | None = None,
+) -> None:
+    """The servers are in the group (``job_id`` succeeded, or they were there already): each as the group shows it
+    (``listed``: status and weight; Adding until a read says more)."""
+    if job_id:
+        for state in states:
+            state.job_finished(job_id, "Succeeded", None)
+    for entry in batch:
+        weight = entry.addition.weight if entry.addition is not None else None
+        in_group, listed_weight = listed.get(entry.server, ("Adding", weight))
+        ledger.added(entry.server, in_group, listed_weight)
 
 
 def finish_removals(
@@ -81,9 +103,10 @@ def record_failed(
         state.job_finished(job_id, status, error)
     for entry in batch:
         ledger.new_attempt(entry.server)
-        if entry.removal is not None:
-            entry.removal.failures += 1
-    attempts = max((e.removal.failures for e in batch if e.removal), default=0)
+        if entry.change is not None:
+            entry.change.failures += 1
+            entry.change.error = error_code or status
+    attempts = max((e.change.failures for e in batch if e.change), default=0)
     return Failure(f"job {job_id} {status.lower()} ({error_code or 'no error code'}: {error_message or '-'})", attempts)
 
 
@@ -114,6 +137,8 @@ def record_refused(batch: list[Entry], ledger: GroupLedger, states: Iterable[Res
         degraded = (exc.code.replace(".", ""), f"{advice(exc, group_id)} ({exc})")
         for entry in batch:
             ledger.unsend(entry.server)
+            if entry.change is not None:
+                entry.change.error = exc.code
     for state in states:
         set_health(state, degraded)
     return degraded[1]
@@ -126,13 +151,14 @@ def record_refused_alone(
     the refusals counted on their own (splits and failed jobs are other attempts)."""
     ledger.new_attempt(entry.server)
     refusals = 0
-    if entry.removal is not None:
-        entry.removal.refused += 1
-        refusals = entry.removal.refused
+    if entry.change is not None:
+        entry.change.refused += 1
+        entry.change.error = exc.code
+        refusals = entry.change.refused
     pace = "every minute" if refusals < quick_tries else "now less often"
+    doing = f"adding {entry.server} to" if entry.adding else f"removing {entry.server} from"
     message = (
-        f"removing {entry.server} from {ledger.group_id} was refused on the way to the ALB API ({exc}), "
-        f"{refusals} time(s), tried again {pace}: check the proxy, gateway or WAF between the operator and the API"
+        f"{doing} {ledger.group_id} was refused on the way to the ALB API ({exc}), {refusals} time(s), tried again {pace}: check the proxy, gateway or WAF between the operator and the API"
     )
     for state in states:
         set_health(state, ("TransportRefused", message))
@@ -140,8 +166,6 @@ def record_refused_alone(
 
 
 def refused_resources(ledger: GroupLedger) -> set[str]:
-    """Resources with a removal in this group that the way to the cloud keeps refusing: not healthy, whatever
+    """Resources with a change in this group that the way to the cloud keeps refusing: not healthy, whatever
     other calls of theirs go through."""
-    return {
-        uid for e in ledger.pending() if e.removal is not None and e.removal.refused for uid, _ in e.leaving_owners()
-    }
+    return {uid for e in ledger.changing() if e.change is not None and e.change.refused for uid, _ in e.concerned()}

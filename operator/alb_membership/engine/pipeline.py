@@ -1,12 +1,15 @@
-"""The removal pipeline of one server group: coalesce, wait for the group (engine/group_status.py), check, record,
-call, follow the job (engine/followed.py), apply the outcome (engine/outcomes.py).
+"""The change pipeline of one server group, removals and additions: coalesce, wait for the group
+(engine/group_status.py), check, record, call, follow the job (engine/followed.py), apply the outcome
+(engine/outcomes.py).
 
 Why one pipeline per group: the cloud refuses a change to a group while one of its jobs runs
 (IncorrectStatus.ServerGroup), so calls for a group go out one at a time, and whatever was decided while a
-job ran goes out together in the next call. Order of writes, the contract of PRODUCT.md 3.6: a removal's
+job ran goes out together in the next call; removals go first, additions never wait behind more than one removal
+call. Order of writes, the contract of PRODUCT.md 3.6: a removal's
 ClientToken is in the status of every resource involved before the call that uses it, so an operator that dies
 at any point is followed by one that sends the same call again and cannot start a second job. Last check before
-a call (PRODUCT.md 3.7): a server that a live owner holds right now, in any resource on the group, stays.
+a call (PRODUCT.md 3.7): a server that a live owner holds right now, in any resource on the group, stays; an
+addition goes only while a live owner wants it.
 """
 
 from __future__ import annotations
@@ -32,10 +35,16 @@ from alb_membership.engine.jobs import JobTracker
 from alb_membership.engine.timings import observe_exposure, observe_latency
 from alb_membership.metrics import Metrics
 from alb_membership.model.health import set_health
-from alb_membership.model.ledger import Entry, GroupLedger, OwnerKey
+from alb_membership.model.ledger import IN_GROUP, Entry, GroupLedger, OwnerKey, now
 from alb_membership.model.state import ResourceState
 
 log = logging.getLogger(__name__)
+
+QUOTA_SERVERS = "QuotaExceeded.ServersNum"
+
+
+def _what(batch: list[Entry]) -> str:
+    return "adding" if batch[0].adding else "removing"
 
 
 Holders = dict[Server, dict[OwnerKey, tuple[str, str | None]]]
@@ -74,6 +83,11 @@ class Directory(Protocol):
         """Their status should be written soon."""
         ...
 
+    def in_group_changed(self, ledger: GroupLedger, servers: Iterable[Server]) -> None:
+        """What the group shows of these servers changed (added, removed, read): their pods' readiness gates, and
+        live owners of servers that are out (an undo, or registration, decides again)."""
+        ...
+
 
 @dataclass
 class Services:
@@ -104,6 +118,8 @@ class GroupPipeline:
         self._closed = False
         self._paused_until = 0.0  # after a refused call, the group's next call waits until then
         self._size = CallSize(services.settings.batch_size)
+        self._additions_waited = False  # a removal call went while additions were queued: additions go next
+        self._parked: set[Server] = set()  # additions the group has no room for: tried when a removal frees some
 
     @property
     def group_id(self) -> str:
@@ -162,10 +178,21 @@ class GroupPipeline:
                     await asyncio.sleep(pause)
                 # The batch is taken once the group takes changes: what was decided during the wait goes with it.
                 await self._status.until_accepts(lambda: bool(self._jobs))
-                batch = next_batch(self._queue, self.ledger, self._size.next(), self._dir.dry_run)
+                batch = next_batch(
+                    self._queue,
+                    self.ledger,
+                    self._size.next(),
+                    self._dir.dry_run,
+                    busy=self.in_flight,
+                    additions_first=self._additions_waited,
+                )
                 self._s.metrics.queue_depth.labels(self.group_id).set(len(self._queue))
                 if not batch:
                     continue
+                adding = batch[0].adding
+                self._additions_waited = not adding and any(
+                    (e := self.ledger.entries.get(s)) is not None and e.adding for s in self._queue
+                )
                 self._calling = {e.server for e in batch}
                 try:
                     await self._process(batch)
@@ -177,49 +204,64 @@ class GroupPipeline:
                     self._calling = set()
 
     async def _process(self, batch: list[Entry]) -> None:
-        batch = self._call_off_held(batch)  # the last check, right before the call: after any wait
+        adding = batch[0].adding
+        # The last check, right before the call: after any wait.
+        batch = self._still_wanted(batch) if adding else self._call_off_held(batch)
         if not batch:
             return
         s = self._s
-        token = next((e.removal.client_token for e in batch if e.removal and e.removal.client_token), None)
+        token = next((e.change.client_token for e in batch if e.change and e.change.client_token), None)
         token = token or token_for(batch)
         for entry in batch:
-            if entry.removal is not None:
-                entry.removal.client_token = token
+            if entry.change is not None:
+                entry.change.client_token = token
         states = self._dir.states_of(batch)
         await self._dir.flush(states)  # durable before the call
         servers = sorted(e.server for e in batch)
         s.metrics.batch_servers.observe(len(servers))
         dry_run = self._dir.dry_run(batch[0])
         try:
-            removal = await s.client.remove_servers(self.group_id, servers, token, dry_run=dry_run)
+            if adding:
+                weights = {e.server: e.addition.weight for e in batch if e.addition is not None}
+                answer = await s.client.add_servers(self.group_id, servers, token, weights=weights, dry_run=dry_run)
+            else:
+                answer = await s.client.remove_servers(self.group_id, servers, token, dry_run=dry_run)
         except AlbError as exc:
             await self._refused(batch, states, exc)
             return
-        if removal.outcome == "already_removed":
-            await self._already_removed(batch, states)
+        if answer.outcome in ("already_removed", "already_added"):
+            await self._already(batch, states)
             return
         self._healthy(states)
-        if removal.outcome == "dry_run_passed":
+        what = _what(batch)
+        if answer.outcome == "dry_run_passed":
             outcomes.record_dry_run(batch, states, self.ledger, token)
             self._dir.changed(states)
-            s.notices.post(states, "Normal", "DryRunPassed", f"precheck passed for removing {len(servers)} server(s)")
+            s.notices.post(states, "Normal", "DryRunPassed", f"precheck passed for {what} {len(servers)} server(s)")
             return
         self._size.went_through(len(batch))
-        assert removal.job_id is not None
-        job_id = removal.job_id
+        assert answer.job_id is not None
+        job_id = answer.job_id
         outcomes.record_accepted(batch, states, job_id, token)
-        observe_latency(s.metrics.accepted_seconds, batch)
+        if adding:
+            s.metrics.additions.labels("submitted").inc(len(batch))
+        else:
+            observe_latency(s.metrics.accepted_seconds, batch)
         self._dir.changed(states)
         s.notices.post(
             states,
             "Normal",
-            "RemovalSubmitted",
-            f"job {job_id} removes {len(servers)} server(s) from {self.group_id}: "
+            "RegistrationSubmitted" if adding else "RemovalSubmitted",
+            f"job {job_id} {'adds' if adding else 'removes'} {len(servers)} server(s) "
+            f"{'to' if adding else 'from'} {self.group_id}: "
             + ", ".join(str(x) for x in servers[:10])
             + (" ..." if len(servers) > 10 else ""),
         )
         self._follow(batch, states, job_id)
+
+    def _still_wanted(self, batch: list[Entry]) -> list[Entry]:
+        """Additions that a live owner still wants: one that stopped wanting it meanwhile cancelled it (ledger)."""
+        return [e for e in batch if e.addition is not None and e.live_owners()]
 
     def _follow(self, batch: list[Entry], states: list[ResourceState], job_id: str) -> None:
         self._jobs.follow(job_id, [e.server for e in batch], lambda: self._job_ended(batch, states, job_id))
@@ -230,9 +272,14 @@ class GroupPipeline:
 
     async def _job_ended(self, batch: list[Entry], states: list[ResourceState], job_id: str) -> None:
         s = self._s
-        job = await s.tracker.wait(job_id, extra_seconds=self._status.drain_seconds or 0.0)
+        adding = batch[0].adding
+        extra = 0.0 if adding else self._status.drain_seconds or 0.0
+        job = await s.tracker.wait(job_id, extra_seconds=extra)
         s.metrics.jobs.labels(job.status).inc()
         if job.status == "Succeeded":
+            if adding:
+                await self._added(batch, states, job_id)
+                return
             observe_latency(s.metrics.succeeded_seconds, batch)
             observe_exposure(s.metrics, batch)
             self._removed(batch, states, job_id, f"job {job_id} removed {len(batch)} server(s) from {self.group_id}")
@@ -240,6 +287,8 @@ class GroupPipeline:
         failure = outcomes.record_failed(
             batch, self.ledger, states, job_id, job.status, job.error_code, job.error_message
         )
+        if adding:
+            s.metrics.additions.labels("failed").inc(len(batch))
         if failure.attempts >= s.settings.max_job_attempts:
             delay = s.settings.error_retry_seconds
             for state in states:
@@ -250,8 +299,49 @@ class GroupPipeline:
         else:
             delay = s.settings.transient_retry_seconds
         self._dir.changed(states)
-        s.notices.post(states, "Warning", "RemovalFailed", f"{failure.message}; trying again")
+        if adding:
+            self._dir.in_group_changed(self.ledger, [e.server for e in batch])  # RegistrationFailed on their pods
+        s.notices.post(
+            states, "Warning", "RegistrationFailed" if adding else "RemovalFailed", f"{failure.message}; trying again"
+        )
         self.enqueue_later(delay, [e.server for e in batch])
+
+    async def _added(self, batch: list[Entry], states: list[ResourceState], job_id: str | None) -> None:
+        """The servers are in the group: as a read shows them (Available, or Adding a little longer). A removal
+        decided while the addition's call was out goes now."""
+        listed = await self._read([e.server for e in batch])
+        decided = {e.server: e.addition.decided_at for e in batch if e.addition is not None}
+        outcomes.finish_additions(batch, self.ledger, states, listed, job_id)
+        self._s.metrics.additions.labels("succeeded" if job_id else "already-there").inc(len(batch))
+        for server, when in decided.items():
+            entry = self.ledger.entries.get(server)
+            if entry is not None and entry.in_group == "Available":
+                self._s.metrics.ready_to_traffic_seconds.observe((now() - when).total_seconds())
+        self._healthy(states)
+        self._dir.changed(states)
+        self._dir.in_group_changed(self.ledger, [e.server for e in batch])
+        self._s.notices.post(
+            states,
+            "Normal",
+            "RegistrationSucceeded",
+            (f"job {job_id} added" if job_id else "already in the group:")
+            + f" {len(batch)} server(s) of {self.group_id}: "
+            + ", ".join(str(e.server) for e in batch[:10]),
+        )
+        leaving = [e.server for e in batch if e.removal is not None]
+        if leaving:
+            self.enqueue(leaving)
+
+    async def _read(self, servers: list[Server]) -> dict[Server, tuple[str, int | None]]:
+        """What the group shows of ``servers`` now (status, weight); absent ones are Absent. Empty when the group
+        cannot be read in time: callers then keep what they knew."""
+        deadline = asyncio.get_running_loop().time() + self._s.settings.group_wait_seconds
+        try:
+            listed = await self._s.client.listed_servers(self.group_id, servers, deadline=deadline)
+        except AlbError as exc:
+            log.warning("could not read %s's servers (%s)", self.group_id, exc)
+            return {}
+        return {s: (listed[s].status, listed[s].weight) if s in listed else ("Absent", None) for s in servers}
 
     def _call_off_held(self, batch: list[Entry]) -> list[Entry]:
         holders = self._dir.holders(self.ledger)
@@ -291,39 +381,57 @@ class GroupPipeline:
                 states,
                 "Warning",
                 "ServerHeldAfterRemoval",
-                "a pod came to hold a server after its removal call went out (an IP reused within a job's time); "
-                "the ingress must add it again: " + ", ".join(str(e.server) for e in overtaken[:10]),
+                "a live pod or endpoint came to hold a server after its removal call went out (an IP reused within "
+                "a job's time, a deletion that never came); it goes back into the group: "
+                + ", ".join(str(e.server) for e in overtaken[:10]),
             )
+        self._dir.in_group_changed(self.ledger, [e.server for e in batch])
+        if self._parked:  # room in the group again
+            parked, self._parked = self._parked, set()
+            self.enqueue(parked)
 
-    async def _already_removed(self, batch: list[Entry], states: list[ResourceState]) -> None:
-        """The cloud refused the whole call because a server of it is not in the group. Alone, that server is
-        out (gone, or draining after its removal). With others, a listing tells which are out; where it cannot (the
-        group could not be listed: a RAM policy without ListServerGroupServers, throttling; or every server is
-        still listed: a removed server shows Removing while it drains), the call is split in two, each half a new
-        attempt, until each server's own answer tells. Never sent again as it was."""
+    async def _already(self, batch: list[Entry], states: list[ResourceState]) -> None:
+        """The cloud refused the whole call because a server of it is not in the group (a removal) or is in it
+        already (an addition). Alone, that server's change is done. With others, a listing tells which; where it
+        cannot (the group could not be listed: a RAM policy without ListServerGroupServers, throttling; or, for a
+        removal, every server is still listed: a removed server shows Removing while it drains), the call is split
+        in two, each half a new attempt, until each server's own answer tells. Never sent again as it was."""
+        adding = batch[0].adding
         if len(batch) == 1:
             self._healthy(states)
-            self._removed(batch, states, None, f"{batch[0].server} was no longer in {self.group_id}")
+            if adding:
+                await self._added(batch, states, None)
+            else:
+                self._removed(batch, states, None, f"{batch[0].server} was no longer in {self.group_id}")
             return
         deadline = asyncio.get_running_loop().time() + self._s.settings.group_wait_seconds
         try:
-            out = await self._s.client.out_of_rotation(self.group_id, [e.server for e in batch], deadline=deadline)
+            if adding:
+                listed = await self._s.client.listed_servers(
+                    self.group_id, [e.server for e in batch], deadline=deadline
+                )
+                done = {server for server, found in listed.items() if found.status in IN_GROUP}
+            else:
+                done = await self._s.client.out_of_rotation(self.group_id, [e.server for e in batch], deadline=deadline)
         except AlbError as exc:
-            log.warning("could not list %s to tell which servers are gone (%s); splitting the call", self.group_id, exc)
+            log.warning("could not list %s to tell which servers are done (%s); splitting the call", self.group_id, exc)
             self._s.notices.post(
                 states,
                 "Warning",
                 "ServerGroupUnlisted",
-                f"could not list {self.group_id} ({exc}): the call is split to tell which servers are gone; "
+                f"could not list {self.group_id} ({exc}): the call is split to tell which servers are done; "
                 "grant alb:ListServerGroupServers to save the calls",
             )
-            out = set()
-        gone, rest = outcomes.split_gone(batch, out)
-        if gone:
+            done = set()
+        finished, rest = outcomes.split_gone(batch, done)
+        if finished:
             self._healthy(states)
-            self._removed(gone, states, None, f"{len(gone)} server(s) were no longer in {self.group_id}")
+            if adding:
+                await self._added(finished, states, None)
+            else:
+                self._removed(finished, states, None, f"{len(finished)} server(s) were no longer in {self.group_id}")
         if rest:
-            self._resend(rest, states, split=not gone)
+            self._resend(rest, states, split=not finished)
 
     def _healthy(self, states: list[ResourceState]) -> None:
         """A call went through: Ready again, unless a removal of the resource is still refused on the way."""
@@ -349,9 +457,20 @@ class GroupPipeline:
         message = outcomes.record_refused(batch, self.ledger, states, exc)
         delay = s.settings.transient_retry_seconds if outcomes.retry_soon(exc) else s.settings.error_retry_seconds
         self._dir.changed(states)
-        s.notices.post(states, "Warning", "RemovalRefused", f"{message}; next try in {delay:.0f}s")
-        self._paused_until = asyncio.get_running_loop().time() + delay
-        self.enqueue([e.server for e in batch], first=True)
+        if not batch[0].adding:
+            s.notices.post(states, "Warning", "RemovalRefused", f"{message}; next try in {delay:.0f}s")
+            self._paused_until = asyncio.get_running_loop().time() + delay
+            self.enqueue([e.server for e in batch], first=True)
+            return
+        # An addition refused never holds up the group's removals.
+        s.metrics.additions.labels("refused").inc(len(batch))
+        self._dir.in_group_changed(self.ledger, [e.server for e in batch])
+        if exc.code == QUOTA_SERVERS:
+            # The group is full: tried again when a removal makes room, and now and then.
+            self._parked.update(e.server for e in batch)
+            delay = s.settings.refused_retry_seconds
+        s.notices.post(states, "Warning", "RegistrationRefused", f"{message}; next try in {delay:.0f}s")
+        self.enqueue_later(delay, [e.server for e in batch])
 
     def _refused_on_the_way(self, batch: list[Entry], states: list[ResourceState], exc: AlbRequestRefused) -> None:
         """Not the cloud's answer: something on the way refused the request (its size, most likely). Never sent
@@ -364,9 +483,9 @@ class GroupPipeline:
             s.notices.post(
                 states,
                 "Warning",
-                "RemovalSplit",
-                f"a call of {len(batch)} server(s) was refused on the way to the ALB API ({exc}); calls for "
-                f"{self.group_id} now take at most {self._size.cap}",
+                "RegistrationSplit" if batch[0].adding else "RemovalSplit",
+                f"a call {_what(batch)} {len(batch)} server(s) was refused on the way to the ALB API ({exc}); "
+                f"calls for {self.group_id} now take at most {self._size.cap}",
             )
             self._resend(batch, states, split=False)
             return
@@ -378,5 +497,6 @@ class GroupPipeline:
             if refusal.attempts < s.settings.max_job_attempts
             else (s.settings.refused_retry_seconds)
         )
-        s.notices.post(states, "Warning", "RemovalRefused", f"{refusal.message}; next try in {delay:.0f}s")
+        reason = "RegistrationRefused" if entry.adding else "RemovalRefused"
+        s.notices.post(states, "Warning", reason, f"{refusal.message}; next try in {delay:.0f}s")
         self.enqueue_later(delay, [entry.server])

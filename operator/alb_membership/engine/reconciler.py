@@ -5,6 +5,7 @@ the cluster's view -> owners (model/owners.py, pure) -> the ledger's decisions (
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -19,6 +20,7 @@ from alb_membership.engine.directory import ResourceDirectory
 from alb_membership.engine.effects import Effects
 from alb_membership.engine.gated import GatedPods
 from alb_membership.engine.pipeline import GroupPipeline, Services
+from alb_membership.engine.readiness import ReadinessGates
 from alb_membership.engine.round import Round
 from alb_membership.metrics import Metrics
 from alb_membership.model import status
@@ -40,6 +42,9 @@ class ReconcilerSettings:
     default_region: str | None = None
     eni_annotation: str = "k8s.aliyun.com/eni-id"
     endpoint_grace_seconds: float = 2.0
+    # After the gate let a pod's deletion go ahead: a pod still live without a deletion this much later was not
+    # deleted after all (refused by another webhook, a PodDisruptionBudget, a precondition): its removal is undone.
+    undo_after_seconds: float = 5.0
 
 
 class Reconciler:
@@ -60,7 +65,9 @@ class Reconciler:
         self.notices = notices
         self._services_for = services_for
         self._owners = OwnerReader(settings.eni_annotation)
-        self._decider = Decider(settings.endpoint_grace_seconds)
+        self.gated = GatedPods()
+        self._decider = Decider(settings.endpoint_grace_seconds, self.gated)
+        self.readiness: ReadinessGates | None = None  # set by the runtime: pods' readiness gates
         self._effects = Effects(
             self.pipeline,
             self.writer,
@@ -69,10 +76,10 @@ class Reconciler:
             lambda: sum(len(g.entries) for g in self.ledgers.values()),
             self._recheck_endpoints,
         )
-        self.gated = GatedPods()
         self.directory = ResourceDirectory(
-            self.resources, self._owners, self.gated, self.writer, self.group_key, self._view
+            self.resources, self._owners, self.gated, self.writer, self.group_key, self._view, self.in_group_changed
         )
+        self._expected: dict[str, asyncio.TimerHandle] = {}  # pod UID -> the look for its deletion
         # Set once this replica stops acting (shutdown, Lease given up): events still arriving change nothing.
         self.stopped = False
 
@@ -155,6 +162,10 @@ class Reconciler:
         pod_of = functools.partial(view.pod, namespace)
         self._decider.reconcile(state, self.ledger(state.group), scan.owners, set(ALL_SOURCES), pod_of, round_)
         self._finish(state, round_, repair)
+        for pod_uid in {seen.pod_uid for seen in scan.owners.values() if seen.pod_uid}:
+            pod = pod_of(pod_uid)
+            if pod is not None:
+                self._consider_gate(state, pod)
 
     def repair(self, state: ResourceState, listed: Iterable[PodView], recorded_before: set[str]) -> None:
         """Anti-entropy, from pods listed afresh: a pod recorded before the list began and absent from it was
@@ -224,15 +235,20 @@ class Reconciler:
                 leave(ledger, key, "pod-deleted", pod.deletion_started or now(), round_)
                 ledger.settle(key)
             elif seen is not None:
-                self._decider.apply(state, ledger, seen, round_)
+                self._decider.apply(state, ledger, seen, round_, pod)
             elif ledger.server_of(key) is not None:
                 self._decider.unseen_pod(ledger, key, pod, round_)
             backend = state.spec.backend
-            if state.spec.service_name and (deleted or pod.going_away or (backend and backend.server_type != "Ip")):
-                # Its endpoints leave with it, whatever the slices say yet; and an Eci or Eni endpoint's server is
-                # its pod's instance or ENI, which the pod's change may have just told.
+            if state.spec.service_name and (
+                deleted or pod.going_away or (backend and backend.server_type != "Ip") or pod.declares(state.ref.name)
+            ):
+                # Its endpoints leave with it, whatever the slices say yet; an Eci or Eni endpoint's server is its
+                # pod's instance or ENI, which the pod's change may have just told; and an endpoint whose pod waits
+                # on this resource's readiness gate is added once its containers are ready (the slices cannot say).
                 self._endpoints(state, round_, self._endpoint_keys_of(state.spec.service_name, pod))
             self._finish(state, round_, repair=False)
+            if not deleted:
+                self._consider_gate(state, pod)
 
     def endpoints_changed(self, namespace: str, service: str, keys: Iterable[str] | None = None) -> None:
         """The Service's endpoints changed: those of the owner ``keys`` (pod UIDs, or addresses of endpoints without
@@ -266,8 +282,13 @@ class Reconciler:
                 changed.append(entry)
         self._status_soon(changed)
 
-    def _status_soon(self, entries: list[Entry]) -> None:
-        for state in self.directory.states_of(entries):
+    def _status_soon(self, entries: list[Entry], members: bool = False) -> None:
+        """``members``: the entries' live owners' resources too (what status shows of members changed)."""
+        states = self.directory.states_of(entries)
+        if members:
+            uids = {uid for e in entries for uid, _ in e.live_owners()}
+            states += [self.resources[u] for u in sorted(uids) if u in self.resources]
+        for state in states:
             self.writer.soon(state)
 
     def gate(self, pod: PodView) -> list[tuple[GroupLedger, Server]]:
@@ -294,7 +315,107 @@ class Reconciler:
             self._finish(state, round_, repair=False)
         return out
 
+    def expect_deletion(self, pod: PodView) -> None:
+        """The gate let the pod's deletion go ahead: unless the watches show it going away by undo_after_seconds,
+        its deletion never came, and it holds its servers again (PRODUCT.md 3.13)."""
+        if pod.uid in self._expected:
+            self._expected.pop(pod.uid).cancel()
+
+        def look() -> None:
+            self._expected.pop(pod.uid, None)
+            assert self.view is not None
+            now_ = self.view.pod(pod.namespace, pod.uid)
+            if now_ is not None and not now_.going_away and pod.uid in self.gated:
+                self.ungate(now_)
+
+        self._expected[pod.uid] = asyncio.get_running_loop().call_later(self.settings.undo_after_seconds, look)
+
+    def ungate(self, pod: PodView) -> None:
+        """A pod the gate took out is live after all: every owner of it holds its server again. A removal not sent
+        is called off, one sent is undone once it ends, one done already is undone now (engine/decisions.py)."""
+        if self.stopped:
+            return
+        self.gated.discard(pod.uid)
+        log.warning(
+            "pod %s/%s was not deleted after the gate let its deletion go: its servers go back", pod.namespace, pod.name
+        )
+        for state in self._in_namespace(pod.namespace):
+            ledger, uid = self.ledger(state.group), state.ref.uid
+            keys = [(uid, pod.uid)]
+            if state.spec.service_name:
+                keys.append((uid, f"endpoint/{state.spec.service_name}/{pod.uid}"))
+            for key in keys:
+                ledger.revive(key)
+        self.pod_changed(pod, deleted=False)
+
+    def in_group_changed(self, ledger: GroupLedger, servers: Iterable[Server]) -> None:
+        """What the group shows of these servers changed or was read again: their live owners are looked at again
+        (an addition may be due: registration, an undo) and so are their pods' readiness gates."""
+        if self.stopped or self.view is None:
+            return
+        pods: dict[str, str] = {}  # pod UID -> namespace
+        endpoints: dict[tuple[str, str], set[str]] = {}  # (namespace, Service) -> owner keys
+        statics: dict[str, list[Server]] = {}  # resource UID -> its static servers
+        for server in servers:
+            entry = ledger.entries.get(server)
+            if entry is None:
+                continue
+            for (uid, owner_id), owner in entry.owners.items():
+                state = self.resources.get(uid)
+                if state is None or owner.leaving:
+                    continue
+                if owner.source == "pod":
+                    pods[owner_id] = state.ref.namespace
+                elif owner.source == "endpoint":
+                    service, key = endpoint_parts(owner_id)
+                    endpoints.setdefault((state.ref.namespace, service), set()).add(key)
+                    if owner.name:
+                        pods[key] = state.ref.namespace
+                else:
+                    statics.setdefault(uid, []).append(server)
+        for (namespace, service), keys in endpoints.items():
+            self.endpoints_changed(namespace, service, keys)
+        for pod_uid, namespace in pods.items():
+            pod = self.view.pod(namespace, pod_uid)
+            if pod is not None:
+                self.pod_changed(pod, deleted=False)
+        for uid, static in statics.items():
+            state = self.resources[uid]
+            round_ = Round()
+            for server in static:
+                self._decider.apply(state, ledger, Seen(f"static/{server.compact}", server, "static"), round_)
+            self._finish(state, round_, repair=False)
+
+    def group_read(self, key: GroupKey, listed: Mapping[Server, tuple[str, int | None]], every: bool = True) -> None:
+        """A read of the group (readiness gates' polls, anti-entropy): what it shows of our servers. ``every``: the
+        owners of every server read are looked at again (a poll for a few awaited ones), else only those of
+        servers whose status changed (a whole group's read)."""
+        ledger = self.ledgers.get(key)
+        if ledger is None:
+            return
+        changed = [
+            server for server, (status, weight) in listed.items() if ledger.seen_in_group(server, status, weight)
+        ]
+        if changed:
+            self._status_soon([e for s in changed if (e := ledger.entries.get(s)) is not None], members=True)
+        self.in_group_changed(ledger, listed if every else changed)
+
     # -- internals --------------------------------------------------------------------------------------------
+
+    def _consider_gate(self, state: ResourceState, pod: PodView) -> None:
+        if self.readiness is None or not pod.declares(state.ref.name):
+            return
+        ledger, uid = self.ledger(state.group), state.ref.uid
+        keys = [(uid, pod.uid)]
+        if state.spec.service_name:
+            keys.append((uid, f"endpoint/{state.spec.service_name}/{pod.uid}"))
+        entries = []
+        for key in keys:
+            server = ledger.server_of(key)
+            owner = ledger.owner(key)
+            if server is not None and owner is not None and not owner.leaving:
+                entries.append(ledger.entries[server])
+        self.readiness.consider(state.ref.name, ledger, pod, entries)
 
     def _view(self) -> LiveView | None:
         return self.view

@@ -12,6 +12,8 @@ from alb_membership.model.owners import Unmappable
 @dataclass
 class Round:
     removals: list[Server] = field(default_factory=list)  # servers whose last live owner left: they go
+    additions: list[Server] = field(default_factory=list)  # servers a live, ready owner wants in: they join
+    undone: list[tuple[Server, str]] = field(default_factory=list)  # of those, put back after a wrong removal: why
     released: list[str] = field(default_factory=list)  # live members the spec no longer picks: they stay, untracked
     unmappable: list[Unmappable] = field(default_factory=list)
     changed: bool = False  # the ledger changed in a way status shows

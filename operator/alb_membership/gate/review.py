@@ -253,14 +253,24 @@ class Gate:
         if self.holds >= MAX_HOLDS:
             if hold.resource_uids <= self._reconciler.resources.keys():
                 self._reconciler.let_through(self._reconciler.gate(pod))  # out as soon as can be, and counted
-            return Verdict(
-                "too-many", "alb-membership-operator: too many deletions held at once; let through unconfirmed"
+            return self._expect(
+                pod,
+                Verdict(
+                    "too-many", "alb-membership-operator: too many deletions held at once; let through unconfirmed"
+                ),
             )
         self.holds += 1
         try:
-            return await self._hold(review, pod, hold, self._clock() + max(0.0, seconds))
+            verdict = await self._hold(review, pod, hold, self._clock() + max(0.0, seconds))
         finally:
             self.holds -= 1
+        return self._expect(pod, verdict)
+
+    def _expect(self, pod: PodView, verdict: Verdict) -> Verdict:
+        """The deletion goes ahead: if it never comes (refused after this gate), the pod's removal is undone."""
+        if not verdict.handed_over and pod.uid in self._reconciler.gated:
+            self._reconciler.expect_deletion(pod)
+        return verdict
 
     async def _hold(self, review: Review, pod: PodView, hold: Hold, until: float) -> Verdict:
         started = self._clock()

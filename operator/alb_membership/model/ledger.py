@@ -26,6 +26,8 @@ from alb_membership.alb.models import Server
 OwnerKey = tuple[str, str]
 MAX_DONE = 100_000
 GroupKey = tuple[str, str]  # (region, server group id)
+IN_GROUP = frozenset({"Available", "Adding", "Configuring"})  # statuses of a server the group holds and keeps
+DRY_RUN = "DryRunPassed"  # an addition's precheck passed under dryRun: not asked again while it stays so
 
 
 def now() -> dt.datetime:
@@ -41,18 +43,31 @@ class Owner:
 
 
 @dataclass(slots=True)
-class Removal:
-    """A removal decided and not yet final. ``client_token`` is set when it is put into a call and stays for every
-    retry and re-submission of that call; a new ``attempt`` (after a failed or unconfirmed job) gets a new one."""
+class Change:
+    """A change of one server decided and not yet final. ``client_token`` is set when it is put into a call and stays
+    for every retry and re-submission of that call; a new ``attempt`` (after a failed or unconfirmed job) gets a new
+    one."""
 
     trigger: str
     decided_at: dt.datetime
-    deletion_started: dt.datetime | None = None
     attempt: int = 0
     client_token: str | None = None
     job_id: str | None = None
     refused: int = 0  # times refused on the way to the cloud, sent alone
     failures: int = 0  # jobs that failed or were never confirmed
+    error: str | None = None  # the cloud's last error code for it, for people (a readiness gate's reason)
+
+    @property
+    def sent(self) -> bool:
+        """True once its call may have reached the cloud: nothing can stop it any more."""
+        return self.client_token is not None
+
+
+@dataclass(slots=True)
+class Removal(Change):
+    deletion_started: dt.datetime | None = None
+    # The server's weight in the group when known (a listing): an undo puts it back with it (PRODUCT.md 3.13).
+    weight: int | None = None
     # For albm_exposure_seconds. ``gated``: a resource with the deletion gate decided it (not kept in status: the
     # resource's spec tells a successor). Kept in status while set, for a successor: ``exposed_since``, when the
     # gate let the pod's deletion go ahead while the server was still in rotation (timed out, too many, error);
@@ -64,10 +79,13 @@ class Removal:
     held_out: bool = False
     holds: int = 0
 
-    @property
-    def sent(self) -> bool:
-        """True once its call may have reached the cloud: nothing can stop it any more."""
-        return self.client_token is not None
+
+@dataclass(slots=True)
+class Addition(Change):
+    """``trigger``: registration (a live, ready member of a resource with registration on) or undo (a removal of
+    this operator's that turned out wrong, PRODUCT.md 3.13)."""
+
+    weight: int = 100
 
 
 @dataclass(slots=True)
@@ -75,6 +93,31 @@ class Entry:
     server: Server
     owners: dict[OwnerKey, Owner] = field(default_factory=dict)
     removal: Removal | None = None
+    # Beside a removal only while the addition's call is out (its job ends first; then the removal goes).
+    addition: Addition | None = None
+    # What the group shows of the server, as last read or as this operator's own job ended: Available, Adding,
+    # Configuring, Removing, Absent; None while not known.
+    in_group: str | None = None
+    weight: int | None = None  # its weight in the group, when known
+    # Taken out by this operator for an owner that turned out live, and why: it goes back (PRODUCT.md 3.13), with
+    # registration off too.
+    undo: str | None = None
+
+    @property
+    def change(self) -> Change | None:
+        """The change the group's pipeline handles next: an addition out (its job ends first), else a removal,
+        else an addition."""
+        if self.addition is not None and (self.addition.sent or self.removal is None):
+            return self.addition
+        return self.removal
+
+    @property
+    def adding(self) -> bool:
+        return self.change is not None and self.change is self.addition
+
+    def concerned(self) -> list[OwnerKey]:
+        """The owners a change is made for: those leaving, for a removal; the live ones, for an addition."""
+        return self.live_owners() if self.adding else self.leaving_owners()
 
     def live_owners(self) -> list[OwnerKey]:
         return [k for k, o in self.owners.items() if not o.leaving]
@@ -93,6 +136,7 @@ class GroupLedger:
         # grace period): seeing them again is not news. Dropped when they are gone (settle), and bounded (the
         # oldest go first). Also by resource, so that one resource's are found without a scan of every one's.
         self._done: dict[OwnerKey, str] = {}  # -> the owner's source
+        self._done_weight: dict[OwnerKey, int] = {}  # -> the weight its server had, when known (an undo's)
         self._done_by_resource: dict[str, dict[str, str]] = {}  # resource UID -> owner id -> source
         # Endpoint owners done since their resource's endpoints were last looked at (fresh_done): a look at only
         # the endpoints an event touched must still settle these if their endpoints are gone meanwhile.
@@ -116,7 +160,10 @@ class GroupLedger:
 
     def hold(self, key: OwnerKey, server: Server, source: str, name: str | None = None) -> bool:
         """``key`` is a live owner of ``server``. Cancels a removal of ``server`` that has not gone out yet: a live
-        owner holds it. True when anything changed."""
+        owner holds it. An owner whose removal was final seen live again (a deletion refused after the gate, an
+        endpoint back in its slices) puts its server back: ``undo`` on its entry. True when anything changed."""
+        revived = key in self._done and source != "static"
+        weight = self._done_weight.get(key)
         self._undone(key)
         known = self._by_owner.get(key)
         if known is not None and known != server:
@@ -127,8 +174,11 @@ class GroupLedger:
             return False
         if owner is not None and owner.leaving and source != "static":
             return False  # a pod or endpoint that started leaving does not come back; a static server put back does
+        fresh = not entry.owners and entry.removal is None
         entry.owners[key] = Owner(source, name)
         self._index(key, server)
+        if revived and fresh:
+            entry.undo, entry.in_group, entry.weight = "owner-live-again", "Absent", weight
         if entry.removal is not None and not entry.removal.sent:
             self._cancel(entry)
         return True
@@ -166,9 +216,31 @@ class GroupLedger:
         if entry.live_owners():
             self._drop_owner(entry, key)  # another owner still holds the identity
             return False
+        entry.undo = None
+        if entry.addition is not None and not entry.addition.sent:
+            entry.addition = None  # nobody wants it in any more
+            if entry.in_group == "Absent":
+                self._drop_owner(entry, key)  # never added: nothing to take out
+                return False
         if entry.removal is not None:
             return False
-        entry.removal = Removal(trigger, now(), deletion_started)
+        entry.removal = Removal(trigger, now(), deletion_started=deletion_started, weight=entry.weight)
+        return True
+
+    def revive(self, key: OwnerKey) -> bool:
+        """A leaving owner turned out live (its deletion, held by the gate, never came): it holds its server again.
+        A removal not sent yet is called off; one sent already is undone once it ends (``finished``). True when
+        anything changed."""
+        server = self._by_owner.get(key)
+        if server is None:
+            return False
+        entry = self.entries[server]
+        owner = entry.owners[key]
+        if not owner.leaving:
+            return False
+        owner.leaving, owner.trigger = False, None
+        if entry.removal is not None and not entry.removal.sent:
+            self._cancel(entry)
         return True
 
     def release(self, key: OwnerKey) -> bool:
@@ -194,8 +266,64 @@ class GroupLedger:
         for other in entry.live_owners():
             self._drop_owner(entry, other)
 
+    def restore_addition(
+        self, key: OwnerKey, server: Server, source: str, name: str | None, addition: Addition
+    ) -> None:
+        """An addition recorded in status by an earlier operator, with its token and attempt: its owner is live."""
+        entry = self.entries.setdefault(server, Entry(server))
+        entry.owners[key] = Owner(source, name)
+        self._index(key, server)
+        if entry.addition is None or (addition.client_token and not entry.addition.client_token):
+            entry.addition = addition
+        if addition.trigger == "undo":
+            entry.undo = entry.undo or "owner-live-again"
+
     def pending(self) -> list[Entry]:
+        """Entries with a removal decided."""
         return [e for e in self.entries.values() if e.removal is not None]
+
+    def changing(self) -> list[Entry]:
+        """Entries with a change decided: a removal or an addition."""
+        return [e for e in self.entries.values() if e.change is not None]
+
+    def want(self, server: Server, weight: int, trigger: str) -> bool:
+        """A live owner wants ``server`` in the group and nothing shows it there: an addition, unless a change of it
+        is under way. True when one was decided."""
+        entry = self.entries.get(server)
+        if entry is None or entry.removal is not None or entry.addition is not None or not entry.live_owners():
+            return False
+        if entry.in_group in IN_GROUP or entry.in_group == DRY_RUN:
+            return False
+        entry.addition = Addition(trigger, now(), weight=weight)
+        return True
+
+    def added(self, server: Server, in_group: str, weight: int | None) -> Entry | None:
+        """The addition of ``server`` is final: the group shows it (``in_group``), or it already held it."""
+        entry = self.entries.get(server)
+        if entry is None:
+            return None
+        if entry.addition is not None:
+            entry.addition = None
+        entry.in_group, entry.undo = in_group, None
+        entry.weight = weight if weight is not None else entry.weight
+        if not entry.owners and entry.removal is None:
+            self.entries.pop(server, None)
+        return entry
+
+    def seen_in_group(self, server: Server, in_group: str, weight: int | None) -> bool:
+        """What a read of the group shows of ``server`` (Absent when it is not listed). True when that is news."""
+        entry = self.entries.get(server)
+        if entry is None or (entry.in_group, entry.weight) == (
+            in_group,
+            weight if weight is not None else entry.weight,
+        ):
+            return False
+        entry.in_group = in_group
+        if weight is not None:
+            entry.weight = weight
+            if entry.removal is not None and not entry.removal.sent:
+                entry.removal.weight = weight
+        return True
 
     def cancel_held(self, server: Server, holders: dict[OwnerKey, tuple[str, str | None]]) -> bool:
         """Before a call: ``holders`` are live owners of ``server`` in the cluster right now (across every resource
@@ -215,11 +343,15 @@ class GroupLedger:
         entry = self.entries.get(server)
         if entry is None:
             return None
+        weight = entry.removal.weight if entry.removal is not None else None
         for key in entry.leaving_owners():
-            self._drop_owner(entry, key, keep_empty=True)
+            self._drop_owner(entry, key, keep_empty=True, weight=weight)
         entry.removal = None
+        entry.in_group = "Absent"
         if not entry.owners:
             self.entries.pop(server, None)
+        elif entry.addition is None:
+            entry.undo, entry.weight = "owner-live-after-removal", weight  # a live owner came after the call went out
         return entry
 
     def settle(self, key: OwnerKey) -> None:
@@ -249,16 +381,18 @@ class GroupLedger:
         """The job failed or was never confirmed: the same token would only return the same job, so the next call
         is a new attempt with a new token."""
         entry = self.entries.get(server)
-        if entry is not None and entry.removal is not None:
-            entry.removal.attempt += 1
-            entry.removal.client_token = None
-            entry.removal.job_id = None
+        change = entry.change if entry is not None else None
+        if change is not None:
+            change.attempt += 1
+            change.client_token = None
+            change.job_id = None
 
     def unsend(self, server: Server) -> None:
         """The cloud refused the call outright (no job): its token may go with other servers next time."""
         entry = self.entries.get(server)
-        if entry is not None and entry.removal is not None:
-            entry.removal.client_token = None
+        change = entry.change if entry is not None else None
+        if change is not None:
+            change.client_token = None
 
     def forget_resource(self, resource_uid: str) -> None:
         """A resource is gone: its owners go too (its removals were final before its finalizer was released)."""
@@ -271,6 +405,7 @@ class GroupLedger:
                     self.entries.pop(server, None)  # a removal nobody waits for (its group does not exist)
         for owner_id in self._done_by_resource.pop(resource_uid, {}):
             del self._done[(resource_uid, owner_id)]
+            self._done_weight.pop((resource_uid, owner_id), None)
         self._fresh.pop(resource_uid, None)
 
     # -- internals ---------------------------------------------------------------------------------------------
@@ -280,6 +415,7 @@ class GroupLedger:
         self._by_resource.setdefault(key[0], set()).add(key[1])
 
     def _undone(self, key: OwnerKey) -> None:
+        self._done_weight.pop(key, None)
         if self._done.pop(key, None) is not None:
             done = self._done_by_resource[key[0]]
             del done[key[1]]
@@ -296,11 +432,13 @@ class GroupLedger:
         for key in entry.leaving_owners():
             self._drop_owner(entry, key, keep_empty=True)
 
-    def _drop_owner(self, entry: Entry, key: OwnerKey, keep_empty: bool = False) -> None:
+    def _drop_owner(self, entry: Entry, key: OwnerKey, keep_empty: bool = False, weight: int | None = None) -> None:
         owner = entry.owners.pop(key, None)
         if owner is not None and owner.leaving:
             # It left (removed, or another owner holds the server): seeing it leave again is not news.
             self._done[key] = owner.source
+            if weight is not None:
+                self._done_weight[key] = weight
             self._done_by_resource.setdefault(key[0], {})[key[1]] = owner.source
             if owner.source == "endpoint":
                 self._fresh.setdefault(key[0], set()).add(key[1])
@@ -313,5 +451,5 @@ class GroupLedger:
                 ids.discard(key[1])
                 if not ids:
                     del self._by_resource[key[0]]
-        if not entry.owners and entry.removal is None and not keep_empty:
+        if not entry.owners and entry.removal is None and entry.addition is None and not keep_empty:
             self.entries.pop(entry.server, None)

@@ -12,6 +12,12 @@ from alb_membership.model.spec import Backend, Spec
 
 ECI_ANNOTATION = "k8s.aliyun.com/eci-instance-id"
 DEFAULT_ENI_ANNOTATION = "k8s.aliyun.com/eni-id"
+# A pod's readiness gate for one resource is the condition type GATE_PREFIX + the resource's name (PRODUCT.md 3.12).
+GATE_PREFIX = "target-health.albmembership.io/"
+
+
+def gate_condition(resource_name: str) -> str:
+    return GATE_PREFIX + resource_name
 
 
 class UnmappablePod(ValueError):
@@ -30,12 +36,28 @@ class PodView:
     annotations: Mapping[str, str]
     deletion_started: dt.datetime | None  # when graceful deletion began (deletionTimestamp minus grace)
     terminal: bool  # phase Succeeded or Failed
+    ready: bool = False  # the Ready condition is True
+    containers_ready: bool = False  # the ContainersReady condition is True
+    # This operator's readiness gates the pod declares: (resource name, the condition's status, its reason) now,
+    # status and reason "" while it has none. A tuple: most pods declare none, and it stays hashable.
+    gates: tuple[tuple[str, str, str], ...] = ()
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], eni_annotation: str = DEFAULT_ENI_ANNOTATION) -> PodView:
         meta = body.get("metadata") or {}
         status = body.get("status") or {}
         annotations = meta.get("annotations") or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or ()}
+        declared = [g.get("conditionType", "") for g in (body.get("spec") or {}).get("readinessGates") or ()]
+        gates = tuple(
+            (
+                t.removeprefix(GATE_PREFIX),
+                str((conditions.get(t) or {}).get("status", "")),
+                str((conditions.get(t) or {}).get("reason", "")),
+            )
+            for t in declared
+            if t.startswith(GATE_PREFIX)
+        )
         return cls(
             namespace=meta.get("namespace", ""),
             name=meta.get("name", ""),
@@ -45,11 +67,27 @@ class PodView:
             annotations={k: annotations[k] for k in (ECI_ANNOTATION, eni_annotation) if k in annotations},
             deletion_started=deletion_started(meta),
             terminal=status.get("phase") in ("Succeeded", "Failed"),
+            ready=(conditions.get("Ready") or {}).get("status") == "True",
+            containers_ready=(conditions.get("ContainersReady") or {}).get("status") == "True",
+            gates=gates,
         )
 
     @property
     def going_away(self) -> bool:
         return self.deletion_started is not None or self.terminal
+
+    def registrable_for(self, resource_name: str) -> bool:
+        """Ready to take traffic from the group of ``resource_name``: Ready, or, when the pod declares that
+        resource's readiness gate (which keeps it not Ready until its server is in), its containers ready."""
+        return not self.going_away and (self.ready or (self.containers_ready and self.declares(resource_name)))
+
+    def declares(self, resource_name: str) -> bool:
+        """Whether the pod lists the readiness gate of the resource named ``resource_name``."""
+        return any(name == resource_name for name, _, _ in self.gates)
+
+    def gate(self, resource_name: str) -> tuple[str, str]:
+        """The (status, reason) of that readiness gate's condition now; ("", "") while it has none."""
+        return next(((status, reason) for name, status, reason in self.gates if name == resource_name), ("", ""))
 
 
 def parse_time(value: str | None) -> dt.datetime | None:
@@ -90,6 +128,7 @@ class EndpointView(NamedTuple):
     terminating: bool
     pod_name: str | None
     pod_uid: str | None
+    ready: bool = True
 
 
 def endpoints_of(slice_body: Mapping[str, Any]) -> list[EndpointView]:
@@ -105,6 +144,8 @@ def endpoints_of(slice_body: Mapping[str, Any]) -> list[EndpointView]:
                     terminating=bool(conditions.get("terminating")),
                     pod_name=pod.get("name"),
                     pod_uid=pod.get("uid"),
+                    # Absent means ready (the API's rule for the ready condition).
+                    ready=conditions.get("ready") is not False,
                 )
             )
     return out
@@ -124,6 +165,10 @@ class Seen:
     # Succeeded or Failed: its IP went back to the pool, so it may be another pod's by now. Such a pod is acted on
     # only if it was recorded while it still held the IP.
     terminal: bool = False
+    # Ready to take traffic as its source tells (a pod's Ready, an endpoint's ready; a static server always):
+    # whether it may be added also depends on the pod's readiness gates (engine/decisions.py).
+    ready: bool = True
+    pod_uid: str | None = None  # the pod behind a pod or endpoint owner
 
 
 MapServer = Callable[[str | None, Mapping[str, str], "PodView | None"], "Server | None"]
@@ -146,6 +191,8 @@ def pod_owner(spec: Spec, pod: PodView, map_server: MapServer) -> Seen | None:
         trigger="pod-terminating" if pod.going_away else None,
         deletion_started=pod.deletion_started,
         terminal=pod.terminal,
+        ready=pod.ready,
+        pod_uid=pod.uid,
     )
 
 
@@ -192,6 +239,8 @@ def endpoint_owners(
             leaving=leaving,
             trigger="endpoint-terminating" if leaving else None,
             deletion_started=pod.deletion_started if pod is not None else None,
+            ready=ep.ready,
+            pod_uid=pod.uid if pod is not None else None,
         )
         if seen.owner_id not in out or not leaving:  # an address in two slices counts as live if one says so
             out[seen.owner_id] = seen

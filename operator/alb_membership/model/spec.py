@@ -14,6 +14,7 @@ PLURAL = "servergroupmemberships"
 KIND = "ServerGroupMembership"
 DEFAULT_GATE_SECONDS = 20.0
 MAX_GATE_SECONDS = 25.0  # under the API server's 30 s webhook limit
+DEFAULT_WEIGHT = 100  # AddServersToServerGroup's own default
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,14 @@ class Spec:
     # The deletion gate: the longest a member pod's deletion (or eviction) is held until its servers are out of
     # rotation; None when the gate is off.
     gate_seconds: float | None = None
+    # Registration (PRODUCT.md 3.11): the weight live members are added with; None when members are only removed.
+    register_weight: int | None = None
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> Spec:
         backend = raw.get("backend")
         gate = raw.get("deletionGate") or {}
+        registration = raw.get("registration") or {}
         return cls(
             server_group_id=raw["serverGroupId"],
             region=raw.get("region"),
@@ -102,4 +106,5 @@ class Spec:
             gate_seconds=min(MAX_GATE_SECONDS, float(gate.get("maxWaitSeconds", DEFAULT_GATE_SECONDS)))
             if gate.get("enabled")
             else None,
+            register_weight=int(registration.get("weight", DEFAULT_WEIGHT)) if registration.get("enabled") else None,
         )

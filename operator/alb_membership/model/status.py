@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from alb_membership.alb.models import Server
-from alb_membership.model.ledger import GroupLedger, OwnerKey, Removal, now
+from alb_membership.model.ledger import Addition, Change, GroupLedger, OwnerKey, Removal, now
 from alb_membership.model.state import ResourceState, unstamp
 
 # Beyond this many bytes of members and pending removals together, status records only part of them (etcd
@@ -39,44 +39,55 @@ def members_status(ledger: GroupLedger, uid: str) -> dict[str, dict[str, Any]]:
         member: dict[str, Any] = {"server": server.compact, "source": owner.source}
         if owner.name:
             member["pod"] = owner.name
+        in_group = ledger.entries[server].in_group
+        if in_group is not None:
+            member["inGroup"] = in_group
         out[owner_id] = member
     return out
 
 
 def pending_status(ledger: GroupLedger, uid: str) -> dict[str, dict[str, Any]]:
-    """Compact (about 100 bytes a removal, 200 with its token and job): a mass removal must fit too."""
+    """Removals (their leaving owners) and additions (``action: add``, their live owners), keyed by server.
+    Compact (about 100 bytes a removal, 200 with its token and job): a mass removal must fit too."""
     out: dict[str, dict[str, Any]] = {}
     for owner_id in ledger.owner_ids(uid):
         owner = ledger.owner((uid, owner_id))
         server = ledger.server_of((uid, owner_id))
-        if owner is None or server is None or not owner.leaving:
+        if owner is None or server is None:
             continue
-        removal = ledger.entries[server].removal
-        if removal is None:
+        entry = ledger.entries[server]
+        change: Change | None = entry.removal if owner.leaving else entry.addition
+        if change is None:
             continue
         item = out.get(server.compact)
         if item is None:
-            item = out[server.compact] = _removal_status(removal)
+            item = out[server.compact] = _change_status(change)
         item["owners"].append(owner_id)
     return out
 
 
-def _removal_status(removal: Removal) -> dict[str, Any]:
-    out: dict[str, Any] = {"owners": [], "trigger": removal.trigger, "decidedAt": decided_stamp(removal.decided_at)}
-    if removal.attempt:
-        out["attempt"] = removal.attempt
-    if removal.client_token:
-        out["clientToken"] = removal.client_token
-    if removal.job_id:
-        out["jobId"] = removal.job_id
-    if removal.refused:
-        out["refused"] = removal.refused
-    # The deletion gate's word on the pod's deletion, for albm_exposure_seconds after a takeover: short keys,
-    # present only when set (a mass removal without the gate costs nothing more).
-    if removal.exposed_since is not None:
-        out["exposedAt"] = decided_stamp(removal.exposed_since)
-    if removal.held_out:
-        out["heldOut"] = True
+def _change_status(change: Change) -> dict[str, Any]:
+    out: dict[str, Any] = {"owners": [], "trigger": change.trigger, "decidedAt": decided_stamp(change.decided_at)}
+    if isinstance(change, Addition):
+        out["action"] = "add"
+        out["weight"] = change.weight
+    if change.attempt:
+        out["attempt"] = change.attempt
+    if change.client_token:
+        out["clientToken"] = change.client_token
+    if change.job_id:
+        out["jobId"] = change.job_id
+    if change.refused:
+        out["refused"] = change.refused
+    if isinstance(change, Removal):
+        if change.weight is not None:
+            out["weight"] = change.weight  # what an undo puts it back with
+        # The deletion gate's word on the pod's deletion, for albm_exposure_seconds after a takeover: short keys,
+        # present only when set (a mass removal without the gate costs nothing more).
+        if change.exposed_since is not None:
+            out["exposedAt"] = decided_stamp(change.exposed_since)
+        if change.held_out:
+            out["heldOut"] = True
     return out
 
 
@@ -124,9 +135,12 @@ def to_status(state: ResourceState, ledger: GroupLedger, budget: int = STATUS_BU
         )
     else:
         state.conditions.pop("StatusComplete", None)
+    servers = {m["server"]: m.get("inGroup") for m in members.values()}
     return {
         "observedGeneration": state.generation,
-        "memberCount": len(members),
+        # Servers, not owners: a pod picked by both podSelector and serviceRef is one server of the group.
+        "memberCount": len(servers),
+        "inRotationCount": sum(1 for in_group in servers.values() if in_group == "Available"),
         "pendingCount": len(pending),
         "removedCount": state.removed_count,
         "lastJob": f"{state.jobs[0].job_id or '-'} {state.jobs[0].status}" if state.jobs else "",
@@ -154,6 +168,8 @@ def restore(ledger: GroupLedger, uid: str, status: dict[str, Any]) -> list[Serve
         server = _server(raw.get("server"), uid, owner_id)
         if server is not None:
             ledger.hold((uid, owner_id), server, raw.get("source", "pod"), raw.get("pod"))
+            if raw.get("inGroup"):
+                ledger.seen_in_group(server, str(raw["inGroup"]), None)
     pending = status.get("pending") or {}
     if isinstance(pending, list):
         pending = {Server.from_status(p["server"]).compact: {**p, "owners": [p["id"]]} for p in pending}
@@ -162,19 +178,32 @@ def restore(ledger: GroupLedger, uid: str, status: dict[str, Any]) -> list[Serve
         server = _server(compact, uid, "pending")
         if server is None:
             continue
-        removal = Removal(
-            trigger=raw.get("trigger", "unknown"),
-            decided_at=unstamp(raw.get("decidedAt")) or now(),
-            attempt=int(raw.get("attempt", 0)),
-            client_token=raw.get("clientToken"),
-            job_id=raw.get("jobId"),
-            refused=int(raw.get("refused", 0)),
-            exposed_since=unstamp(raw.get("exposedAt")),
-            held_out=raw.get("heldOut") is True,
+        common: dict[str, Any] = {
+            "trigger": raw.get("trigger", "unknown"),
+            "decided_at": unstamp(raw.get("decidedAt")) or now(),
+            "attempt": int(raw.get("attempt", 0)),
+            "client_token": raw.get("clientToken"),
+            "job_id": raw.get("jobId"),
+            "refused": int(raw.get("refused", 0)),
+        }
+        weight = int(raw["weight"]) if raw.get("weight") is not None else None
+        change: Change = (
+            Addition(**common, weight=weight if weight is not None else 100)
+            if raw.get("action") == "add"
+            else Removal(
+                **common,
+                weight=weight,
+                exposed_since=unstamp(raw.get("exposedAt")),
+                held_out=raw.get("heldOut") is True,
+            )
         )
         for owner_id in raw.get("owners") or []:
             key: OwnerKey = (uid, owner_id)
-            ledger.restore(key, server, source_of(owner_id), None, removal)
+            if isinstance(change, Addition):
+                name = (members.get(owner_id) or {}).get("pod")
+                ledger.restore_addition(key, server, source_of(owner_id), name, change)
+            elif isinstance(change, Removal):
+                ledger.restore(key, server, source_of(owner_id), None, change)
         servers.append(server)
     return servers
 
