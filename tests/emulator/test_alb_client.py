@@ -388,3 +388,11 @@ def test_add_job_seconds_must_be_null_or_seconds(emulator: EmulatorProcess, bad:
         emulator.admin("PUT", "behaviour", {"add_job_seconds": bad})
     assert refused.value.code == 400 and "add_job_seconds" in refused.value.read().decode()
     assert emulator.admin("GET", "behaviour")["add_job_seconds"] is None
+
+
+async def test_a_failed_add_job_leaves_no_server_behind(client: AlbClient, emulator: EmulatorProcess) -> None:
+    emulator.admin("PUT", "behaviour", {"job_seconds": 0.3, "job_failure_rate": 1.0})
+    added = await client.add_servers(GROUP, NEW[:1], "tok-add-fail")
+    assert added.job_id and (await client.listed_servers(GROUP, NEW[:1]))[NEW[0]].status == "Adding"
+    assert await wait_done(client, added.job_id) == "Failed"
+    assert await client.listed_servers(GROUP, NEW[:1]) == {}
