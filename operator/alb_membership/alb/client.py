@@ -149,8 +149,9 @@ class AlbClient:
     async def listed_servers(
         self, server_group_id: str, servers: Sequence[Server] = (), *, deadline: float | None = None
     ) -> dict[Server, ListedServer]:
-        """Each server of the group as listed (its Status and Weight), or of ``servers`` those the group has: read
-        by their ServerIds, so a server missing from the answer is not in the group."""
+        """Each server of the group as listed (its Status and Weight), or of ``servers`` those the listing has, read
+        by their ServerIds (as still_in_rotation reads them). As with every paged listing, a server missing from a
+        whole-group answer may have moved between pages; ask about it by itself before taking it for gone."""
         listed = await self.list_server_group_servers(
             server_group_id, [s.server_id for s in servers], deadline=deadline
         )
