@@ -215,6 +215,8 @@ class Operations:
             draining = group.find(m)
             if draining is not None and draining.status == "Draining":
                 self.state.end_drain(group, draining, now, "readded")
+            else:  # listed as Adding (with its Weight) while the job runs, as the cloud documents
+                group.members[member_id(m)] = m
         job = self.state.start_job(action, group, now, remove, add)
         return {"JobId": job.id}
 

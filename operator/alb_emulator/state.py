@@ -206,6 +206,8 @@ DEFAULT_LINE_LIMIT = 36 * 1024
 class Behaviour:
     job_seconds: float = 2.0
     job_jitter_seconds: float = 0.0
+    # How long an AddServersToServerGroup job runs; None: job_seconds, as every other job. The jitter applies too.
+    add_job_seconds: float | None = None
     max_servers_per_call: int = 40
     max_servers_per_group: int = 1000
     job_failure_rate: float = 0.0
@@ -235,6 +237,9 @@ class Behaviour:
         if "rate_limits" in values:
             values["rate_limits"] = {a: (int(c), float(p)) for a, (c, p) in values["rate_limits"].items()}
         behaviour = cls(**values)
+        add = behaviour.add_job_seconds
+        if add is not None and (isinstance(add, bool) or not isinstance(add, (int, float)) or add < 0):
+            raise ValueError("add_job_seconds must be null (job_seconds) or a number of seconds, 0 or more")
         if not 1 <= behaviour.max_servers_per_call <= 200:
             raise ValueError("max_servers_per_call must be between 1 and 200")
         if behaviour.job_ends not in JOB_ENDS:
@@ -403,7 +408,10 @@ class State:
 
     def start_job(self, api_name: str, group: Group, now: float, remove: list[str], add: list[Member]) -> Job:
         b = self.behaviour
-        duration = b.job_seconds + (self.random.uniform(0, b.job_jitter_seconds) if b.job_jitter_seconds else 0)
+        seconds = b.job_seconds
+        if api_name == "AddServersToServerGroup" and b.add_job_seconds is not None:
+            seconds = b.add_job_seconds
+        duration = seconds + (self.random.uniform(0, b.job_jitter_seconds) if b.job_jitter_seconds else 0)
         fail = self.random.random() < b.job_failure_rate
         job = Job(
             id=str(uuid.UUID(int=self.random.getrandbits(128), version=4)),

@@ -1,9 +1,12 @@
-"""The project's ALB client against the emulator: removals, retries with one job in the end, errors, paging."""
+"""The project's ALB client against the emulator: removals and additions, retries with one job in the end, errors,
+paging."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import urllib.error
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -14,8 +17,9 @@ from alb_membership.alb.client import AlbClient
 from alb_membership.alb.credentials import Credentials
 from alb_membership.alb.endpoints import Endpoint
 from alb_membership.alb.errors import AlbError, AlbThrottled
-from alb_membership.alb.models import Server
+from alb_membership.alb.models import AddAnswer, ListedServer, Server
 from alb_membership.alb.retry import RetryPolicy
+from alb_membership.model.health import advice
 from tests.support.alb import alb_client
 from tests.support.emulator import (
     ACCESS_KEY_ID,
@@ -300,3 +304,95 @@ async def test_a_server_shifted_between_pages_is_not_taken_for_gone(
     shifted = Server("Ip", ip(100), 8080)  # page 2 now starts at what was index 101
     assert await client.out_of_rotation(GROUP, [shifted, Server("Ip", ip(0), 8080)]) == {Server("Ip", ip(0), 8080)}
     assert pages >= 3, "the disagreeing listing was taken again"
+
+
+# -- adding servers -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def add_jobs(emulator: EmulatorProcess) -> Iterator[None]:
+    """add_job_seconds back to its default afterwards: the shared emulator's reset keeps behaviour."""
+    yield
+    emulator.admin("PUT", "behaviour", {"add_job_seconds": None})
+
+
+NEW = [Server("Ip", f"10.30.0.{i}", 8080) for i in range(1, 4)]
+
+
+async def test_add_servers_with_weights_listed_adding_then_available(
+    client: AlbClient, emulator: EmulatorProcess, add_jobs: None
+) -> None:
+    # Add jobs timed apart from removals: a quick add while removals would take a minute.
+    emulator.admin("PUT", "behaviour", {"job_seconds": 60, "add_job_seconds": 0.5})
+    weights = dict(zip(NEW, (0, 50, 100), strict=True))
+    added = await client.add_servers(GROUP, NEW, "tok-add-1", weights=weights)
+    assert added.outcome == "accepted" and added.job_id and added.request_id
+    during = await client.listed_servers(GROUP, NEW)
+    assert {s: (x.status, x.weight) for s, x in during.items()} == {s: ("Adding", w) for s, w in weights.items()}
+    assert await wait_done(client, added.job_id) == "Succeeded"
+    after = await client.listed_servers(GROUP)
+    assert len(after) == 144
+    assert {s: (after[s].status, after[s].weight) for s in NEW} == {s: ("Available", w) for s, w in weights.items()}
+    assert after[Server("Ip", ip(0), 8080)] == ListedServer(Server("Ip", ip(0), 8080), "Available", 100)
+    (record,) = emulator.admin("GET", "tokens")
+    assert [s["Weight"] for s in record["params"]["Servers"]] == ["0", "50", "100"]
+
+
+async def test_a_second_add_is_already_added_and_the_same_token_the_same_job(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    emulator.admin("PUT", "behaviour", {"job_seconds": 0})
+    first = await client.add_servers(GROUP, NEW[:2], "tok-add-a", weights=30)
+    assert first.outcome == "accepted" and first.job_id
+    assert await wait_done(client, first.job_id) == "Succeeded"
+    again = await client.add_servers(GROUP, NEW[:2], "tok-add-a", weights=30)
+    assert again == AddAnswer("accepted", again.request_id, first.job_id), "a retry of the same call: its job"
+    second = await client.add_servers(GROUP, NEW[:2], "tok-add-b", weights=30)
+    assert second.outcome == "already_added" and second.job_id is None and second.request_id
+    # One server there already refuses the whole call: the new one is not added either.
+    mixed = await client.add_servers(GROUP, NEW[1:], "tok-add-c")
+    assert mixed.outcome == "already_added"
+    assert NEW[2] not in await client.listed_servers(GROUP, NEW)
+    assert len(emulator.admin("GET", "jobs")) == 1
+    assert client.retries == 0
+
+
+async def test_add_past_1000_servers_is_refused_for_good(
+    session: aiohttp.ClientSession, emulator: EmulatorProcess
+) -> None:
+    emulator.admin("PUT", "behaviour", {"job_seconds": 0})
+    emulator.add_group(GROUP, [server(ip(i)) for i in range(999)])
+    client = alb_client(session, emulator, retry=FAST_RETRY)
+    last = await client.add_servers(GROUP, NEW[:1], "tok-full-1")
+    assert last.outcome == "accepted" and last.job_id
+    assert await wait_done(client, last.job_id) == "Succeeded"
+    with pytest.raises(AlbError) as raised:
+        await client.add_servers(GROUP, NEW[1:2], "tok-full-2")
+    assert raised.value.code == "QuotaExceeded.ServersNum" and not raised.value.retryable
+    assert [r["code"] for r in emulator.requests("AddServersToServerGroup")] == ["OK", "QuotaExceeded.ServersNum"]
+    assert "1,000 servers" in advice(raised.value, GROUP, "AddServersToServerGroup")
+    assert len(await client.listed_servers(GROUP)) == 1000
+
+
+async def test_add_dry_run_passes_and_changes_nothing(client: AlbClient, emulator: EmulatorProcess) -> None:
+    dry = await client.add_servers(GROUP, NEW, "tok-add-dry", weights=10, dry_run=True)
+    assert dry.outcome == "dry_run_passed" and dry.job_id is None
+    there = await client.add_servers(GROUP, [Server("Ip", ip(0), 8080)], "tok-add-dry2", dry_run=True)
+    assert there.outcome == "already_added"
+    assert emulator.admin("GET", "jobs") == [] and len(members(emulator)) == 141
+
+
+@pytest.mark.parametrize("bad", [-1, "2", True])
+def test_add_job_seconds_must_be_null_or_seconds(emulator: EmulatorProcess, bad: object) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        emulator.admin("PUT", "behaviour", {"add_job_seconds": bad})
+    assert refused.value.code == 400 and "add_job_seconds" in refused.value.read().decode()
+    assert emulator.admin("GET", "behaviour")["add_job_seconds"] is None
+
+
+async def test_a_failed_add_job_leaves_no_server_behind(client: AlbClient, emulator: EmulatorProcess) -> None:
+    emulator.admin("PUT", "behaviour", {"job_seconds": 0.3, "job_failure_rate": 1.0})
+    added = await client.add_servers(GROUP, NEW[:1], "tok-add-fail")
+    assert added.job_id and (await client.listed_servers(GROUP, NEW[:1]))[NEW[0]].status == "Adding"
+    assert await wait_done(client, added.job_id) == "Failed"
+    assert await client.listed_servers(GROUP, NEW[:1]) == {}

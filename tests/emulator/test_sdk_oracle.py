@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import http.server
+import json
+import threading
 import time
 import urllib.error
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 import pytest
@@ -21,6 +25,11 @@ from alibabacloud_tea_openapi import models as open_api_models
 from alibabacloud_tea_openapi.exceptions import ClientException, ServerException, ThrottlingException
 from darabonba.exceptions import UnretryableException
 
+from alb_membership.alb import signing
+from alb_membership.alb.client import AlbClient
+from alb_membership.alb.credentials import Credentials, StaticCredentials
+from alb_membership.alb.endpoints import Endpoint
+from alb_membership.alb.models import AddAnswer, Server
 from tests.support.emulator import (
     ACCESS_KEY_ID,
     ACCESS_KEY_SECRET,
@@ -139,6 +148,146 @@ def test_add_servers_sends_servers_in_the_body(emulator: EmulatorProcess, group:
     assert wait_job(client, resp.body.job_id).status == "Succeeded"
     added = [s for s in emulator.group(group)["Servers"] if s["ServerId"] == "10.0.1.1"]
     assert added == [{**added[0], "Port": 9090, "Weight": 0, "Description": "new one", "Status": "Available"}]
+
+
+def add_request(weights: dict[str, int], group: str = GROUP, **kw: Any) -> alb.AddServersToServerGroupRequest:
+    return alb.AddServersToServerGroupRequest(
+        server_group_id=group,
+        servers=[
+            alb.AddServersToServerGroupRequestServers(server_id=i, server_type="Ip", port=8080, weight=w)
+            for i, w in weights.items()
+        ],
+        **kw,
+    )
+
+
+WEIGHTS = {"10.0.3.1": 0, "10.0.3.2": 55, "10.0.3.3": 100}
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["ACS3", "RPC-HMAC-SHA1"])
+def test_add_servers_with_weights_adding_then_available(emulator: EmulatorProcess, group: str, v2: bool) -> None:
+    emulator.admin("PUT", "behaviour", {"job_seconds": 1.0})
+    client = sdk(emulator, v2=v2)
+    resp = client.add_servers_to_server_group(add_request(WEIGHTS, client_token="t-add"))
+    listed = client.list_server_group_servers(alb.ListServerGroupServersRequest(server_group_id=group)).body.servers
+    assert {s.server_id: (s.status, s.weight) for s in listed if s.server_id in WEIGHTS} == {
+        i: ("Adding", w) for i, w in WEIGHTS.items()
+    }
+    assert wait_job(client, resp.body.job_id).status == "Succeeded"
+    listed = client.list_server_group_servers(alb.ListServerGroupServersRequest(server_group_id=group)).body.servers
+    assert {s.server_id: (s.status, s.weight) for s in listed if s.server_id in WEIGHTS} == {
+        i: ("Available", w) for i, w in WEIGHTS.items()
+    }
+    (record,) = emulator.admin("GET", "tokens")  # the request's parameters, as the emulator read them
+    assert [s["Weight"] for s in record["params"]["Servers"]] == ["0", "55", "100"]
+
+
+def test_add_refusals(emulator: EmulatorProcess, group: str) -> None:
+    client = sdk(emulator)
+    expect(
+        "ResourceAlreadyAssociated.BackendServer",
+        400,
+        lambda: client.add_servers_to_server_group(add_request({"10.0.9.9": 100, "10.0.0.1": 100})),
+    )
+    expect("IllegalParam.Weight", 400, lambda: client.add_servers_to_server_group(add_request({"10.0.9.9": 101})))
+    expect("IllegalParam.Weight", 400, lambda: client.add_servers_to_server_group(add_request({"10.0.9.9": -1})))
+    expect(
+        "Mismatch.ServerType",
+        400,
+        lambda: client.add_servers_to_server_group(
+            alb.AddServersToServerGroupRequest(
+                server_group_id=group,
+                servers=[alb.AddServersToServerGroupRequestServers(server_id="i-1", server_type="Ecs", port=80)],
+            )
+        ),
+    )
+    assert emulator.admin("GET", "jobs") == [] and len(emulator.group(group)["Servers"]) == 5
+
+
+class Capture(http.server.BaseHTTPRequestHandler):
+    """Records one request as it arrived and answers as the cloud does to a job's start."""
+
+    seen: ClassVar[list[tuple[str, dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+        answer = json.dumps({"RequestId": "R-capture", "JobId": "job-capture"}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def test_the_operator_sends_and_signs_an_add_as_the_sdk_does(emulator: EmulatorProcess, group: str) -> None:
+    """What the SDK sends for AddServersToServerGroup with weights, captured off the wire: ClientToken and
+    ServerGroupId in the query, each server with its Weight in the form body (keys sorted). The operator's client
+    sends the same query and the same body bytes; the project's signer gives the SDK's signature for the SDK's own
+    request; and the emulator takes the SDK's request."""
+    Capture.seen = []
+    capture = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Capture)
+    thread = threading.Thread(target=capture.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"127.0.0.1:{capture.server_address[1]}"
+        ours = Server("Ip", "10.0.3.1", 8080), Server("Ip", "10.0.3.2", 8080), Server("Ip", "10.0.3.3", 8080)
+        weights = dict(zip(ours, WEIGHTS.values(), strict=True))
+        request = add_request(WEIGHTS, client_token="tok-weights")
+        config = open_api_models.Config(
+            access_key_id=ACCESS_KEY_ID, access_key_secret=ACCESS_KEY_SECRET, endpoint=endpoint, protocol="http"
+        )
+        assert Client(config).add_servers_to_server_group(request).body.job_id == "job-capture"
+
+        async def operator_add() -> AddAnswer:
+            async with aiohttp.ClientSession() as session:
+                client = AlbClient(
+                    session,
+                    Endpoint.from_url(f"http://{endpoint}"),
+                    StaticCredentials(Credentials(ACCESS_KEY_ID, ACCESS_KEY_SECRET)),
+                )
+                return await client.add_servers(GROUP, ours, "tok-weights", weights=weights)
+
+        assert asyncio.run(operator_add()) == AddAnswer("accepted", "R-capture", "job-capture")
+    finally:
+        capture.shutdown()
+        capture.server_close()
+    (sdk_path, sdk_headers, sdk_body), (our_path, our_headers, our_body) = Capture.seen
+    sdk_query = dict(parse_qsl(urlsplit(sdk_path).query, keep_blank_values=True))
+    assert sdk_query == {"ClientToken": "tok-weights", "ServerGroupId": GROUP}
+    assert sdk_body.decode() == (
+        "Servers.1.Port=8080&Servers.1.ServerId=10.0.3.1&Servers.1.ServerType=Ip&Servers.1.Weight=0"
+        "&Servers.2.Port=8080&Servers.2.ServerId=10.0.3.2&Servers.2.ServerType=Ip&Servers.2.Weight=55"
+        "&Servers.3.Port=8080&Servers.3.ServerId=10.0.3.3&Servers.3.ServerType=Ip&Servers.3.Weight=100"
+    )
+    assert dict(parse_qsl(urlsplit(our_path).query, keep_blank_values=True)) == sdk_query
+    assert our_body == sdk_body
+    for name in ("content-type", "x-acs-action", "x-acs-version", "x-acs-content-sha256", "host"):
+        assert our_headers[name] == sdk_headers[name], name
+
+    parsed = signing.parse_authorization(sdk_headers["authorization"])
+    assert sdk_headers["x-acs-content-sha256"] == signing.payload_hash(sdk_body)
+    assert (
+        signing.authorization(
+            ACCESS_KEY_ID,
+            ACCESS_KEY_SECRET,
+            "POST",
+            "/",
+            sdk_query,
+            {name: sdk_headers[name] for name in parsed.signed_headers},
+            signing.payload_hash(sdk_body),
+        )
+        == sdk_headers["authorization"]
+    )
+
+    # The same SDK request, sent to the emulator, is taken: the servers join with their weights.
+    client = sdk(emulator)
+    assert wait_job(client, client.add_servers_to_server_group(request).body.job_id).status == "Succeeded"
+    joined = {s["ServerId"]: s["Weight"] for s in emulator.group(group)["Servers"] if s["ServerId"] in WEIGHTS}
+    assert joined == WEIGHTS
 
 
 def test_replace_servers_is_one_atomic_job(emulator: EmulatorProcess, group: str) -> None:

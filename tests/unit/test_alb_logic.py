@@ -105,6 +105,10 @@ def test_bad_server_specs(spec: str, message: str) -> None:
         ("Forbidden.NoPermission", 403, False),
         ("IllegalParam.Port", 400, False),
         ("IdempotenceSignatureMismatch", 400, False),
+        ("QuotaExceeded.ServersNum", 400, False),
+        ("QuotaExceeded.ServersNum", 500, False),  # final whatever the status: the group is full
+        ("Mismatch.ServerType", 400, False),
+        ("IllegalParam.Weight", 400, False),
     ],
 )
 def test_error_mapping(code: str, status: int, retryable: bool) -> None:

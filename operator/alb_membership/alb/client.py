@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import aiohttp
 from yarl import URL
@@ -21,7 +21,7 @@ from alb_membership.alb.errors import (
     AlbTransportError,
     from_response,
 )
-from alb_membership.alb.models import Job, RemoveAnswer, Server
+from alb_membership.alb.models import DEFAULT_WEIGHT, AddAnswer, Job, ListedServer, RemoveAnswer, Server
 from alb_membership.alb.ratelimit import SlidingWindowLimiter
 from alb_membership.alb.retry import RetryPolicy, with_retries
 
@@ -65,32 +65,72 @@ class AlbClient:
     async def remove_servers(
         self, server_group_id: str, servers: Sequence[Server], client_token: str, *, dry_run: bool = False
     ) -> RemoveAnswer:
-        query = {
-            "ServerGroupId": server_group_id,
-            "ClientToken": client_token,
-            **wire.flatten("Servers", [s.to_api() for s in servers]),
-        }
-        if dry_run:
-            query["DryRun"] = "true"
-        try:
-            body = await self.call("RemoveServersFromServerGroup", query)
-        except AlbError as exc:
-            if exc.code == "ResourceNotFound.BackendServer":
-                return RemoveAnswer("already_removed", request_id=exc.request_id or "")
-            if dry_run and exc.code == "DryRunOperation":
-                return RemoveAnswer("dry_run_passed", request_id=exc.request_id or "")
-            raise
-        return RemoveAnswer("accepted", request_id=str(body.get("RequestId", "")), job_id=_required(body, "JobId"))
+        """Servers travel in the query, as the SDK sends them."""
+        outcome, request_id, job_id = await self._start_job(
+            "RemoveServersFromServerGroup",
+            server_group_id,
+            client_token,
+            dry_run,
+            query=wire.flatten("Servers", [s.to_api() for s in servers]),
+            done_already="ResourceNotFound.BackendServer",
+        )
+        return RemoveAnswer("already_removed" if outcome == "done_already" else outcome, request_id, job_id)
 
     async def add_servers(
-        self, server_group_id: str, servers: Sequence[Server], client_token: str, *, dry_run: bool = False
-    ) -> str:
-        """Returns the JobId. Servers travel in the form body, as the SDK sends them."""
-        query = {"ServerGroupId": server_group_id, "ClientToken": client_token}
+        self,
+        server_group_id: str,
+        servers: Sequence[Server],
+        client_token: str,
+        *,
+        weights: Mapping[Server, int] | int = DEFAULT_WEIGHT,
+        dry_run: bool = False,
+    ) -> AddAnswer:
+        """Servers travel in the form body, each with its ``Weight`` (0..100), as the SDK sends them. ``weights``:
+        one for all, or one per server (a mapping may hold more servers than the call, e.g. one for all batches;
+        a server it lacks is a ValueError, as is a weight out of range, before anything is sent)."""
+        if isinstance(weights, Mapping):
+            missing = [s for s in servers if s not in weights]
+            if missing:
+                raise ValueError(f"no weight given for {', '.join(map(str, missing))}")
+            each = [weights[s] for s in servers]
+        else:
+            each = [weights] * len(servers)
+        outcome, request_id, job_id = await self._start_job(
+            "AddServersToServerGroup",
+            server_group_id,
+            client_token,
+            dry_run,
+            form=wire.flatten("Servers", [s.to_api(w) for s, w in zip(servers, each, strict=True)]),
+            done_already="ResourceAlreadyAssociated.BackendServer",
+        )
+        return AddAnswer("already_added" if outcome == "done_already" else outcome, request_id, job_id)
+
+    async def _start_job(
+        self,
+        action: str,
+        server_group_id: str,
+        client_token: str,
+        dry_run: bool,
+        *,
+        query: Mapping[str, str] | None = None,
+        form: Mapping[str, str] | None = None,
+        done_already: str,
+    ) -> tuple[Literal["accepted", "done_already", "dry_run_passed"], str, str | None]:
+        """One call that starts a job on a group's servers: (outcome, RequestId, JobId). ``query`` and ``form``:
+        the action's own parameters, where the SDK puts them. ``done_already``: the code with which the cloud
+        refuses the whole call because what it asks is the case already for some of its servers."""
+        params = {"ServerGroupId": server_group_id, "ClientToken": client_token, **(query or {})}
         if dry_run:
-            query["DryRun"] = "true"
-        body = await self.call("AddServersToServerGroup", query, wire.flatten("Servers", [s.to_api() for s in servers]))
-        return _required(body, "JobId")
+            params["DryRun"] = "true"
+        try:
+            body = await self.call(action, params, dict(form or {}))
+        except AlbError as exc:
+            if exc.code == done_already:
+                return "done_already", exc.request_id or "", None
+            if dry_run and exc.code == "DryRunOperation":
+                return "dry_run_passed", exc.request_id or "", None
+            raise
+        return "accepted", str(body.get("RequestId", "")), _required(body, "JobId")
 
     async def list_server_group_servers(
         self, server_group_id: str, server_ids: Sequence[str] = (), *, deadline: float | None = None
@@ -105,6 +145,20 @@ class AlbClient:
             chunk = {**query, **wire.flatten("ServerIds", ids[i : i + MAX_SERVER_IDS_PER_READ])}
             out += await self._all_pages("ListServerGroupServers", chunk, "Servers", deadline)
         return out
+
+    async def listed_servers(
+        self, server_group_id: str, servers: Sequence[Server] = (), *, deadline: float | None = None
+    ) -> dict[Server, ListedServer]:
+        """Each server of the group as listed (its Status and Weight), or of ``servers`` those the listing has, read
+        by their ServerIds (as still_in_rotation reads them). As with every paged listing, a server missing from a
+        whole-group answer may have moved between pages; ask about it by itself before taking it for gone."""
+        listed = await self.list_server_group_servers(
+            server_group_id, [s.server_id for s in servers], deadline=deadline
+        )
+        found = {x.server: x for x in map(ListedServer.from_api, listed)}
+        if not servers:
+            return found
+        return {s: found[s] for s in servers if s in found}
 
     async def servers_page(self, server_group_id: str, server_ids: Sequence[str]) -> tuple[list[dict[str, Any]], bool]:
         """One page of ListServerGroupServers for these ServerIds, and whether it is the whole answer: a read of

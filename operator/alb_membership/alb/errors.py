@@ -22,8 +22,20 @@ RETRYABLE_CODES = frozenset(
     }
 )
 
+# Refusals that no repeat of the same request gets past, whatever HTTP status they come with: a person must act
+# (model/health.py's advice says what to do) or the request must change. Never retried by the client.
+FINAL_CODES = frozenset(
+    {
+        "QuotaExceeded.ServersNum",  # the group holds the most servers ALB allows in one group (quotas.py)
+        "Mismatch.ServerType",  # the group's type does not take this server type
+        "IllegalParam.Weight",  # a weight outside 0..100
+    }
+)
+
 
 def is_retryable(code: str, status: int | None) -> bool:
+    if code in FINAL_CODES:
+        return False
     return code in RETRYABLE_CODES or code.startswith(("Throttling", "Rejected.Throttling")) or (status or 0) >= 500
 
 

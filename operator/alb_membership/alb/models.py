@@ -7,6 +7,12 @@ from typing import Any, Literal
 
 SERVER_TYPES = ("Ecs", "Eni", "Eci", "Ip", "Fc")
 PORT_REQUIRED = frozenset({"Ecs", "Eni", "Eci", "Ip"})
+# A server's Status in ListServerGroupServers: the ALB SDK's four, and Draining, which GWLB documents and the
+# emulator shows with drain_status: Draining (docs/emulator.md). Another value is kept as the cloud gave it.
+SERVER_STATUSES = ("Adding", "Available", "Configuring", "Removing", "Draining")
+# A server's Weight: 0 (no new requests) to 100, the API's default.
+MIN_WEIGHT, MAX_WEIGHT = 0, 100
+DEFAULT_WEIGHT = MAX_WEIGHT
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -61,9 +67,8 @@ class Server:
 
     @staticmethod
     def in_rotation(listed: list[dict[str, Any]]) -> set[Server]:
-        """The servers of a ListServerGroupServers answer still in the group: a Draining one is out of rotation
-        already, and removing it again is refused as not found."""
-        return {Server.from_api(x) for x in listed if x.get("Status") != "Draining"}
+        """The servers of a ListServerGroupServers answer still in the group (ListedServer.in_rotation)."""
+        return {x.server for x in map(ListedServer.from_api, listed) if x.in_rotation}
 
     @classmethod
     def from_api(cls, raw: dict[str, Any]) -> Server:
@@ -95,13 +100,54 @@ class Server:
         port = raw.get("port")
         return cls(raw["serverType"], raw["serverId"], int(port) if port else None, raw.get("serverIp"))
 
-    def to_api(self) -> dict[str, str]:
+    def to_api(self, weight: int | None = None) -> dict[str, str]:
+        """The server's fields as a request carries them (``Weight`` too when given), values as the SDK
+        stringifies them. The order does not matter on the wire: query and form body are sorted by key."""
         out = {"ServerId": self.server_id, "ServerType": self.server_type}
         if self.port is not None:
             out["Port"] = str(self.port)
         if self.server_ip:
             out["ServerIp"] = self.server_ip
+        if weight is not None:
+            out["Weight"] = str(check_weight(weight, self))
         return out
+
+
+def check_weight(weight: object, server: Server | None = None) -> int:
+    """A weight the API takes: a whole number from 0 to 100. Anything else is the caller's mistake (ValueError),
+    caught before a call the cloud would refuse with IllegalParam.Weight."""
+    if isinstance(weight, bool) or not isinstance(weight, int) or not MIN_WEIGHT <= weight <= MAX_WEIGHT:
+        whose = f" for {server}" if server is not None else ""
+        raise ValueError(f"weight {weight!r}{whose} is not a whole number from {MIN_WEIGHT} to {MAX_WEIGHT}")
+    return weight
+
+
+@dataclass(frozen=True, slots=True)
+class ListedServer:
+    """One server as ListServerGroupServers shows it: which server, its ``status`` (one of SERVER_STATUSES, or
+    whatever else the cloud said; empty when it said nothing) and its ``weight`` (None when the answer has none
+    that reads as a whole number)."""
+
+    server: Server
+    status: str
+    weight: int | None
+
+    @classmethod
+    def from_api(cls, raw: dict[str, Any]) -> ListedServer:
+        weight = raw.get("Weight")
+        if isinstance(weight, str) and weight.strip().isdigit():
+            weight = int(weight)
+        return cls(
+            Server.from_api(raw),
+            str(raw.get("Status") or ""),
+            weight if isinstance(weight, int) and not isinstance(weight, bool) else None,
+        )
+
+    @property
+    def in_rotation(self) -> bool:
+        """Still in the group, as far as removing it goes: a Draining one is out of rotation already, and removing
+        it again is refused as not found. (Removing is no proof that it is out: docs/deletion-gate.md.)"""
+        return self.status != "Draining"
 
 
 @dataclass(frozen=True)
@@ -113,6 +159,21 @@ class RemoveAnswer:
     """
 
     outcome: Literal["accepted", "already_removed", "dry_run_passed"]
+    request_id: str
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AddAnswer:
+    """What one AddServersToServerGroup call came to.
+
+    accepted: a job was started (``job_id``); the servers show Adding, then Available. already_added: the cloud
+    refused the whole call because at least one of its servers is in the group already
+    (``ResourceAlreadyAssociated.BackendServer``): nothing was started, and which of them are there a listing
+    tells (AlbClient.listed_servers). dry_run_passed: the precheck passed (``DryRunOperation``).
+    """
+
+    outcome: Literal["accepted", "already_added", "dry_run_passed"]
     request_id: str
     job_id: str | None = None
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from alb_membership.alb.ratelimit import SlidingWindowLimiter
 
+# The resource limit on servers in one server group (reference/alb-api.md section 8); past it an add is refused
+# with QuotaExceeded.ServersNum. (Servers per call: batching.MAX_BATCH_SIZE.)
+SERVERS_PER_GROUP = 1000
+
 PERIOD_SECONDS = 60.0
 QUOTAS = {
     "RemoveServersFromServerGroup": 200,

@@ -1,8 +1,9 @@
-"""Ready and Degraded conditions, and what to tell a person when the cloud refuses a removal."""
+"""Ready and Degraded conditions, and what to tell a person when the cloud refuses a change."""
 
 from __future__ import annotations
 
 from alb_membership.alb.errors import CREDENTIALS_UNAVAILABLE, AlbError
+from alb_membership.alb.quotas import SERVERS_PER_GROUP
 from alb_membership.model.state import ResourceState
 
 GROUP_NOT_FOUND = "ResourceNotFoundServerGroup"
@@ -25,13 +26,38 @@ def group_missing(state: ResourceState) -> bool:
     return state.group_not_found
 
 
-def advice(exc: AlbError, group_id: str) -> str:
+# What advice calls each write when it has nothing more particular to say.
+CHANGES = {
+    "RemoveServersFromServerGroup": "removal",
+    "AddServersToServerGroup": "addition",
+    "ReplaceServersInServerGroup": "replacement",
+}
+
+
+def advice(exc: AlbError, group_id: str, action: str = "RemoveServersFromServerGroup") -> str:
+    """What a person can do about a refusal of ``action`` on ``group_id``."""
     if exc.code == "ResourceNotFound.ServerGroup":
         return f"server group {group_id} does not exist in this region: check spec.serverGroupId and spec.region"
     if exc.code.startswith(("Forbidden", "NoPermission")) or exc.http_status == 403:
-        return f"the operator's credentials may not change {group_id}: grant alb:RemoveServersFromServerGroup"
+        return f"the operator's credentials may not change {group_id}: grant alb:{action}"
     if exc.code == CREDENTIALS_UNAVAILABLE:
         return "the operator has no usable credentials (Secret, RRSA token or instance role): check its configuration"
     if exc.code.startswith(("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidSecurityToken")):
         return "the operator's credentials are not accepted: check the AccessKey, RRSA role or instance role"
-    return "the cloud refused the removal; fix the cause named here, the operator retries every minute"
+    if exc.code == "QuotaExceeded.ServersNum":
+        return (
+            f"server group {group_id} would hold more than {SERVERS_PER_GROUP:,} servers, the most ALB allows in one"
+            " group: remove servers it no longer needs, or spread the members over more server groups; adding is"
+            " refused until it has room"
+        )
+    if exc.code == "Mismatch.ServerType":
+        return (
+            f"server group {group_id} does not take servers of this type (an Ip group takes Ip servers, an Instance"
+            " group Ecs, Eni and Eci): make spec.backend.serverType and spec.servers' serverType match the group's"
+            " type, or use a group of the right type"
+        )
+    if exc.code == "IllegalParam.Weight":
+        return "the cloud refused a server's weight: a weight is a whole number from 0 to 100"
+    if action == "RemoveServersFromServerGroup":
+        return "the cloud refused the removal; fix the cause named here, the operator retries every minute"
+    return f"the cloud refused the {CHANGES.get(action, 'change')}; fix the cause named here"
