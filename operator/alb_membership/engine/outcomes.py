@@ -134,7 +134,8 @@ def record_refused(batch: list[Entry], ledger: GroupLedger, states: Iterable[Res
     if exc.retryable:
         degraded = ("CloudUnavailable", f"the ALB API keeps failing ({exc}); retrying")
     else:
-        degraded = (exc.code.replace(".", ""), f"{advice(exc, group_id)} ({exc})")
+        action = "AddServersToServerGroup" if batch and batch[0].adding else "RemoveServersFromServerGroup"
+        degraded = (exc.code.replace(".", ""), f"{advice(exc, group_id, action=action)} ({exc})")
         for entry in batch:
             ledger.unsend(entry.server)
             if entry.change is not None:
@@ -158,7 +159,8 @@ def record_refused_alone(
     pace = "every minute" if refusals < quick_tries else "now less often"
     doing = f"adding {entry.server} to" if entry.adding else f"removing {entry.server} from"
     message = (
-        f"{doing} {ledger.group_id} was refused on the way to the ALB API ({exc}), {refusals} time(s), tried again {pace}: check the proxy, gateway or WAF between the operator and the API"
+        f"{doing} {ledger.group_id} was refused on the way to the ALB API ({exc}), {refusals} time(s), tried "
+        f"again {pace}: check the proxy, gateway or WAF between the operator and the API"
     )
     for state in states:
         set_health(state, ("TransportRefused", message))

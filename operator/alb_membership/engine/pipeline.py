@@ -24,7 +24,7 @@ from typing import Protocol
 
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.errors import AlbError, AlbRequestRefused
-from alb_membership.alb.models import Server
+from alb_membership.alb.models import AddAnswer, RemoveAnswer, Server
 from alb_membership.cluster.notices import Notices
 from alb_membership.engine import outcomes
 from alb_membership.engine.batches import next_batch, token_for
@@ -220,6 +220,7 @@ class GroupPipeline:
         servers = sorted(e.server for e in batch)
         s.metrics.batch_servers.observe(len(servers))
         dry_run = self._dir.dry_run(batch[0])
+        answer: AddAnswer | RemoveAnswer
         try:
             if adding:
                 weights = {e.server: e.addition.weight for e in batch if e.addition is not None}
