@@ -14,7 +14,7 @@ from localcluster import ClusterError, LocalCluster
 from localcluster.cluster import is_alive
 from tests.support.cluster import Cluster, wait_for
 from tests.support.scenario import deployment
-from tests.support.workloads import service
+from tests.support.workloads import SERVICE_LABEL, bare_pod, service
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +67,30 @@ def wait_ready_pods(
         lambda: (pods := ready_pods(core, ns, selector)) and len(pods) == count and pods,
         f"{count} Ready pods with IPs ({selector})",
     )
+
+
+GATE = "target-health.albmembership.io/web"
+GATES_NOT_READY = "ReadinessGatesNotReady"  # the kubelet's reason, which kwok's stages copy
+
+
+def condition(pod: kubernetes.client.V1Pod, kind: str) -> kubernetes.client.V1PodCondition | None:
+    return next((c for c in pod.status.conditions or [] if c.type == kind), None)
+
+
+def set_gate(core: kubernetes.client.CoreV1Api, ns: str, name: str, status: str) -> None:
+    """What the operator does: the gate's condition on pods/status, merged by type into the others."""
+    core.patch_namespaced_pod_status(
+        name,
+        ns,
+        {"status": {"conditions": [{"type": GATE, "status": status}]}},
+        _content_type="application/strategic-merge-patch+json",
+    )
+
+
+def endpoints_ready(discovery: kubernetes.client.DiscoveryV1Api, ns: str, service_name: str) -> dict[str, bool]:
+    """address -> the endpoint's ready condition, over the Service's EndpointSlices."""
+    slices = discovery.list_namespaced_endpoint_slice(ns, label_selector=f"{SERVICE_LABEL}={service_name}").items
+    return {a: bool(e.conditions.ready) for s in slices for e in s.endpoints or [] for a in e.addresses}
 
 
 def test_crd_applied_and_custom_resource_read_back(cluster: Cluster, namespace: str) -> None:
@@ -167,6 +191,82 @@ def test_rollout_restart_produces_terminating_pods(
     new = {p.metadata.name for p in ready_pods(core, namespace, "app=roll")}
     assert len(new) == 2
     assert not new & old
+
+
+def test_readiness_gate_holds_a_pod_not_ready_until_its_condition_is_true(
+    cluster: Cluster, api_client: kubernetes.client.ApiClient, namespace: str
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    discovery = kubernetes.client.DiscoveryV1Api(api_client)
+    gated = bare_pod("gated", {"app": "web"})
+    gated["spec"]["readinessGates"] = [{"conditionType": GATE}]
+    for obj in (service("web", {"app": "web"}), gated, bare_pod("plain", {"app": "web"})):
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+    def started(name: str) -> kubernetes.client.V1Pod | None:
+        pod = core.read_namespaced_pod(name, namespace)
+        return pod if pod.status.phase == "Running" and pod.status.pod_ip else None
+
+    plain = wait_for(lambda: started("plain"), "the pod without gates to start")
+    assert condition(plain, "Ready").status == "True", "a pod without readiness gates is Ready at once"
+    pod = wait_for(lambda: started("gated"), "the gated pod to start")
+    time.sleep(1.0)  # time for anything that would wrongly open the gate
+    pod = core.read_namespaced_pod("gated", namespace)
+    assert condition(pod, "ContainersReady").status == "True"
+    assert all(s.ready for s in pod.status.container_statuses)
+    ready = condition(pod, "Ready")
+    assert (ready.status, ready.reason) == ("False", GATES_NOT_READY)
+    assert ready.message == f'corresponding condition of pod readiness gate "{GATE}" does not exist.'
+    assert condition(pod, GATE) is None, "only the gate's owner writes the gate's condition"
+    gated_ip, plain_ip = pod.status.pod_ip, plain.status.pod_ip
+    wait_for(
+        lambda: endpoints_ready(discovery, namespace, "web") == {gated_ip: False, plain_ip: True},
+        "the gated pod's endpoint listed not ready, the other one ready",
+    )
+
+    set_gate(core, namespace, "gated", "True")
+    opened = time.monotonic()
+    pod = wait_for(
+        lambda: (p := core.read_namespaced_pod("gated", namespace)) and condition(p, "Ready").status == "True" and p,
+        "the pod to turn Ready once its gate is True",
+        timeout=10,
+    )
+    ready = condition(pod, "Ready")
+    assert (ready.reason, ready.message) == (None, None)
+    assert condition(pod, GATE).status == "True"
+    wait_for(
+        lambda: endpoints_ready(discovery, namespace, "web") == {gated_ip: True, plain_ip: True},
+        "the gated pod's endpoint to turn ready",
+        timeout=10,
+    )
+    assert time.monotonic() - opened < 10
+
+    # The gate closing again (a JSON patch this time, as some controllers write it) takes Ready away.
+    pod = core.read_namespaced_pod("gated", namespace)
+    index = next(i for i, c in enumerate(pod.status.conditions) if c.type == GATE)
+    core.patch_namespaced_pod_status(
+        "gated",
+        namespace,
+        [
+            {"op": "test", "path": f"/status/conditions/{index}/type", "value": GATE},
+            {"op": "replace", "path": f"/status/conditions/{index}/status", "value": "False"},
+        ],
+        _content_type="application/json-patch+json",
+    )
+    pod = wait_for(
+        lambda: (p := core.read_namespaced_pod("gated", namespace)) and condition(p, "Ready").status == "False" and p,
+        "the pod to turn not Ready once its gate is False",
+        timeout=10,
+    )
+    ready = condition(pod, "Ready")
+    assert ready.reason == GATES_NOT_READY
+    assert ready.message == f'the status of pod readiness gate "{GATE}" is not "True", but False'
+    wait_for(
+        lambda: endpoints_ready(discovery, namespace, "web") == {gated_ip: False, plain_ip: True},
+        "the gated pod's endpoint to turn not ready again",
+        timeout=10,
+    )
+    assert condition(core.read_namespaced_pod("plain", namespace), "Ready").status == "True"
 
 
 def test_rbac_refuses_a_service_account_without_rights(api_client: kubernetes.client.ApiClient, namespace: str) -> None:
