@@ -269,6 +269,77 @@ def test_readiness_gate_holds_a_pod_not_ready_until_its_condition_is_true(
     assert condition(core.read_namespaced_pod("plain", namespace), "Ready").status == "True"
 
 
+def test_pod_disruption_budget_allows_one_eviction_at_a_time(
+    cluster: Cluster, api_client: kubernetes.client.ApiClient, namespace: str
+) -> None:
+    """The disruption controller keeps the budget's status and the API server's eviction obeys it. The pods carry
+    a readiness gate so that a replacement stays not Ready until the test says so: kwok would make it Ready within
+    milliseconds, and whether the next eviction came before that would be a race."""
+    core = kubernetes.client.CoreV1Api(api_client)
+    policy = kubernetes.client.PolicyV1Api(api_client)
+    dep = deployment("web", 3, grace=2)
+    dep["spec"]["template"]["spec"]["readinessGates"] = [{"conditionType": GATE}]
+    pdb = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": "web"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}},
+    }
+    for obj in (dep, pdb):
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+    def budget(**want: int) -> kubernetes.client.V1PodDisruptionBudgetStatus | None:
+        st = policy.read_namespaced_pod_disruption_budget("web", namespace).status
+        seen = {k: getattr(st, k) for k in want} if st and st.observed_generation == 1 else None
+        return st if seen == want else None
+
+    def live() -> list[kubernetes.client.V1Pod]:
+        pods = core.list_namespaced_pod(namespace, label_selector="app=web").items
+        return [p for p in pods if p.metadata.deletion_timestamp is None and p.status.phase == "Running"]
+
+    def evict(name: str) -> int:
+        try:
+            core.create_namespaced_pod_eviction(name, namespace, {"metadata": {"name": name, "namespace": namespace}})
+        except ApiException as exc:
+            if exc.status == 429:
+                assert "disruption budget" in exc.body, exc.body
+            return int(exc.status)
+        return 201
+
+    pods = wait_for(lambda: (ps := live()) and len(ps) == 3 and ps, "3 running pods")
+    # Gates closed: no pod is Ready, so the budget allows nothing.
+    wait_for(
+        lambda: budget(expected_pods=3, current_healthy=0, desired_healthy=2, disruptions_allowed=0),
+        "the budget's status with no pod Ready",
+    )
+    assert evict(pods[0].metadata.name) == 429
+    for p in pods:
+        set_gate(core, namespace, p.metadata.name, "True")
+    wait_for(
+        lambda: budget(expected_pods=3, current_healthy=3, desired_healthy=2, disruptions_allowed=1),
+        "the budget to allow one disruption",
+    )
+
+    names = [p.metadata.name for p in pods]
+    assert [evict(n) for n in names] == [201, 429, 429]
+    assert core.read_namespaced_pod(names[0], namespace).metadata.deletion_timestamp is not None
+    assert all(core.read_namespaced_pod(n, namespace).metadata.deletion_timestamp is None for n in names[1:])
+
+    # The replacement runs but is not Ready (its gate is closed): still nothing more may go.
+    replacement = wait_for(
+        lambda: [p for p in live() if p.metadata.name not in names], "the ReplicaSet's replacement pod"
+    )[0]
+    time.sleep(1.0)
+    assert condition(core.read_namespaced_pod(replacement.metadata.name, namespace), "Ready").status == "False"
+    assert budget(current_healthy=2, disruptions_allowed=0) is not None
+    assert evict(names[1]) == 429
+
+    set_gate(core, namespace, replacement.metadata.name, "True")
+    wait_for(lambda: budget(current_healthy=3, disruptions_allowed=1), "the budget to allow one again")
+    assert evict(names[1]) == 201
+    assert evict(names[2]) == 429
+
+
 def test_rbac_refuses_a_service_account_without_rights(api_client: kubernetes.client.ApiClient, namespace: str) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "nobody"}})
