@@ -32,6 +32,13 @@ from localcluster.errors import ClusterError
 STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
 POD_CIDR = "10.244.0.0/16"
 SERVICE_CIDR = "10.96.0.0/16"
+# The controller-manager runs only what the tests need of a real cluster: EndpointSlices for Services
+# (endpointslice), namespace deletion (namespace, garbage-collector), Deployments' ReplicaSets and pods (deployment,
+# replicaset), each namespace's default ServiceAccount (serviceaccount), and PodDisruptionBudgets' status
+# (disruption): without it no budget gets a status and the API server refuses every eviction under one (429).
+# The disruption controller finds a pod's Deployment, ReplicaSet, StatefulSet or ReplicationController from its
+# informers (a scale subresource only for other owners) and needs neither a kubelet nor another controller; the
+# controller-manager's admin credentials let it read them and write the budgets' status.
 KCM_CONTROLLERS = (
     "endpointslice-controller",
     "namespace-controller",
@@ -39,6 +46,7 @@ KCM_CONTROLLERS = (
     "deployment-controller",
     "replicaset-controller",
     "serviceaccount-controller",
+    "disruption-controller",
 )
 # What watches the API server through client-go's reflectors. Those retry a broken watch with a backoff that
 # doubles from 0.8 s to 30 s, plus up to as much again in jitter, and is reset only after two quiet minutes: after

@@ -14,7 +14,7 @@ from localcluster import ClusterError, LocalCluster
 from localcluster.cluster import is_alive
 from tests.support.cluster import Cluster, wait_for
 from tests.support.scenario import deployment
-from tests.support.workloads import service
+from tests.support.workloads import SERVICE_LABEL, bare_pod, service
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +67,30 @@ def wait_ready_pods(
         lambda: (pods := ready_pods(core, ns, selector)) and len(pods) == count and pods,
         f"{count} Ready pods with IPs ({selector})",
     )
+
+
+GATE = "target-health.albmembership.io/web"
+GATES_NOT_READY = "ReadinessGatesNotReady"  # the kubelet's reason, which kwok's stages copy
+
+
+def condition(pod: kubernetes.client.V1Pod, kind: str) -> kubernetes.client.V1PodCondition | None:
+    return next((c for c in pod.status.conditions or [] if c.type == kind), None)
+
+
+def set_gate(core: kubernetes.client.CoreV1Api, ns: str, name: str, status: str) -> None:
+    """What the operator does: the gate's condition on pods/status, merged by type into the others."""
+    core.patch_namespaced_pod_status(
+        name,
+        ns,
+        {"status": {"conditions": [{"type": GATE, "status": status}]}},
+        _content_type="application/strategic-merge-patch+json",
+    )
+
+
+def endpoints_ready(discovery: kubernetes.client.DiscoveryV1Api, ns: str, service_name: str) -> dict[str, bool]:
+    """address -> the endpoint's ready condition, over the Service's EndpointSlices."""
+    slices = discovery.list_namespaced_endpoint_slice(ns, label_selector=f"{SERVICE_LABEL}={service_name}").items
+    return {a: bool(e.conditions.ready) for s in slices for e in s.endpoints or [] for a in e.addresses}
 
 
 def test_crd_applied_and_custom_resource_read_back(cluster: Cluster, namespace: str) -> None:
@@ -167,6 +191,153 @@ def test_rollout_restart_produces_terminating_pods(
     new = {p.metadata.name for p in ready_pods(core, namespace, "app=roll")}
     assert len(new) == 2
     assert not new & old
+
+
+def test_readiness_gate_holds_a_pod_not_ready_until_its_condition_is_true(
+    cluster: Cluster, api_client: kubernetes.client.ApiClient, namespace: str
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    discovery = kubernetes.client.DiscoveryV1Api(api_client)
+    gated = bare_pod("gated", {"app": "web"})
+    gated["spec"]["readinessGates"] = [{"conditionType": GATE}]
+    for obj in (service("web", {"app": "web"}), gated, bare_pod("plain", {"app": "web"})):
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+    def started(name: str) -> kubernetes.client.V1Pod | None:
+        pod = core.read_namespaced_pod(name, namespace)
+        return pod if pod.status.phase == "Running" and pod.status.pod_ip else None
+
+    plain = wait_for(lambda: started("plain"), "the pod without gates to start")
+    assert condition(plain, "Ready").status == "True", "a pod without readiness gates is Ready at once"
+    pod = wait_for(lambda: started("gated"), "the gated pod to start")
+    time.sleep(1.0)  # time for anything that would wrongly open the gate
+    pod = core.read_namespaced_pod("gated", namespace)
+    assert condition(pod, "ContainersReady").status == "True"
+    assert all(s.ready for s in pod.status.container_statuses)
+    ready = condition(pod, "Ready")
+    assert (ready.status, ready.reason) == ("False", GATES_NOT_READY)
+    assert ready.message == f'corresponding condition of pod readiness gate "{GATE}" does not exist.'
+    assert condition(pod, GATE) is None, "only the gate's owner writes the gate's condition"
+    gated_ip, plain_ip = pod.status.pod_ip, plain.status.pod_ip
+    wait_for(
+        lambda: endpoints_ready(discovery, namespace, "web") == {gated_ip: False, plain_ip: True},
+        "the gated pod's endpoint listed not ready, the other one ready",
+    )
+
+    set_gate(core, namespace, "gated", "True")
+    opened = time.monotonic()
+    pod = wait_for(
+        lambda: (p := core.read_namespaced_pod("gated", namespace)) and condition(p, "Ready").status == "True" and p,
+        "the pod to turn Ready once its gate is True",
+        timeout=10,
+    )
+    ready = condition(pod, "Ready")
+    assert (ready.reason, ready.message) == (None, None)
+    assert condition(pod, GATE).status == "True"
+    wait_for(
+        lambda: endpoints_ready(discovery, namespace, "web") == {gated_ip: True, plain_ip: True},
+        "the gated pod's endpoint to turn ready",
+        timeout=10,
+    )
+    assert time.monotonic() - opened < 10
+
+    # The gate closing again (a JSON patch this time, as some controllers write it) takes Ready away.
+    pod = core.read_namespaced_pod("gated", namespace)
+    index = next(i for i, c in enumerate(pod.status.conditions) if c.type == GATE)
+    core.patch_namespaced_pod_status(
+        "gated",
+        namespace,
+        [
+            {"op": "test", "path": f"/status/conditions/{index}/type", "value": GATE},
+            {"op": "replace", "path": f"/status/conditions/{index}/status", "value": "False"},
+        ],
+        _content_type="application/json-patch+json",
+    )
+    pod = wait_for(
+        lambda: (p := core.read_namespaced_pod("gated", namespace)) and condition(p, "Ready").status == "False" and p,
+        "the pod to turn not Ready once its gate is False",
+        timeout=10,
+    )
+    ready = condition(pod, "Ready")
+    assert ready.reason == GATES_NOT_READY
+    assert ready.message == f'the status of pod readiness gate "{GATE}" is not "True", but False'
+    wait_for(
+        lambda: endpoints_ready(discovery, namespace, "web") == {gated_ip: False, plain_ip: True},
+        "the gated pod's endpoint to turn not ready again",
+        timeout=10,
+    )
+    assert condition(core.read_namespaced_pod("plain", namespace), "Ready").status == "True"
+
+
+def test_pod_disruption_budget_allows_one_eviction_at_a_time(
+    cluster: Cluster, api_client: kubernetes.client.ApiClient, namespace: str
+) -> None:
+    """The disruption controller keeps the budget's status and the API server's eviction obeys it. The pods carry
+    a readiness gate so that a replacement stays not Ready until the test says so: kwok would make it Ready within
+    milliseconds, and whether the next eviction came before that would be a race."""
+    core = kubernetes.client.CoreV1Api(api_client)
+    policy = kubernetes.client.PolicyV1Api(api_client)
+    dep = deployment("web", 3, grace=2)
+    dep["spec"]["template"]["spec"]["readinessGates"] = [{"conditionType": GATE}]
+    pdb = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": "web"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}},
+    }
+    for obj in (dep, pdb):
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+    def budget(**want: int) -> kubernetes.client.V1PodDisruptionBudgetStatus | None:
+        st = policy.read_namespaced_pod_disruption_budget("web", namespace).status
+        seen = {k: getattr(st, k) for k in want} if st and st.observed_generation == 1 else None
+        return st if seen == want else None
+
+    def live() -> list[kubernetes.client.V1Pod]:
+        pods = core.list_namespaced_pod(namespace, label_selector="app=web").items
+        return [p for p in pods if p.metadata.deletion_timestamp is None and p.status.phase == "Running"]
+
+    def evict(name: str) -> int:
+        try:
+            core.create_namespaced_pod_eviction(name, namespace, {"metadata": {"name": name, "namespace": namespace}})
+        except ApiException as exc:
+            if exc.status == 429:
+                assert "disruption budget" in exc.body, exc.body
+            return int(exc.status)
+        return 201
+
+    pods = wait_for(lambda: (ps := live()) and len(ps) == 3 and ps, "3 running pods")
+    # Gates closed: no pod is Ready, so the budget allows nothing.
+    wait_for(
+        lambda: budget(expected_pods=3, current_healthy=0, desired_healthy=2, disruptions_allowed=0),
+        "the budget's status with no pod Ready",
+    )
+    assert evict(pods[0].metadata.name) == 429
+    for p in pods:
+        set_gate(core, namespace, p.metadata.name, "True")
+    wait_for(
+        lambda: budget(expected_pods=3, current_healthy=3, desired_healthy=2, disruptions_allowed=1),
+        "the budget to allow one disruption",
+    )
+
+    names = [p.metadata.name for p in pods]
+    assert [evict(n) for n in names] == [201, 429, 429]
+    assert core.read_namespaced_pod(names[0], namespace).metadata.deletion_timestamp is not None
+    assert all(core.read_namespaced_pod(n, namespace).metadata.deletion_timestamp is None for n in names[1:])
+
+    # The replacement runs but is not Ready (its gate is closed): still nothing more may go.
+    replacement = wait_for(
+        lambda: [p for p in live() if p.metadata.name not in names], "the ReplicaSet's replacement pod"
+    )[0]
+    time.sleep(1.0)
+    assert condition(core.read_namespaced_pod(replacement.metadata.name, namespace), "Ready").status == "False"
+    assert budget(current_healthy=2, disruptions_allowed=0) is not None
+    assert evict(names[1]) == 429
+
+    set_gate(core, namespace, replacement.metadata.name, "True")
+    wait_for(lambda: budget(current_healthy=3, disruptions_allowed=1), "the budget to allow one again")
+    assert evict(names[1]) == 201
+    assert evict(names[2]) == 429
 
 
 def test_rbac_refuses_a_service_account_without_rights(api_client: kubernetes.client.ApiClient, namespace: str) -> None:

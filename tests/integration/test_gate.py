@@ -295,7 +295,7 @@ def test_an_eviction_a_disruption_budget_refuses_removes_nothing(gated: Gated) -
         gated.namespace,
         {"metadata": {"name": "web"}, "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}},
     )
-    # (The local cluster runs no disruption controller: the budget allows nothing, and the Eviction API refuses.)
+    # (2 pods, 2 to keep: the disruption controller's status allows nothing, and the Eviction API refuses.)
     victim = sorted(ips)[0]
     started = time.time()
     with pytest.raises(kubernetes.client.ApiException) as refused:
