@@ -97,6 +97,47 @@ def test_chart_lints_and_renders_with_least_privilege() -> None:
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
+def pod_status_grants(docs: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Every Role's and ClusterRole's verbs on pods/status, by role, counting wildcards (``*``, ``pods/*``) too."""
+    grants: dict[str, set[str]] = {}
+    for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+        key = f"{role['kind']}/{role['metadata'].get('namespace', '')}/{role['metadata']['name']}"
+        for rule in role.get("rules", []):
+            core = {"", "*"} & set(rule.get("apiGroups", []))
+            if core and {"pods/status", "pods/*", "*"} & set(rule.get("resources", [])):
+                grants.setdefault(key, set()).update(rule["verbs"])
+    return grants
+
+
+@pytest.mark.parametrize(
+    ("sets", "where"),
+    [
+        ([], ["ClusterRole//albm-alb-membership-operator"]),
+        (
+            ["watchNamespaces={team-a,team-b}"],
+            [f"Role/{ns}/albm-alb-membership-operator" for ns in ("team-a", "team-b")],
+        ),
+        (["deletionGate.enabled=true"], ["ClusterRole//albm-alb-membership-operator"]),
+    ],
+    ids=["cluster", "namespaces", "deletion-gate"],
+)
+def test_the_operator_may_patch_pod_status_and_nothing_wider(sets: list[str], where: list[str]) -> None:
+    """The readiness gate's condition is the operator's only write to pods: patch of pods/status where it watches,
+    no update, no other verb, no wildcard, and pods themselves stay read-only."""
+    docs = render(*sets)
+    assert pod_status_grants(docs) == {key: {"patch"} for key in where}
+    for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+        for rule in role.get("rules", []):
+            if "" in rule.get("apiGroups", []) and "pods" in rule.get("resources", []):
+                assert set(rule["verbs"]) <= {"get", "list", "watch"}, "pods are never written"
+            assert "*" not in rule.get("verbs", []) and "*" not in rule.get("resources", [])
+
+
+def test_the_plain_manifests_patch_pod_status_and_nothing_wider() -> None:
+    docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "manifests" / "operator.yaml").read_text()) if d]
+    assert pod_status_grants(docs) == {"ClusterRole//alb-membership-operator": {"patch"}}
+
+
 def test_chart_options() -> None:
     scoped = render("watchNamespaces={team-a,team-b}")
     assert not by_kind(scoped, "ClusterRole")
@@ -361,6 +402,15 @@ def test_helm_install_then_the_operator_works_with_only_the_charts_rights(
                 namespace, {"metadata": {"name": "x"}, "spec": {}}
             )
         assert lease_elsewhere.value.status == 403
+        authz = kubernetes.client.AuthorizationV1Api(as_operator)
+
+        def may(verb: str, resource: str, subresource: str = "") -> bool:
+            attrs = {"namespace": namespace, "verb": verb, "resource": resource, "subresource": subresource}
+            review = {"spec": {"resourceAttributes": attrs}}
+            return bool(authz.create_self_subject_access_review(review).status.allowed)
+
+        assert may("patch", "pods", "status"), "the readiness gate's condition"
+        assert not may("update", "pods", "status") and not may("patch", "pods") and not may("delete", "pods")
 
     # The deletion gate's rights as the chart gives them with deletionGate.enabled (its RBAC, applied beside the
     # release; the webhook configuration at a URL, since the local API server cannot reach a Service).

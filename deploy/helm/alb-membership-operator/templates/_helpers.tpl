@@ -33,7 +33,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{/* What the operator may do where it watches: read its resources and write their status and finalizer,
-     read pods and EndpointSlices (never write them), and post Events. */}}
+     read pods and EndpointSlices (never write them; a pod's status is patched only for the readiness gate's
+     condition), and post Events. */}}
 {{- define "albm.watchRules" -}}
 - apiGroups: [albmembership.io]
   resources: [servergroupmemberships]
@@ -44,6 +45,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [pods/status]
+  verbs: [patch]
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
   verbs: [list, watch]
