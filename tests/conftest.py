@@ -78,6 +78,7 @@ def emulator(emulator_process: EmulatorProcess) -> EmulatorProcess:
         "behaviour",
         {
             "job_seconds": 0.3,
+            "add_job_seconds": None,
             "max_servers_per_call": 40,
             "rate_limits": {},
             "retry_after_ms": None,

@@ -1,0 +1,267 @@
+"""Membership both ways, on the real control plane against the ALB emulator (PRODUCT.md 3.11-3.13): Ready pods are
+added with the resource's weight; pods that declare the readiness gate turn Ready only once their server is Available
+(kwok honours readiness gates as the kubelet does); a rolling update with both gates never has fewer of the
+workload's servers in the group than the Deployment promises; an operator killed during an add burst is followed by
+one that adds the rest and nothing twice; deletions refused after the gate took the server out are put back; foreign
+servers are never touched."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import kubernetes
+import pytest
+from kubernetes.client.rest import ApiException
+
+from tests.support.cluster import Cluster, wait_for
+from tests.support.emulator import EmulatorProcess, server
+from tests.support.gate import GATE, Gated
+from tests.support.operator import OperatorProcess
+from tests.support.restartable import Restartable
+from tests.support.scenario import FOREIGN, GROUP, apply, deployment, events, pod_ips, sgm, status_when
+from tests.support.workloads import scale
+
+pytestmark = pytest.mark.integration
+
+CONDITION = "target-health.albmembership.io/web"
+MEMBERS = {"podSelector": {"matchLabels": {"app": "web"}}, "backend": {"serverType": "Ip", "port": 8080}}
+
+
+def gated_deployment(replicas: int, grace: int = 5) -> dict[str, Any]:
+    """The worked example of the docs: the readiness gate, and a rollout that never goes below its replicas."""
+    out = deployment("web", replicas, grace)
+    out["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}
+    out["spec"]["template"]["spec"]["readinessGates"] = [{"conditionType": CONDITION}]
+    return out
+
+
+def servers(emulator: EmulatorProcess) -> dict[str, dict[str, Any]]:
+    """The group's servers by ServerId, as the cloud lists them (Status, Weight)."""
+    return {s["ServerId"]: s for s in emulator.group(GROUP)["Servers"]}
+
+
+def available(emulator: EmulatorProcess) -> set[str]:
+    return {ip for ip, s in servers(emulator).items() if s["Status"] == "Available"}
+
+
+def added_once(emulator: EmulatorProcess) -> Counter[str]:
+    """How many accepted AddServersToServerGroup calls each server was in (each job counted once)."""
+    jobs = {r["job_id"]: r["servers"] for r in emulator.requests("AddServersToServerGroup") if r["code"] == "OK"}
+    return Counter(ip for ips in jobs.values() for ip in ips)
+
+
+def ready_pods(core: kubernetes.client.CoreV1Api, ns: str) -> dict[str, str]:
+    """name -> IP of the Ready, non-terminating pods of web."""
+    return {
+        p.metadata.name: p.status.pod_ip
+        for p in core.list_namespaced_pod(ns, label_selector="app=web").items
+        if not p.metadata.deletion_timestamp
+        and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+    }
+
+
+def settled(st: dict[str, Any], count: int) -> bool:
+    return st.get("memberCount") == count and st.get("inRotationCount") == count and not st.get("pending")
+
+
+def test_ready_pods_are_added_with_the_resources_weight_and_scaling_follows(
+    cluster: Cluster,
+    api_client: kubernetes.client.ApiClient,
+    emulator: EmulatorProcess,
+    namespace: str,
+    operator: OperatorProcess,
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    emulator.add_group(GROUP, [server(FOREIGN)])
+    apply(cluster, namespace, deployment("web", 4))
+    ips = pod_ips(core, namespace, "web", 4)
+    apply(cluster, namespace, sgm("web", **MEMBERS, registration={"enabled": True, "weight": 40}))
+
+    wait_for(lambda: set(ips.values()) <= available(emulator), "the 4 pods Available in the group")
+    listed = servers(emulator)
+    assert {listed[ip]["Weight"] for ip in ips.values()} == {40}, "added with the resource's weight"
+    assert listed[FOREIGN]["Weight"] == 100, "the foreign server is as it was"
+    st = status_when(cluster, namespace, lambda s: settled(s, 4), "4 members in rotation")
+    assert {m["inGroup"] for m in st["members"].values()} == {"Available"}
+    assert added_once(emulator) == Counter(ips.values()), "each pod added by one accepted call"
+    assert {"RegistrationSubmitted", "RegistrationSucceeded"} <= set(events(cluster, namespace))
+
+    scale(cluster, namespace, "web", 2)
+    st = status_when(cluster, namespace, lambda s: settled(s, 2), "2 members in rotation after the scale-down")
+    live = set(pod_ips(core, namespace, "web", 2).values())
+    wait_for(lambda: set(servers(emulator)) == live | {FOREIGN}, "the group holds the 2 live pods and the foreign one")
+    scale(cluster, namespace, "web", 5)
+    live = set(pod_ips(core, namespace, "web", 5).values())
+    wait_for(lambda: live <= available(emulator), "the 5 pods Available after the scale-up")
+    assert set(servers(emulator)) == live | {FOREIGN}
+    status_when(cluster, namespace, lambda s: settled(s, 5), "5 members in rotation after the scale-up")
+
+
+def test_a_pod_with_the_readiness_gate_is_ready_only_once_its_server_is_available(
+    cluster: Cluster,
+    api_client: kubernetes.client.ApiClient,
+    emulator: EmulatorProcess,
+    namespace: str,
+    operator: OperatorProcess,
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    emulator.add_group(GROUP, [server(FOREIGN)])
+    emulator.admin("PUT", "behaviour", {"add_job_seconds": 2.0})
+    apply(cluster, namespace, sgm("web", **MEMBERS, registration={"enabled": True}))
+    status_when(cluster, namespace, lambda s: "conditions" in s, "the resource started")
+    apply(cluster, namespace, gated_deployment(3))
+
+    early: list[str] = []
+    reasons: set[str] = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        in_rotation = available(emulator)
+        pods = core.list_namespaced_pod(namespace, label_selector="app=web").items
+        for p in pods:
+            conditions = {c.type: c for c in p.status.conditions or []}
+            if CONDITION in conditions:
+                reasons.add(conditions[CONDITION].reason)
+            ready = conditions.get("Ready")
+            if ready is not None and ready.status == "True" and p.status.pod_ip not in in_rotation:
+                early.append(p.metadata.name)
+        if len(ready_pods(core, namespace)) == 3:
+            break
+        time.sleep(0.1)
+    assert len(ready_pods(core, namespace)) == 3, "every pod Ready in the end"
+    assert early == [], "no pod was Ready while its server was not Available"
+    assert "ServerAdding" in reasons, reasons
+    assert set(ready_pods(core, namespace).values()) <= available(emulator)
+    pod = core.list_namespaced_pod(namespace, label_selector="app=web").items[0]
+    [gate] = [c for c in pod.status.conditions if c.type == CONDITION]
+    assert (gate.status, gate.reason) == ("True", "ServerAvailable")
+
+
+def test_a_rolling_update_with_both_gates_never_has_fewer_servers_than_replicas(
+    gated: Gated, api_client: kubernetes.client.ApiClient
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    replicas = 6
+    gated.emulator.add_group(GROUP, [server(FOREIGN)])
+    gated.serving()
+    apply(gated.cluster, gated.namespace, sgm("web", **MEMBERS, deletionGate=GATE, registration={"enabled": True}))
+    status_when(gated.cluster, gated.namespace, lambda s: "conditions" in s, "the resource started")
+    apply(gated.cluster, gated.namespace, gated_deployment(replicas))
+    wait_for(lambda: len(ready_pods(core, gated.namespace)) == replicas, "6 pods Ready", timeout=90)
+    old = set(ready_pods(core, gated.namespace).values())
+    assert old <= available(gated.emulator)
+
+    fewest = replicas
+    exposed: list[str] = []
+    gated.cluster.kubectl("rollout", "restart", "deployment/web", "-n", gated.namespace)
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        in_rotation = available(gated.emulator) - {FOREIGN}
+        fewest = min(fewest, len(in_rotation))
+        for p in core.list_namespaced_pod(gated.namespace, label_selector="app=web").items:
+            if p.metadata.deletion_timestamp and p.status.pod_ip in in_rotation:
+                exposed.append(p.metadata.name)
+        ready = set(ready_pods(core, gated.namespace).values())
+        if len(ready) == replicas and not ready & old and in_rotation == ready:
+            break
+        time.sleep(0.1)
+    new = set(ready_pods(core, gated.namespace).values())
+    assert len(new) == replicas and not new & old, "the rollout ended"
+    assert available(gated.emulator) == new | {FOREIGN}, "the new pods in, the old ones out, the foreign one kept"
+    assert fewest >= replicas, f"the group held only {fewest} of the workload's servers at one point"
+    assert exposed == [], "a terminating pod's server was in rotation"
+
+
+def test_an_operator_killed_during_an_add_burst_is_followed_by_one_that_adds_the_rest_once(
+    cluster: Cluster, api_client: kubernetes.client.ApiClient, namespace: str, restartable: Restartable
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    emulator = restartable.emulator
+    emulator.add_group(GROUP, [server(FOREIGN)])
+    emulator.admin("PUT", "behaviour", {"add_job_seconds": 1.0, "max_servers_per_call": 40})
+    apply(cluster, namespace, sgm("web", **MEMBERS, registration={"enabled": True}))
+    status_when(cluster, namespace, lambda s: "conditions" in s, "the resource started")
+    apply(cluster, namespace, deployment("web", 30))
+    wait_for(lambda: added_once(emulator), "the first addition accepted", timeout=60)
+    restartable.operator.kill()
+    ips = set(pod_ips(core, namespace, "web", 30).values())
+    restartable.start_operator()
+    wait_for(lambda: ips <= available(emulator), "all 30 pods Available", timeout=90)
+    counts = added_once(emulator)
+    assert set(counts) == ips and set(counts.values()) == {1}, f"each added by one accepted call: {counts}"
+    assert FOREIGN in servers(emulator)
+    status_when(cluster, namespace, lambda s: settled(s, 30), "30 members in rotation")
+
+
+@pytest.fixture
+def undoing(gated: Gated) -> Iterator[Gated]:
+    """Remove-only with the gate (someone else adds): the pods' servers are in the group, the gate on."""
+    gated.serving()
+    yield gated
+
+
+def test_a_deletion_refused_after_the_gate_puts_the_server_back(
+    undoing: Gated, api_client: kubernetes.client.ApiClient
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    ips = undoing.members(2)
+    name, ip = sorted(ips.items())[0]
+    weight_before = servers(undoing.emulator)[ip]["Weight"]
+    # A precondition the API server checks after admission: the gate took the server out, the deletion fails.
+    with pytest.raises(ApiException) as refused:
+        core.delete_namespaced_pod(
+            name,
+            undoing.namespace,
+            body=kubernetes.client.V1DeleteOptions(preconditions=kubernetes.client.V1Preconditions(uid="not-its-uid")),
+        )
+    assert refused.value.status == 409
+    assert ip not in available(undoing.emulator), "the gate took the server out before the API server refused"
+    wait_for(lambda: ip in available(undoing.emulator), "the server back in the group", timeout=20)
+    assert servers(undoing.emulator)[ip]["Weight"] == weight_before, "with the weight it had"
+    assert "RemovalUndone" in events(undoing.cluster, undoing.namespace)
+    assert FOREIGN in servers(undoing.emulator)
+    undoing.cluster.kubectl("get", "pod", name, "-n", undoing.namespace)  # still there, still live
+
+
+def test_concurrent_evictions_a_budget_refuses_put_their_servers_back(
+    undoing: Gated, api_client: kubernetes.client.ApiClient
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    policy = kubernetes.client.PolicyV1Api(api_client)
+    ips = undoing.members(3)
+    policy.create_namespaced_pod_disruption_budget(
+        undoing.namespace,
+        {
+            "metadata": {"name": "web"},
+            "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}},
+        },
+    )
+
+    def allowed() -> int:
+        return int(policy.read_namespaced_pod_disruption_budget("web", undoing.namespace).status.disruptions_allowed)
+
+    wait_for(lambda: allowed() == 1, "the budget allowing one disruption")
+    answers: dict[str, int] = {}
+
+    def evict(name: str) -> None:
+        body = kubernetes.client.V1Eviction(metadata=kubernetes.client.V1ObjectMeta(name=name))
+        try:
+            core.create_namespaced_pod_eviction(name, undoing.namespace, body)
+            answers[name] = 201
+        except ApiException as exc:
+            answers[name] = exc.status
+
+    threads = [threading.Thread(target=evict, args=(name,)) for name in ips]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(answers.values()) == [201, 429, 429], answers
+    kept = {ips[name] for name, code in answers.items() if code == 429}
+    wait_for(lambda: kept <= available(undoing.emulator), "the refused evictions back in the group", timeout=20)
+    evicted = next(ips[name] for name, code in answers.items() if code == 201)
+    assert evicted not in available(undoing.emulator), "the evicted pod's server stays out"
+    assert FOREIGN in servers(undoing.emulator)
