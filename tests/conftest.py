@@ -15,6 +15,7 @@ from localcluster import LocalCluster
 from localcluster.binaries import locate_binaries
 from tests.support.cluster import Cluster
 from tests.support.emulator import EmulatorProcess, start_emulator
+from tests.support.gate import GATE_JOB_SECONDS, Gated
 from tests.support.operator import OperatorProcess, start_operator
 from tests.support.restartable import Restartable
 
@@ -114,3 +115,19 @@ def restartable(cluster: Cluster, crd: None, namespace: str, tmp_path: Path) -> 
     own = Restartable(cluster, namespace, tmp_path)
     yield own
     own.stop()
+
+
+@pytest.fixture
+def gated(
+    cluster: Cluster,
+    api_client: kubernetes.client.ApiClient,
+    emulator: EmulatorProcess,
+    namespace: str,
+    tmp_path: Path,
+    crd: None,
+) -> Iterator[Gated]:
+    emulator.admin("PUT", "behaviour", {"job_seconds": GATE_JOB_SECONDS})
+    """A namespace with gated members, the webhook registered and operators serving it (tests/support/gate.py)."""
+    g = Gated(cluster, api_client, emulator, namespace, tmp_path)
+    yield g
+    g.close()

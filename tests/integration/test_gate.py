@@ -16,34 +16,20 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import kubernetes
 import pytest
 
 from localcluster.cluster import free_port
-from tests.support.cluster import Cluster, wait_for
-from tests.support.emulator import EmulatorProcess, server
-from tests.support.gate import Gated
+from tests.support.cluster import wait_for
+from tests.support.emulator import server
+from tests.support.gate import GATE_JOB_SECONDS, Gated
 from tests.support.operator import OperatorProcess
 from tests.support.scenario import FOREIGN, GROUP, apply, deployment, in_group, pod_ips, status_when
 
 pytestmark = pytest.mark.integration
-
-JOB_SECONDS = 1.0
-
-
-@pytest.fixture
-def gated(
-    cluster: Cluster, api_client: Any, emulator: EmulatorProcess, namespace: str, tmp_path: Path, crd: None
-) -> Iterator[Gated]:
-    emulator.admin("PUT", "behaviour", {"job_seconds": JOB_SECONDS})
-    g = Gated(cluster, api_client, emulator, namespace, tmp_path)
-    yield g
-    g.close()
 
 
 def timed(action: Any) -> tuple[float, float]:
@@ -212,7 +198,7 @@ def test_an_eviction_a_disruption_budget_refuses_removes_nothing(gated: Gated) -
         gated.core.create_namespaced_pod_eviction(
             victim, gated.namespace, {"metadata": {"name": victim, "namespace": gated.namespace}}
         )
-    assert refused.value.status == 429 and time.time() - started < JOB_SECONDS, "answered at once"
+    assert refused.value.status == 429 and time.time() - started < GATE_JOB_SECONDS, "answered at once"
     time.sleep(1.0)
     assert ips[victim] in in_group(gated.emulator), "a refused eviction took nothing out of rotation"
     assert gated.emulator.requests("RemoveServersFromServerGroup") == []

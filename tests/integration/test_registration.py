@@ -21,9 +21,10 @@ from tests.support.cluster import Cluster, wait_for
 from tests.support.emulator import EmulatorProcess, server
 from tests.support.gate import GATE, Gated
 from tests.support.operator import OperatorProcess
+from tests.support.refusing_webhook import refusing_pod_deletions
 from tests.support.restartable import Restartable
 from tests.support.scenario import FOREIGN, GROUP, apply, deployment, events, pod_ips, sgm, status_when
-from tests.support.workloads import scale
+from tests.support.workloads import bare_pod, scale
 
 pytestmark = pytest.mark.integration
 
@@ -203,27 +204,36 @@ def undoing(gated: Gated) -> Iterator[Gated]:
     yield gated
 
 
-def test_a_deletion_refused_after_the_gate_puts_the_server_back(
+def test_a_deletion_another_webhook_refuses_puts_the_server_back(
     undoing: Gated, api_client: kubernetes.client.ApiClient
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
     ips = undoing.members(2)
     name, ip = sorted(ips.items())[0]
     weight_before = servers(undoing.emulator)[ip]["Weight"]
-    # A precondition the API server checks after admission: the gate took the server out, the deletion fails.
-    with pytest.raises(ApiException) as refused:
-        core.delete_namespaced_pod(
-            name,
-            undoing.namespace,
-            body=kubernetes.client.V1DeleteOptions(preconditions=kubernetes.client.V1Preconditions(uid="not-its-uid")),
-        )
-    assert refused.value.status == 409
-    assert ip not in available(undoing.emulator), "the gate took the server out before the API server refused"
-    wait_for(lambda: ip in available(undoing.emulator), "the server back in the group", timeout=20)
+    with refusing_pod_deletions(api_client, undoing.namespace):
+        apply(undoing.cluster, undoing.namespace, bare_pod("probe", {"app": "probe"}))
+
+        def refused() -> bool:
+            try:
+                core.delete_namespaced_pod("probe", undoing.namespace)
+            except ApiException as exc:
+                return exc.status == 403
+            return False
+
+        wait_for(refused, "the other webhook in force")
+        with pytest.raises(ApiException) as refusal:
+            core.delete_namespaced_pod(name, undoing.namespace)
+        assert refusal.value.status == 403, "refused by the other webhook, after the gate took the server out"
+        assert ip not in available(undoing.emulator), "the gate held the deletion until the server was out"
+        wait_for(lambda: ip in available(undoing.emulator), "the server back in the group", timeout=20)
     assert servers(undoing.emulator)[ip]["Weight"] == weight_before, "with the weight it had"
     assert "RemovalUndone" in events(undoing.cluster, undoing.namespace)
     assert FOREIGN in servers(undoing.emulator)
-    undoing.cluster.kubectl("get", "pod", name, "-n", undoing.namespace)  # still there, still live
+    pod = core.read_namespaced_pod(name, undoing.namespace)
+    assert pod.metadata.deletion_timestamp is None, "still live"
+    st = status_when(undoing.cluster, undoing.namespace, lambda s: not s.get("pending"), "nothing pending")
+    assert st["members"][pod.metadata.uid]["inGroup"] == "Available"
 
 
 def test_concurrent_evictions_a_budget_refuses_put_their_servers_back(
@@ -231,7 +241,13 @@ def test_concurrent_evictions_a_budget_refuses_put_their_servers_back(
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
     policy = kubernetes.client.PolicyV1Api(api_client)
-    ips = undoing.members(3)
+    # Bare pods: no replacement turns Ready and gives the budget room again while the evictions are held.
+    for i in range(3):
+        apply(undoing.cluster, undoing.namespace, bare_pod(f"web-{i}", {"app": "web"}))
+    ips = pod_ips(core, undoing.namespace, "web", 3)
+    undoing.emulator.add_group(GROUP, [server(ip) for ip in ips.values()] + [server(FOREIGN)])
+    apply(undoing.cluster, undoing.namespace, sgm("web", **MEMBERS, deletionGate=GATE))
+    status_when(undoing.cluster, undoing.namespace, lambda s: s.get("memberCount") == 3, "members recorded")
     policy.create_namespaced_pod_disruption_budget(
         undoing.namespace,
         {

@@ -25,6 +25,7 @@ from tests.support.scenario import FOREIGN, GROUP, apply, deployment, pod_ips, s
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "alb-membership-operator"
 NAME = "pod-deletion.albmembership.io"
 GATE = {"enabled": True, "maxWaitSeconds": 20}
+GATE_JOB_SECONDS = 1.0  # the emulator's job time in gated tests: a hold is seen to wait for it
 
 
 @functools.cache
