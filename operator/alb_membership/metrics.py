@@ -46,7 +46,7 @@ class Metrics:
         self.queue_depth = Gauge(
             "albm_queue_depth", "Removals decided and not yet sent, by server group", ["server_group"], registry=r
         )
-        self.jobs = Counter("albm_jobs", "Removal jobs by final status", ["status"], registry=r)
+        self.jobs = Counter("albm_jobs", "ALB jobs (removals and additions) by final status", ["status"], registry=r)
         # Two clocks: since the pod's deletion began (deletionTimestamp minus grace period; the API server keeps
         # whole seconds) and since the operator observed the change (sub-second, the operator's own latency).
         self.accepted_seconds = Histogram(

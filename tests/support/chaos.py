@@ -197,7 +197,8 @@ class MixedChaos:
         apply(self.cluster, self.namespace, sgm("web-svc", serviceRef={"name": "web"}, backend=BACKEND))
         for name in ("web", "web-svc"):
             self.wait(
-                lambda n=name: (self.status(n).get("memberCount") or 0) == PODS + HOST_PODS,
+                # Owners, not servers: the hostNetwork pods share their node's IP (memberCount counts servers).
+                lambda n=name: len(self.status(n).get("members") or {}) == PODS + HOST_PODS,
                 f"{name}'s members recorded",
                 90,
             )

@@ -285,11 +285,18 @@ class GroupPipeline:
             observe_exposure(s.metrics, batch)
             self._removed(batch, states, job_id, f"job {job_id} removed {len(batch)} server(s) from {self.group_id}")
             return
+        if adding:
+            # Whatever nobody wants in any more (a removal waits behind the addition) is not tried again.
+            moot = [e for e in batch if e.removal is not None]
+            for entry in moot:
+                entry.addition = None
+            batch = [e for e in batch if e.removal is None]
+            if moot:
+                self.enqueue([e.server for e in moot])
+            s.metrics.additions.labels("failed").inc(len(batch))
         failure = outcomes.record_failed(
             batch, self.ledger, states, job_id, job.status, job.error_code, job.error_message
         )
-        if adding:
-            s.metrics.additions.labels("failed").inc(len(batch))
         if failure.attempts >= s.settings.max_job_attempts:
             delay = s.settings.error_retry_seconds
             for state in states:
