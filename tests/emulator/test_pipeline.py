@@ -41,6 +41,7 @@ class Directory:
         self.state = ResourceState(Ref("shop", "web", UID), Spec.parse({"serverGroupId": GROUP}), KEY)
         self.live: Holders = {}
         self.flushed = 0
+        self.told: list[Server] = []  # servers whose place in the group changed, as the pipeline told
 
     def states_of(self, entries: Iterable[Entry]) -> list[ResourceState]:
         return [self.state]
@@ -56,6 +57,9 @@ class Directory:
 
     def changed(self, states: Iterable[ResourceState]) -> None:
         pass
+
+    def in_group_changed(self, ledger: GroupLedger, servers: Iterable[Server]) -> None:
+        self.told += servers
 
 
 @pytest.fixture
@@ -414,4 +418,82 @@ async def test_a_draining_server_batched_with_a_live_one_does_not_loop(
     calls = emulator.requests("RemoveServersFromServerGroup")
     assert len(calls) <= 5, f"{len(calls)} calls: a loop"
     assert directory.state.conditions["Ready"].status == "True"
+    await pipeline.close()
+
+
+# -- additions ----------------------------------------------------------------------------------------------------
+
+
+def joining(pipeline: GroupPipeline, weight: int, *servers: Server) -> None:
+    for i, s in enumerate(servers):
+        pipeline.ledger.hold((UID, f"new-{i}"), s, "pod")
+        assert pipeline.ledger.want(s, weight, "registration")
+    pipeline.enqueue(servers)
+
+
+def additions(emulator: EmulatorProcess) -> list[dict[str, Any]]:
+    return [r for r in emulator.requests("AddServersToServerGroup") if r["code"] == "OK"]
+
+
+async def test_additions_go_in_one_call_and_end_available_with_their_weight(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    emulator.add_group(GROUP, [server("10.0.0.9")])
+    pipeline, directory, kube = setup(client)
+    new = [Server("Ip", f"10.0.0.{i}", 8080) for i in range(1, 4)]
+    joining(pipeline, 25, *new)
+    await until(lambda: all(pipeline.ledger.entries[s].addition is None for s in new), "the additions to end")
+    assert {pipeline.ledger.entries[s].in_group for s in new} == {"Available"}, "as the read after the job shows"
+    listed = {x["ServerId"]: x for x in emulator.group(GROUP)["Servers"]}
+    assert {listed[s.server_id]["Weight"] for s in new} == {25}
+    assert len(additions(emulator)) == 1 and directory.state.jobs[0].trigger == "add: registration"
+    assert sorted(directory.told) == new, "their pods' readiness gates are told"
+    assert "RegistrationSucceeded" in [reason for _, reason, _ in kube.events]
+    await pipeline.close()
+
+
+async def test_an_addition_some_of_which_are_in_already_is_split_by_a_listing(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    emulator.add_group(GROUP, [server("10.0.0.1")])
+    pipeline, _, _ = setup(client)
+    new = [Server("Ip", f"10.0.0.{i}", 8080) for i in range(1, 4)]
+    joining(pipeline, 100, *new)
+    await until(lambda: all(pipeline.ledger.entries[s].addition is None for s in new), "the additions to end")
+    accepted = additions(emulator)
+    assert [sorted(r["servers"]) for r in accepted] == [["10.0.0.2", "10.0.0.3"]], "the one in already is not sent"
+    await pipeline.close()
+
+
+async def test_removals_go_before_additions_and_an_addition_is_not_starved(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    emulator.add_group(GROUP, [server(f"10.0.0.{i}") for i in range(1, 4)])
+    pipeline, _, _ = setup(client, settings=dataclasses.replace(FAST, batch_size=1))
+    joining(pipeline, 100, Server("Ip", "10.0.0.7", 8080))
+    leaving(pipeline, *(Server("Ip", f"10.0.0.{i}", 8080) for i in range(1, 4)))
+    await until(lambda: not any(e.change for e in pipeline.ledger.entries.values()), "every change to end")
+    calls = [
+        r["action"]
+        for r in emulator.requests()
+        if r["action"] in ("AddServersToServerGroup", "RemoveServersFromServerGroup") and r["code"] == "OK"
+    ]
+    assert calls[:2] == ["RemoveServersFromServerGroup", "AddServersToServerGroup"], calls
+    await pipeline.close()
+
+
+async def test_a_full_group_is_degraded_and_the_addition_waits_for_room(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    emulator.add_group(GROUP, [server(f"10.0.{i // 250}.{i % 250}") for i in range(1000)])
+    pipeline, directory, _ = setup(client)
+    joining(pipeline, 100, Server("Ip", "10.9.9.9", 8080))
+    degraded = directory.state.conditions.get
+    await until(lambda: (c := degraded("Degraded")) is not None and c.status == "True", "Degraded")
+    assert directory.state.conditions["Degraded"].reason == "QuotaExceededServersNum"
+    await asyncio.sleep(1.0)
+    refused = [r for r in emulator.requests("AddServersToServerGroup") if r["code"] == "QuotaExceeded.ServersNum"]
+    assert len(refused) == 1, "not a retry loop"
+    leaving(pipeline, Server("Ip", "10.0.0.0", 8080))
+    await until(lambda: additions(emulator), "the addition once a removal made room")
     await pipeline.close()
