@@ -105,14 +105,14 @@ def test_host_network_rollout_on_one_node_keeps_the_node_ip_until_the_last_pod_i
     node_ip = next(iter(old.values()))
     seed(emulator, [node_ip])
     apply(cluster, namespace, sgm("web", podSelector=SELECT_WEB, backend=IP_BACKEND))
-    wait_status(cluster, namespace, "web", lambda s: s.get("memberCount") == 2 and settled(s), "both pods recorded")
+    # Two owners of one server: memberCount counts servers.
+    both = lambda s: len(member_servers(s)) == 2 and s.get("memberCount") == 1 and settled(s)  # noqa: E731
+    wait_status(cluster, namespace, "web", both, "both pods recorded")
 
     # Two replicas roll one at a time (maxSurge 1, maxUnavailable 0): a live pod holds the node IP throughout.
     rollout_restart(cluster, namespace)
     wait_pods_gone(core, namespace, set(old))
-    wait_status(
-        cluster, namespace, "web", lambda s: s.get("memberCount") == 2 and settled(s), "the new pods, nothing pending"
-    )
+    wait_status(cluster, namespace, "web", both, "the new pods, nothing pending")
     hold_still(
         lambda: no_removal_of(emulator, node_ip), "the shared node IP was removed", SETTLE_SECONDS, calls(emulator)
     )
