@@ -145,4 +145,6 @@ def resource(uid: str = "sgm-uid-1", namespace: str = "shop", name: str = "web",
 
 
 def selected(**extra: Any) -> dict[str, Any]:
-    return resource(podSelector={"matchLabels": {"app": "web"}}, backend={"serverType": "Ip", "port": 8080}, **extra)
+    return resource(
+        **{"podSelector": {"matchLabels": {"app": "web"}}, "backend": {"serverType": "Ip", "port": 8080}, **extra}
+    )

@@ -255,3 +255,24 @@ def test_the_readiness_gate_says_why_a_pod_waits(shape: dict[str, Any], expected
     if shape.get("failed"):
         assert got.message.startswith("RegistrationFailed: QuotaExceeded.ServersNum")
     assert verdict([], "sgp-1").reason == "ServerNotRegistered", "a pod without a known server waits too"
+
+
+async def test_a_member_that_cannot_be_added_is_degraded_until_it_can(rec: RecordingReconciler, view: View) -> None:
+    eci = {"serverType": "Eci", "port": 8080}
+    view.pod_list = [pod("a", ready=True)]
+    rec.start(selected(backend=eci, registration={"enabled": True}), repair=False)
+    degraded = rec.resources[UID].conditions["Degraded"]
+    assert (degraded.status, degraded.reason) == ("True", "UnmappableMember")
+    assert "a: backend Eci needs the pod annotation" in degraded.message
+    mapped = pod("a", ready=True, annotations={"k8s.aliyun.com/eci-instance-id": "eci-1"})
+    view.put(mapped)
+    rec.pod_changed(mapped, deleted=False)
+    degraded = rec.resources[UID].conditions["Degraded"]
+    assert (degraded.status, degraded.reason) == ("False", "AsExpected")
+    assert rec.sent() == ["Eci:eci-1:8080"]
+
+
+async def test_remove_only_resources_are_not_degraded_by_unmappable_pods(rec: RecordingReconciler, view: View) -> None:
+    view.pod_list = [pod("a", ready=True)]
+    rec.start(selected(backend={"serverType": "Eci", "port": 8080}), repair=False)
+    assert rec.resources[UID].conditions["Degraded"].status == "False"

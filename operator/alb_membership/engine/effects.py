@@ -15,12 +15,14 @@ from alb_membership.cluster.notices import Notices
 from alb_membership.cluster.status_writer import StatusWriter
 from alb_membership.engine.round import Round
 from alb_membership.metrics import Metrics
+from alb_membership.model.health import mapping_changed
 from alb_membership.model.ledger import GroupKey, GroupLedger
 from alb_membership.model.state import ResourceState
 
 log = logging.getLogger(__name__)
 
 MAX_WARNED = 10_000
+MAX_UNMAPPABLE_KEPT = 1_000  # a group holds at most 1,000 servers
 LEAK_TRIGGERS = frozenset({"pod-gone", "endpoint-gone", "spec-change"})
 
 
@@ -78,6 +80,7 @@ class Effects:
             )
         for unmappable in round_.unmappable:
             self._warn_unmappable(state, unmappable.name, unmappable.reason)
+        self._track_unmappable(state, round_)
         if round_.recheck_in is not None:
             self._recheck_later(state, round_.recheck_in)
         if round_.removals or round_.additions or round_.released or round_.changed:
@@ -105,6 +108,19 @@ class Effects:
                 f"{len(leaks)} server(s) whose owners went away unseen leave {ledger.group_id}: "
                 + ", ".join(str(s) for s in leaks[:10]),
             )
+
+    @staticmethod
+    def _track_unmappable(state: ResourceState, round_: Round) -> None:
+        before = dict(state.unmappable)
+        if round_.whole:
+            state.unmappable.clear()
+        for name in round_.mapped:
+            state.unmappable.pop(name, None)
+        for unmappable in round_.unmappable:
+            if len(state.unmappable) < MAX_UNMAPPABLE_KEPT or unmappable.name in state.unmappable:
+                state.unmappable[unmappable.name] = unmappable.reason
+        if state.unmappable != before:
+            mapping_changed(state)
 
     def _warn_unmappable(self, state: ResourceState, name: str, reason: str) -> None:
         if (state.ref.uid, name) in self._warned:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from alb_membership.alb.client import AlbClient
-from alb_membership.alb.errors import AlbError, AlbRequestRefused
+from alb_membership.alb.errors import FINAL_CODES, AlbError, AlbRequestRefused
 from alb_membership.alb.models import AddAnswer, RemoveAnswer, Server
 from alb_membership.cluster.notices import Notices
 from alb_membership.engine import outcomes
@@ -39,8 +39,6 @@ from alb_membership.model.ledger import IN_GROUP, Entry, GroupLedger, OwnerKey, 
 from alb_membership.model.state import ResourceState
 
 log = logging.getLogger(__name__)
-
-QUOTA_SERVERS = "QuotaExceeded.ServersNum"
 
 
 def _what(batch: list[Entry]) -> str:
@@ -473,8 +471,9 @@ class GroupPipeline:
         # An addition refused never holds up the group's removals.
         s.metrics.additions.labels("refused").inc(len(batch))
         self._dir.in_group_changed(self.ledger, [e.server for e in batch])
-        if exc.code == QUOTA_SERVERS:
-            # The group is full: tried again when a removal makes room, and now and then.
+        if exc.code in FINAL_CODES:
+            # The group is full, or cannot take this server as it is: tried again when a removal makes room, and
+            # now and then; never in a loop.
             self._parked.update(e.server for e in batch)
             delay = s.settings.refused_retry_seconds
         s.notices.post(states, "Warning", "RegistrationRefused", f"{message}; next try in {delay:.0f}s")

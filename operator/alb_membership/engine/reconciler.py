@@ -158,7 +158,7 @@ class Reconciler:
             return
         namespace = state.ref.namespace
         scan = self._owners.current(state.spec, namespace, view)
-        round_ = Round(unmappable=scan.unmappable)
+        round_ = Round(unmappable=scan.unmappable, whole=True)
         pod_of = functools.partial(view.pod, namespace)
         self._decider.reconcile(state, self.ledger(state.group), scan.owners, set(ALL_SOURCES), pod_of, round_)
         self._finish(state, round_, repair)
@@ -229,6 +229,8 @@ class Reconciler:
         for state in self._in_namespace(pod.namespace):
             round_ = Round()
             seen = self._owners.pod(state.spec, pod, round_.unmappable)
+            if deleted or not round_.unmappable:
+                round_.mapped.append(pod.name)
             key = (state.ref.uid, pod.uid)
             ledger = self.ledger(state.group)
             if deleted:

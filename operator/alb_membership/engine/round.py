@@ -16,6 +16,8 @@ class Round:
     undone: list[tuple[Server, str]] = field(default_factory=list)  # of those, put back after a wrong removal: why
     released: list[str] = field(default_factory=list)  # live members the spec no longer picks: they stay, untracked
     unmappable: list[Unmappable] = field(default_factory=list)
+    mapped: list[str] = field(default_factory=list)  # pods seen mappable (or gone) now, by name
+    whole: bool = False  # every member was looked at: ``unmappable`` is all there is
     changed: bool = False  # the ledger changed in a way status shows
     recheck_in: float | None = None  # seconds until the resource's endpoints must be looked at again
 

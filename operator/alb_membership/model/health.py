@@ -9,7 +9,20 @@ from alb_membership.model.state import ResourceState
 GROUP_NOT_FOUND = "ResourceNotFoundServerGroup"
 
 
+UNMAPPABLE = "UnmappableMember"
+
+
 def set_health(state: ResourceState, degraded: tuple[str, str] | None) -> None:
+    """``degraded``: (reason, message), or None when calls go through. A resource with registration that has members
+    it cannot turn into servers (so cannot add) stays Degraded for them until they are mapped or gone."""
+    if degraded is None and state.unmappable and state.spec.register_weight is not None:
+        names = sorted(state.unmappable)
+        degraded = (
+            UNMAPPABLE,
+            f"{len(names)} member(s) cannot be added: "
+            + "; ".join(f"{n}: {state.unmappable[n]}" for n in names[:5])
+            + (" ..." if len(names) > 5 else ""),
+        )
     state.group_not_found = degraded is not None and degraded[0] == GROUP_NOT_FOUND
     if degraded is None:
         state.set_condition("Degraded", "False", "AsExpected", "removals are going through")
@@ -18,6 +31,13 @@ def set_health(state: ResourceState, degraded: tuple[str, str] | None) -> None:
         reason, message = degraded
         state.set_condition("Degraded", "True", reason, message)
         state.set_condition("Ready", "False", reason, message)
+
+
+def mapping_changed(state: ResourceState) -> None:
+    """The members that cannot be mapped changed: Degraded follows, unless it says something else."""
+    current = state.conditions.get("Degraded")
+    if current is None or current.status == "False" or current.reason == UNMAPPABLE:
+        set_health(state, None)
 
 
 def group_missing(state: ResourceState) -> bool:

@@ -88,6 +88,8 @@ class ResourceState:
     group_not_found: bool = False  # the cloud answered ResourceNotFound.ServerGroup to this process (not restored)
     # Servers removed from a group with connection draining: out of rotation, Draining until at most then.
     draining: dict[str, dt.datetime] = field(default_factory=dict)
+    # Members that cannot be turned into a server (pod name -> why), as last seen: bounded by the members.
+    unmappable: dict[str, str] = field(default_factory=dict)
 
     def drained(self, servers: list[str], until: dt.datetime) -> None:
         for server in servers:
