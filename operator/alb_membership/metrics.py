@@ -25,7 +25,7 @@ GATE_OUTCOMES = (
 UNCONFIRMED = ("timed-out", "no-leader", "too-many", "no-servers", "error")
 WEBHOOK_REFUSALS = ("tls", "path", "body")
 ADDITION_OUTCOMES = ("submitted", "succeeded", "already-there", "failed", "refused")
-UNDO_REASONS = ("deletion-not-seen", "owner-live-after-removal")
+UNDO_REASONS = ("owner-live-again", "owner-live-after-removal")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300)
 
 

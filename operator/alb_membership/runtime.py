@@ -202,6 +202,7 @@ class Runtime:
         self.reconciler.readiness = ReadinessGates(
             self.kube.set_pod_condition, self._read_group, self.reconciler.group_read, self.metrics
         )
+        self.reconciler.confirm_live = self.kube.pod_live
         self._anti_entropy_task = asyncio.create_task(self.anti_entropy.run(self.ready), name="anti-entropy")
 
     async def stop_work(self) -> None:

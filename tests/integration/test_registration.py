@@ -208,9 +208,10 @@ def test_a_deletion_another_webhook_refuses_puts_the_server_back(
     undoing: Gated, api_client: kubernetes.client.ApiClient
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
-    ips = undoing.members(2)
+    ips = undoing.members(2, weight=30)
     name, ip = sorted(ips.items())[0]
     weight_before = servers(undoing.emulator)[ip]["Weight"]
+    assert weight_before == 30, "not the API's default: the weight it had must be read, not assumed"
     with refusing_pod_deletions(api_client, undoing.namespace):
         apply(undoing.cluster, undoing.namespace, bare_pod("probe", {"app": "probe"}))
 

@@ -107,10 +107,13 @@ class Gated:
         bundle = wait_for(ca, "the caBundle written by the operator", timeout=30)
         assert b"BEGIN CERTIFICATE" in base64.b64decode(bundle)
 
-    def members(self, replicas: int, gate: dict[str, Any] | None = None, **spec: Any) -> dict[str, str]:
+    def members(
+        self, replicas: int, gate: dict[str, Any] | None = None, weight: int = 100, **spec: Any
+    ) -> dict[str, str]:
+        """``weight``: the pods' servers' weight in the group; ``spec``: more of the group (the emulator's)."""
         apply(self.cluster, self.namespace, deployment("web", replicas))
         ips = pod_ips(self.core, self.namespace, "web", replicas)
-        self.emulator.add_group(GROUP, [server(ip) for ip in ips.values()] + [server(FOREIGN)], **spec)
+        self.emulator.add_group(GROUP, [server(ip, weight=weight) for ip in ips.values()] + [server(FOREIGN)], **spec)
         apply(
             self.cluster,
             self.namespace,

@@ -76,6 +76,17 @@ class Kube:
             raise
         return True
 
+    async def pod_live(self, namespace: str, name: str, uid: str) -> bool:
+        """Whether the pod (this UID) exists without a deletion, as the API server shows it now (a quorum read)."""
+        try:
+            resp: Any = await self._core.read_namespaced_pod(name, namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        meta = json.loads(await resp.read()).get("metadata") or {}
+        return bool(meta.get("uid") == uid and not meta.get("deletionTimestamp"))
+
     async def list_pods(self, namespace: str, eni_annotation: str) -> list[PodView]:
         """Paged, as raw JSON: building the client's model objects for thousands of pods costs far more."""
         out: list[PodView] = []

@@ -123,9 +123,10 @@ class AntiEntropy:
                 states,
                 "Warning",
                 "ServerHeldAfterRemoval",
-                "servers out of the group although a pod holds them now; the ingress must add them again: "
+                "servers out of the group although a live pod or endpoint holds them now; they go back in: "
                 + ", ".join(str(e.server) for e in overtaken[:10]),
             )
+            self._reconciler.in_group_changed(ledger, [e.server for e in overtaken])
         self._reconciler.directory.changed(states)
         log.info("%d pending removal(s) from %s were out of the group already", len(gone), ledger.group_id)
 

@@ -30,7 +30,7 @@ from alb_membership.engine import outcomes
 from alb_membership.engine.batches import next_batch, token_for
 from alb_membership.engine.call_size import CallSize
 from alb_membership.engine.followed import FollowedJobs
-from alb_membership.engine.group_status import GroupStatus
+from alb_membership.engine.group_status import READ_SECONDS, GroupStatus
 from alb_membership.engine.jobs import JobTracker
 from alb_membership.engine.timings import observe_exposure, observe_latency
 from alb_membership.metrics import Metrics
@@ -204,7 +204,7 @@ class GroupPipeline:
     async def _process(self, batch: list[Entry]) -> None:
         adding = batch[0].adding
         # The last check, right before the call: after any wait.
-        batch = self._still_wanted(batch) if adding else self._call_off_held(batch)
+        batch = self._still_wanted(batch) if adding else await self._call_off_held_and_weigh(batch)
         if not batch:
             return
         s = self._s
@@ -259,8 +259,38 @@ class GroupPipeline:
         self._follow(batch, states, job_id)
 
     def _still_wanted(self, batch: list[Entry]) -> list[Entry]:
-        """Additions that a live owner still wants: one that stopped wanting it meanwhile cancelled it (ledger)."""
-        return [e for e in batch if e.addition is not None and e.live_owners()]
+        """Additions that a live owner still wants. One nobody wants any more (its pod left while its call was out,
+        or while no operator ran) is dropped, and the removal decided beside it goes; the rest, if their token was
+        written ahead with it, go as a new attempt (a token reused with fewer servers is refused)."""
+        wanted = [e for e in batch if e.addition is not None and e.live_owners()]
+        if len(wanted) == len(batch):
+            return batch
+        dropped = [e for e in batch if e not in wanted]
+        written = {e.addition.client_token for e in dropped if e.addition is not None and e.addition.client_token}
+        for entry in wanted:
+            if entry.addition is not None and entry.addition.client_token in written:
+                self.ledger.new_attempt(entry.server)
+        for entry in dropped:
+            self.ledger.drop_addition(entry.server)
+        self._dir.changed(self._dir.states_of(dropped))
+        self.enqueue([e.server for e in dropped if e.removal is not None], first=True)
+        return wanted
+
+    async def _call_off_held_and_weigh(self, batch: list[Entry]) -> list[Entry]:
+        """The last check before a removal call; and the weight of servers whose weight is not known yet, read now
+        (their ServerIds, one short read): an undo puts a server back with the weight it had (PRODUCT.md 3.13)."""
+        batch = self._call_off_held(batch)
+        unknown = [e.server for e in batch if e.removal is not None and e.removal.weight is None and not e.removal.sent]
+        if unknown:
+            deadline = asyncio.get_running_loop().time() + READ_SECONDS
+            try:
+                listed = await self._s.client.listed_servers(self.group_id, unknown, deadline=deadline)
+            except Exception as exc:  # the removal matters more than its weight
+                log.debug("could not read the weights of %d server(s) of %s: %s", len(unknown), self.group_id, exc)
+                listed = {}
+            for server, found in listed.items():
+                self.ledger.seen_in_group(server, found.status, found.weight)
+        return batch
 
     def _follow(self, batch: list[Entry], states: list[ResourceState], job_id: str) -> None:
         self._jobs.follow(job_id, [e.server for e in batch], lambda: self._job_ended(batch, states, job_id))
@@ -315,7 +345,8 @@ class GroupPipeline:
     async def _added(self, batch: list[Entry], states: list[ResourceState], job_id: str | None) -> None:
         """The servers are in the group: as a read shows them (Available, or Adding a little longer). A removal
         decided while the addition's call was out goes now."""
-        listed = await self._read([e.server for e in batch])
+        # Not listed (a page that missed it): the cloud's own word was that it is in, Adding until a read tells more.
+        listed = {s: v for s, v in (await self._read([e.server for e in batch])).items() if v[0] != "Absent"}
         decided = {e.server: e.addition.decided_at for e in batch if e.addition is not None}
         outcomes.finish_additions(batch, self.ledger, states, listed, job_id)
         self._s.metrics.additions.labels("succeeded" if job_id else "already-there").inc(len(batch))
@@ -472,10 +503,23 @@ class GroupPipeline:
         s.metrics.additions.labels("refused").inc(len(batch))
         self._dir.in_group_changed(self.ledger, [e.server for e in batch])
         if exc.code in FINAL_CODES:
+            if len(batch) > 1:
+                # One server can refuse the whole call (a static server of the wrong type, the last free places
+                # of a full group): halves, until each server's own answer tells.
+                self._size.halve_once(len(batch))
+                s.notices.post(
+                    states,
+                    "Warning",
+                    "RegistrationSplit",
+                    f"adding {len(batch)} server(s) to {self.group_id} was refused ({exc}); trying them in halves",
+                )
+                self.enqueue([e.server for e in batch], first=True)
+                return
             # The group is full, or cannot take this server as it is: tried again when a removal makes room, and
             # now and then; never in a loop.
             self._parked.update(e.server for e in batch)
             delay = s.settings.refused_retry_seconds
+            message = f"{batch[0].server}: {message}"
         s.notices.post(states, "Warning", "RegistrationRefused", f"{message}; next try in {delay:.0f}s")
         self.enqueue_later(delay, [e.server for e in batch])
 

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
 MAX_WRITING = 8  # condition writes at once
-WRITE_TRIES = 3  # then the pod's next change, or the next read of its group, tries again
+MAX_RETRY_SECONDS = 30.0  # a condition that could not be written is tried again, at most this far apart
 
 SetCondition = Callable[[str, str, str, dict[str, Any]], Awaitable[bool]]  # namespace, name, uid, condition
 ReadGroup = Callable[[GroupKey, list[Server]], Awaitable[dict[Server, tuple[str, int | None]]]]
@@ -47,7 +47,7 @@ def verdict(entries: list[Entry], group_id: str) -> GateVerdict:
     """What the gate of a pod says, from the entries of its servers for one resource. Pure."""
     if not entries:
         return GateVerdict("False", "ServerNotRegistered", "no server of this pod is known yet (no IP, not picked)")
-    failed = [e for e in entries if e.addition is not None and (e.addition.failures or e.addition.refused)]
+    failed = [e for e in entries if e.addition is not None and e.addition.error is not None]
     if failed:
         error = failed[0].addition.error if failed[0].addition is not None else None
         return GateVerdict(
@@ -85,6 +85,7 @@ class ReadinessGates:
         self._wake = asyncio.Event()
         self._waiting: dict[GroupKey, set[Server]] = {}  # servers to read, by group
         self._pollers: dict[GroupKey, asyncio.Task[None]] = {}
+        self._later: set[asyncio.TimerHandle] = set()
         self.closed = False
 
     def consider(self, resource_name: str, ledger: GroupLedger, pod: PodView, entries: list[Entry]) -> None:
@@ -111,8 +112,15 @@ class ReadinessGates:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_all(), name="readiness-gates")
 
+    def confirm(self, key: GroupKey, servers: Iterable[Server]) -> None:
+        """These servers are to be read alone (by their ServerIds) with the next poll."""
+        if not self.closed:
+            self._wait(key, servers)
+
     async def close(self) -> None:
         self.closed = True
+        for handle in self._later:
+            handle.cancel()
         tasks = [t for t in (self._writer, *self._pollers.values()) if t is not None]
         for task in tasks:
             task.cancel()
@@ -139,15 +147,27 @@ class ReadinessGates:
             if await self._set(key[0], key[1], uid, condition):
                 self._metrics.gate_conditions.labels(condition["status"]).inc()
         except Exception as exc:
+            # Tried again, less and less often, until written or superseded: a pod whose condition is never
+            # written would wait for an unrelated event of its own.
             self._metrics.internal_errors.labels("readiness-gate").inc()
-            if tries + 1 < WRITE_TRIES and key not in self._writes:
-                log.warning("could not set %s on pod %s/%s (%s); trying again", condition["type"], *key, exc)
-                self._writes[key] = (uid, condition, tries + 1)
-                self._wake.set()
-            else:
-                log.warning("could not set %s on pod %s/%s (%s)", condition["type"], *key, exc)
+            delay = min(MAX_RETRY_SECONDS, 0.25 * 2**tries)
+            log.warning("could not set %s on pod %s/%s (%s); again in %.1fs", condition["type"], *key, exc, delay)
+            self._again(key, (uid, condition, tries + 1), delay)
         finally:
             self._writing.discard(key)
+
+    def _again(self, key: tuple[str, str], write: tuple[str, dict[str, Any], int], delay: float) -> None:
+        handle: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._later.discard(handle)
+            if self.closed or key in self._writes:
+                return  # a newer condition for the pod is on its way
+            self._writes[key] = write
+            self._wake.set()
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._later.add(handle)
 
     # -- reads ---------------------------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from alb_membership.engine.round import Round
 from alb_membership.metrics import Metrics
 from alb_membership.model import status
 from alb_membership.model.health import group_missing, set_health
-from alb_membership.model.ledger import Entry, GroupKey, GroupLedger, now
+from alb_membership.model.ledger import ABSENT, IN_GROUP, Entry, GroupKey, GroupLedger, now
 from alb_membership.model.membership import PodView, Seen, endpoint_parts
 from alb_membership.model.owners import OwnerReader, pod_uid_of
 from alb_membership.model.spec import Ref, Spec
@@ -80,6 +80,9 @@ class Reconciler:
             self.resources, self._owners, self.gated, self.writer, self.group_key, self._view, self.in_group_changed
         )
         self._expected: dict[str, asyncio.TimerHandle] = {}  # pod UID -> the look for its deletion
+        self._looks: set[asyncio.Task[None]] = set()
+        # Whether a pod is live as the API server (not a watch) shows it: set by the runtime.
+        self.confirm_live: Callable[[str, str, str], Awaitable[bool]] | None = None
         # Set once this replica stops acting (shutdown, Lease given up): events still arriving change nothing.
         self.stopped = False
 
@@ -131,6 +134,7 @@ class Reconciler:
                     pod_uid = pod_uid_of(key[1], entry.owners[key].source)
                     if pod_uid is not None:
                         self.gated.add(pod_uid)
+                        self.expect_deletion(state.ref.namespace, pod_uid)  # the earlier leader's look is gone
         self.writer.known(state, recorded)
         self.resources[state.ref.uid] = state
         if pending:
@@ -141,8 +145,11 @@ class Reconciler:
         """On create, on a spec change, and on operator start (``repair``: whatever was missed while no operator
         ran is a leak to repair): catch up with the cluster as it is now."""
         state = self.load(body)
+        was_dry_run = state.spec.dry_run
         state.spec = Spec.parse(body["spec"])
         state.generation = int(body["metadata"].get("generation", 0))
+        if was_dry_run and not state.spec.dry_run:
+            self.ledger(state.group).forget_dry_runs(state.ref.uid)
         assert self.view is not None, "the view is set at startup"
         if self.stopped:
             return state
@@ -317,20 +324,31 @@ class Reconciler:
             self._finish(state, round_, repair=False)
         return out
 
-    def expect_deletion(self, pod: PodView) -> None:
-        """The gate let the pod's deletion go ahead: unless the watches show it going away by undo_after_seconds,
-        its deletion never came, and it holds its servers again (PRODUCT.md 3.13)."""
-        if pod.uid in self._expected:
-            self._expected.pop(pod.uid).cancel()
+    def expect_deletion(self, namespace: str, pod_uid: str) -> None:
+        """The gate let the pod's deletion go ahead: unless it is going away by undo_after_seconds (the watches,
+        then the API server itself: a watch may lag), its deletion never came, and it holds its servers again
+        (PRODUCT.md 3.13)."""
+        if pod_uid in self._expected:
+            self._expected.pop(pod_uid).cancel()
 
-        def look() -> None:
-            self._expected.pop(pod.uid, None)
+        async def look() -> None:
             assert self.view is not None
-            now_ = self.view.pod(pod.namespace, pod.uid)
-            if now_ is not None and not now_.going_away and pod.uid in self.gated:
+            pod = self.view.pod(namespace, pod_uid)
+            if pod is None or pod.going_away or pod_uid not in self.gated:
+                return
+            if self.confirm_live is not None and not await self.confirm_live(namespace, pod.name, pod_uid):
+                return
+            now_ = self.view.pod(namespace, pod_uid)
+            if now_ is not None and not now_.going_away and pod_uid in self.gated:
                 self.ungate(now_)
 
-        self._expected[pod.uid] = asyncio.get_running_loop().call_later(self.settings.undo_after_seconds, look)
+        def later() -> None:
+            self._expected.pop(pod_uid, None)
+            task = asyncio.create_task(look(), name=f"deletion-of-{pod_uid}")
+            self._looks.add(task)
+            task.add_done_callback(self._looks.discard)
+
+        self._expected[pod_uid] = asyncio.get_running_loop().call_later(self.settings.undo_after_seconds, later)
 
     def ungate(self, pod: PodView) -> None:
         """A pod the gate took out is live after all: every owner of it holds its server again. A removal not sent
@@ -395,12 +413,22 @@ class Reconciler:
         ledger = self.ledgers.get(key)
         if ledger is None:
             return
-        changed = [
-            server for server, (status, weight) in listed.items() if ledger.seen_in_group(server, status, weight)
-        ]
+        shown: dict[Server, tuple[str, int | None]] = {}
+        doubtful = []
+        for server, (seen_status, weight) in listed.items():
+            entry = ledger.entries.get(server)
+            if entry is None or entry.change is not None:
+                continue  # a change under way tells more than a read that may have begun before it
+            if not every and seen_status == ABSENT and entry.in_group in IN_GROUP:
+                doubtful.append(server)  # a page of a changing group can miss a server: read it alone first
+                continue
+            shown[server] = (seen_status, weight)
+        if doubtful and self.readiness is not None:
+            self.readiness.confirm(key, doubtful)
+        changed = [s for s, (seen, weight) in shown.items() if ledger.seen_in_group(s, seen, weight)]
         if changed:
             self._status_soon([e for s in changed if (e := ledger.entries.get(s)) is not None], members=True)
-        self.in_group_changed(ledger, listed if every else changed)
+        self.in_group_changed(ledger, shown if every else changed)
 
     # -- internals --------------------------------------------------------------------------------------------
 

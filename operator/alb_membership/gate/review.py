@@ -269,7 +269,7 @@ class Gate:
     def _expect(self, pod: PodView, verdict: Verdict) -> Verdict:
         """The deletion goes ahead: if it never comes (refused after this gate), the pod's removal is undone."""
         if not verdict.handed_over and pod.uid in self._reconciler.gated:
-            self._reconciler.expect_deletion(pod)
+            self._reconciler.expect_deletion(pod.namespace, pod.uid)
         return verdict
 
     async def _hold(self, review: Review, pod: PodView, hold: Hold, until: float) -> Verdict:

@@ -27,6 +27,7 @@ OwnerKey = tuple[str, str]
 MAX_DONE = 100_000
 GroupKey = tuple[str, str]  # (region, server group id)
 IN_GROUP = frozenset({"Available", "Adding", "Configuring"})  # statuses of a server the group holds and keeps
+ABSENT = "Absent"
 DRY_RUN = "DryRunPassed"  # an addition's precheck passed under dryRun: not asked again while it stays so
 
 
@@ -292,8 +293,8 @@ class GroupLedger:
         entry = self.entries.get(server)
         if entry is None or entry.removal is not None or entry.addition is not None or not entry.live_owners():
             return False
-        if entry.in_group in IN_GROUP or entry.in_group == DRY_RUN:
-            return False
+        if entry.in_group not in (None, ABSENT):
+            return False  # in the group, on its way out of it (an IP reused while draining), or a dry run
         entry.addition = Addition(trigger, now(), weight=weight)
         return True
 
@@ -309,6 +310,23 @@ class GroupLedger:
         if not entry.owners and entry.removal is None:
             self.entries.pop(server, None)
         return entry
+
+    def drop_addition(self, server: Server) -> None:
+        """Nobody wants ``server`` in the group any more: its addition is given up (a removal beside it goes)."""
+        entry = self.entries.get(server)
+        if entry is None:
+            return
+        entry.addition = None
+        if not entry.owners and entry.removal is None:
+            self.entries.pop(server, None)
+
+    def forget_dry_runs(self, resource_uid: str) -> None:
+        """The resource is no dry run any more: what its prechecks passed for is decided again."""
+        for owner_id in self._by_resource.get(resource_uid, ()):
+            server = self._by_owner[(resource_uid, owner_id)]
+            entry = self.entries[server]
+            if entry.in_group == DRY_RUN:
+                entry.in_group = None
 
     def seen_in_group(self, server: Server, in_group: str, weight: int | None) -> bool:
         """What a read of the group shows of ``server`` (Absent when it is not listed). True when that is news."""

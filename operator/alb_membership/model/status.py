@@ -140,7 +140,7 @@ def to_status(state: ResourceState, ledger: GroupLedger, budget: int = STATUS_BU
         "observedGeneration": state.generation,
         # Servers, not owners: a pod picked by both podSelector and serviceRef is one server of the group.
         "memberCount": len(servers),
-        "inRotationCount": sum(1 for in_group in servers.values() if in_group == "Available"),
+        **_in_rotation(servers),
         "pendingCount": len(pending),
         "removedCount": state.removed_count,
         "lastJob": f"{state.jobs[0].job_id or '-'} {state.jobs[0].status}" if state.jobs else "",
@@ -150,6 +150,14 @@ def to_status(state: ResourceState, ledger: GroupLedger, budget: int = STATUS_BU
         "jobs": [j.to_status() for j in state.jobs],
         "conditions": state.conditions_status(),
     }
+
+
+def _in_rotation(servers: dict[str, str | None]) -> dict[str, int]:
+    """Members' servers the group shows Available; absent while nothing was read of any (remove-only resources
+    whose group is never read for them): an unknown is not a 0."""
+    if all(in_group is None for in_group in servers.values()):
+        return {}
+    return {"inRotationCount": sum(1 for in_group in servers.values() if in_group == "Available")}
 
 
 def restore(ledger: GroupLedger, uid: str, status: dict[str, Any]) -> list[Server]:

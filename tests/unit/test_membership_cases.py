@@ -1,0 +1,399 @@
+"""Membership both ways, case by case (found by a review): the real Reconciler and GroupPipeline over a fake ALB
+client that models one group (no emulator process)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+from collections.abc import Sequence
+from typing import Any, cast
+
+from alb_membership.alb.client import AlbClient
+from alb_membership.alb.errors import AlbError
+from alb_membership.alb.models import AddAnswer, Job, ListedServer, RemoveAnswer, Server
+from alb_membership.cluster.kube import Kube
+from alb_membership.cluster.notices import Notices
+from alb_membership.engine.jobs import JobTracker
+from alb_membership.engine.pipeline import PipelineSettings, Services
+from alb_membership.engine.readiness import ReadinessGates, verdict
+from alb_membership.engine.reconciler import Reconciler, ReconcilerSettings
+from alb_membership.metrics import Metrics
+from alb_membership.model.status import to_status
+from tests.unit.fakes import ENI, RecordingKube, View, pod, resource
+
+UID = "sgm-uid-1"
+GATE = "target-health.albmembership.io/web"
+A = Server("Ip", "10.0.0.1", 8080)
+B = Server("Ip", "10.0.0.2", 8080)
+FAST = PipelineSettings(coalesce_seconds=0.01, error_retry_seconds=0.2, transient_retry_seconds=0.05)
+
+
+class Cloud:
+    """One group: server -> (Status, Weight). Jobs end when the test says (``finish``) or at once (``instant``)."""
+
+    def __init__(self) -> None:
+        self.group: dict[Server, tuple[str, int]] = {}
+        self.calls: list[tuple[str, list[Server], str]] = []
+        self.refuse: AlbError | None = None  # the next add calls are refused with this
+        self.refuse_if: Any = None  # a function of the servers: an AlbError or None
+        self.instant = True
+        self.jobs: dict[str, tuple[str, list[Server], dict[Server, int]]] = {}
+        self._ids = itertools.count(1)
+        self.token_servers: dict[str, list[Server]] = {}
+        self.hold_call: asyncio.Event | None = None  # add calls wait for it (a slow answer)
+
+    # -- the client's surface used by the pipeline ------------------------------------------------------------
+    async def add_servers(
+        self, group_id: str, servers: Sequence[Server], token: str, *, weights: Any = 100, dry_run: bool = False
+    ) -> AddAnswer:
+        self.calls.append(("add", list(servers), token))
+        await asyncio.sleep(0.01)  # a round trip
+        if dry_run:
+            return AddAnswer("dry_run_passed", "req")
+        if self.hold_call is not None:
+            await self.hold_call.wait()
+        if self.refuse is not None:
+            raise self.refuse
+        if self.refuse_if is not None and (exc := self.refuse_if(servers)) is not None:
+            raise exc
+        if token in self.token_servers and self.token_servers[token] != sorted(servers):
+            raise AlbError("IdempotenceSignatureMismatch", "token reused with other servers")
+        if any(s in self.group for s in servers):  # AlbClient turns ResourceAlreadyAssociated into this
+            return AddAnswer("already_added", "req")
+        job = f"job-{next(self._ids)}"
+        self.token_servers[token] = sorted(servers)
+        self.jobs[job] = ("add", list(servers), dict(weights))
+        for s in servers:
+            self.group[s] = ("Adding", weights[s])
+        if self.instant:
+            self.finish(job)
+        return AddAnswer("accepted", "req", job)
+
+    async def remove_servers(
+        self, group_id: str, servers: Sequence[Server], token: str, *, dry_run: bool = False
+    ) -> RemoveAnswer:
+        self.calls.append(("remove", list(servers), token))
+        if any(s not in self.group for s in servers):
+            return RemoveAnswer("already_removed", "req")
+        job = f"job-{next(self._ids)}"
+        self.jobs[job] = ("remove", list(servers), {})
+        for s in servers:
+            self.group[s] = ("Removing", self.group[s][1])
+        if self.instant:
+            self.finish(job)
+        return RemoveAnswer("accepted", "req", job)
+
+    def finish(self, job: str) -> None:
+        kind, servers, _ = self.jobs[job]
+        for s in servers:
+            if kind == "add":
+                self.group[s] = ("Available", self.group[s][1])
+            else:
+                self.group.pop(s, None)
+        self.jobs[job] = ("done", servers, {})
+
+    async def listed_servers(
+        self, group_id: str, servers: Sequence[Server] = (), *, deadline: float | None = None
+    ) -> dict[Server, ListedServer]:
+        await asyncio.sleep(0.01)  # a round trip
+        wanted = servers or list(self.group)
+        return {s: ListedServer(s, *self.group[s]) for s in wanted if s in self.group}
+
+    async def out_of_rotation(
+        self, group_id: str, servers: Sequence[Server], *, deadline: float | None = None
+    ) -> set[Server]:
+        return {s for s in servers if s not in self.group}
+
+    async def list_server_groups(self, ids: Sequence[str], *, deadline: float | None = None) -> list[dict[str, Any]]:
+        return [{"ServerGroupId": ids[0], "ServerGroupStatus": "Available"}]
+
+    def adds(self) -> list[list[Server]]:
+        return [servers for kind, servers, _ in self.calls if kind == "add"]
+
+
+class Tracker:
+    def __init__(self, cloud: Cloud) -> None:
+        self.cloud = cloud
+
+    async def wait(self, job_id: str, extra_seconds: float = 0.0) -> Job:
+        while self.cloud.jobs[job_id][0] != "done":  # noqa: ASYNC110 (a fake: the test ends the job)
+            await asyncio.sleep(0.01)
+        return Job(job_id, "Succeeded")
+
+
+def reconciler(cloud: Cloud, view: View, kube: RecordingKube) -> Reconciler:
+    services = Services(
+        cast(AlbClient, cloud), cast(JobTracker, Tracker(cloud)), Metrics(), Notices(cast(Kube, kube)), FAST
+    )
+    rec = Reconciler(
+        ReconcilerSettings("cn-hangzhou", ENI, 0.2),
+        lambda _r: services,
+        cast(Kube, kube),
+        Notices(cast(Kube, kube)),
+        Metrics(),
+    )
+    rec.view = view
+    return rec
+
+
+def registering(**extra: Any) -> dict[str, Any]:
+    return resource(
+        podSelector={"matchLabels": {"app": "web"}},
+        backend={"serverType": "Ip", "port": 8080},
+        registration={"enabled": True, "weight": 100},
+        **extra,
+    )
+
+
+async def settle(seconds: float = 0.5) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def test_a_sent_addition_whose_pod_left_before_it_was_sent_again_is_never_finished_and_its_server_leaks() -> None:
+    """Restart mid add burst: status has the addition with its token; while no operator ran, the pod was deleted
+    (the call had gone through: the server is in the group). The new operator restores the addition, sees the pod
+    gone (a removal beside the sent addition), and the next batch drops the addition (no live owner, _still_wanted)
+    without finishing it: the removal behind it never goes and the server stays in the group forever."""
+    cloud, view, kube = Cloud(), View(), RecordingKube()
+    cloud.group[A] = ("Available", 100)  # the earlier operator's call went through
+    first = reconciler(cloud, view, kube)
+    first.view = view
+    view.pod_list = [pod("a", ready=True)]
+    first.load(registering())
+    ledger = first.ledger(first.resources[UID].group)
+    ledger.hold((UID, "uid-a"), A, "pod", "a")
+    ledger.seen_in_group(A, "Absent", None)
+    assert ledger.want(A, 100, "registration")
+    ledger.entries[A].addition.client_token = "albm-tok"  # type: ignore[union-attr]
+    written = to_status(first.resources[UID], ledger)
+
+    view.pod_list = []  # the pod was deleted while no operator ran
+    second = reconciler(cloud, view, kube)
+    body = {**registering(), "status": written}
+    second.start(body, repair=True)
+    await settle(1.0)
+    assert A not in cloud.group, "the pod is gone: its server must leave the group"
+    assert A not in second.ledger(second.resources[UID].group).entries, "the entry must leave the ledger"
+    for p in second.pipelines.values():
+        await p.close()
+
+
+async def test_a_full_group_shows_registration_failed_on_the_readiness_gate() -> None:
+    """QuotaExceeded.ServersNum (or Forbidden, Mismatch.ServerType): record_refused sets error but neither failures
+    nor refused, so verdict() says ServerAdding, not RegistrationFailed as docs/resource.md and the runbook say."""
+    cloud, view, kube = Cloud(), View(), RecordingKube()
+    cloud.refuse = AlbError("QuotaExceeded.ServersNum", "full", http_status=400)
+    rec = reconciler(cloud, view, kube)
+    gated_pod = pod("a", containers_ready=True, gates={GATE: "False"})
+    view.pod_list = [gated_pod]
+    rec.start(registering(), repair=False)
+    await settle()
+    ledger = rec.ledger(rec.resources[UID].group)
+    assert cloud.adds(), "the addition was tried"
+    got = verdict([ledger.entries[A]], ledger.group_id)
+    assert got.reason == "RegistrationFailed", got
+    for p in rec.pipelines.values():
+        await p.close()
+
+
+async def test_one_static_server_of_the_wrong_type_blocks_every_addition_of_the_group() -> None:
+    """Mismatch.ServerType refuses the whole call; the batch is sent again as it was every error_retry_seconds,
+    so the pods batched with the bad static server are never added (issue 16, 5: never a retry loop)."""
+    cloud, view, kube = Cloud(), View(), RecordingKube()
+    ecs = Server("Ecs", "i-bp1bad", 80)
+
+    def mismatch(servers: Sequence[Server]) -> AlbError | None:
+        return AlbError("Mismatch.ServerType", "Ip group", http_status=400) if ecs in servers else None
+
+    cloud.refuse_if = mismatch
+    rec = reconciler(cloud, view, kube)
+    view.pod_list = [pod("a", ready=True), pod("b", ip="10.0.0.2", ready=True)]
+    rec.start(registering(servers=[{"serverId": "i-bp1bad", "serverType": "Ecs", "port": 80}]), repair=False)
+    await settle(1.0)
+    assert A in cloud.group and B in cloud.group, f"the good servers wait behind the bad one: {cloud.adds()}"
+    for p in rec.pipelines.values():
+        await p.close()
+
+
+async def test_a_server_the_group_shows_removing_is_added_again_and_again() -> None:
+    """A new pod reusing the IP of a server still Removing/draining (IP reuse within the drain timeout): the cloud
+    answers ResourceAlreadyAssociated, _added records in_group=Removing, in_group_changed decides the addition
+    again (Removing is not in IN_GROUP): a hot loop of add + list calls, bounded only by the rate limiter."""
+    cloud, view, kube = Cloud(), View(), RecordingKube()
+    cloud.group[A] = ("Removing", 100)  # someone's (or our earlier) removal, draining
+    rec = reconciler(cloud, view, kube)
+    view.pod_list = [pod("new", ready=True)]
+    rec.start(registering(), repair=False)
+    await settle(1.0)
+    assert len(cloud.adds()) <= 2, f"{len(cloud.adds())} add calls in 1 s for one server"
+    for p in rec.pipelines.values():
+        await p.close()
+
+
+async def test_a_whole_group_read_that_misses_a_server_flips_a_ready_pods_gate() -> None:
+    """antientropy._read_members: a paged listing of a changing group may miss a server (its own docstring); the
+    miss is recorded as Absent at once, and the pod's gate is written False (the pod turns NotReady) before the
+    targeted read puts it back."""
+    cloud, view, kube = Cloud(), View(), RecordingKube()
+    cloud.group[A] = ("Available", 100)
+    rec = reconciler(cloud, view, kube)
+    writes: list[tuple[str, str]] = []
+
+    async def set_condition(ns: str, name: str, uid: str, condition: dict[str, Any]) -> bool:
+        writes.append((condition["status"], condition["reason"]))
+        return True
+
+    async def read(key: Any, servers: list[Server]) -> dict[Server, tuple[str, int | None]]:
+        listed = await cloud.listed_servers(key[1], servers)
+        return {s: (listed[s].status, listed[s].weight) if s in listed else ("Absent", None) for s in servers}
+
+    rec.readiness = ReadinessGates(set_condition, read, rec.group_read, Metrics(), poll_seconds=0.05)
+    ready = pod("a", ready=True, gates={GATE: "True"})
+    view.pod_list = [ready]
+    rec.start(registering(), repair=False)
+    ledger = rec.ledger(rec.resources[UID].group)
+    rec.group_read(ledger.key, {A: ("Available", 100)}, every=False)
+    await settle(0.2)
+    writes.clear()
+    rec.group_read(ledger.key, {A: ("Absent", None)}, every=False)  # a page missed it
+    await settle(0.3)
+    assert ("False", "ServerAdding") not in writes and ("False", "ServerNotRegistered") not in writes, writes
+    await rec.readiness.close()
+    for p in rec.pipelines.values():
+        await p.close()
+
+
+async def test_an_undo_in_remove_only_mode_puts_the_server_back_with_the_weight_it_had() -> None:
+    """Remove-only with the deletion gate (the integration test's mode): nothing ever reads the server's weight
+    into the ledger (seen_in_group is fed only by readiness polls and registration's anti-entropy read), so the
+    undo puts a weight-30 server back at 100. tests/integration/test_registration.py cannot see this: the
+    emulator's servers there all have weight 100."""
+    cloud, view, kube = Cloud(), View(), RecordingKube()
+    cloud.group[A] = ("Available", 30)
+    rec = reconciler(cloud, view, kube)
+    live = pod("a", ready=True)
+    view.pod_list = [live]
+    rec.start(
+        resource(
+            podSelector={"matchLabels": {"app": "web"}},
+            backend={"serverType": "Ip", "port": 8080},
+            deletionGate={"enabled": True},
+        ),
+        repair=False,
+    )
+    rec.gate(live)
+    await settle(0.3)
+    assert A not in cloud.group, "the gate's removal went"
+    rec.ungate(live)  # the deletion was refused by another webhook
+    await settle(0.3)
+    assert cloud.group.get(A) == ("Available", 30), cloud.group
+    for p in rec.pipelines.values():
+        await p.close()
+
+
+async def test_a_new_leader_puts_back_a_gated_removal_whose_deletion_never_came() -> None:
+    """The leader that answered the review dies before its undo_after_seconds look: the successor restores the
+    deletion-gate removal, marks the pod gated (reconciler.load) and finishes the removal, but nothing ever looks
+    at the pod again (no expect_deletion timer; GatedPods just expires; anti-entropy's repair counts only
+    absence): the live pod stays out of the group until some unrelated event of it."""
+    cloud, view, kube = Cloud(), View(), RecordingKube()
+    cloud.group[A] = ("Available", 100)
+    spec = resource(
+        podSelector={"matchLabels": {"app": "web"}},
+        backend={"serverType": "Ip", "port": 8080},
+        deletionGate={"enabled": True},
+    )
+    live = pod("a", ready=True)
+    view.pod_list = [live]
+    first = reconciler(cloud, view, kube)
+    first.start(spec, repair=False)
+    first.gate(live)  # the old leader decided the removal, then died
+    written = to_status(first.resources[UID], first.ledger(first.resources[UID].group))
+    assert written["pending"][A.compact]["trigger"] == "deletion-gate"
+
+    second = reconciler(cloud, view, kube)
+    second.gated._seconds = 0.3  # GATED_SECONDS (60 s), shortened
+    second.settings = dataclasses.replace(second.settings, undo_after_seconds=0.1)
+    second.start({**spec, "status": written}, repair=True)
+    await settle(1.5)
+    assert A in cloud.group, "the pod was never deleted: its server goes back"
+    for p in second.pipelines.values():
+        await p.close()
+
+
+async def test_turning_dry_run_off_adds_the_members_the_precheck_passed_for() -> None:
+    """record_dry_run leaves in_group=DryRunPassed and want() refuses while it stays so: after dryRun: false the
+    spec change's sync decides nothing; the members wait for the next anti-entropy read (300 s by default)."""
+    cloud, view, kube = Cloud(), View(), RecordingKube()
+    rec = reconciler(cloud, view, kube)
+    view.pod_list = [pod("a", ready=True)]
+    rec.start(registering(dryRun=True), repair=False)
+    await settle(0.3)
+    assert cloud.adds() == [[A]] and A not in cloud.group, "a precheck only"
+    changed = registering(dryRun=False)
+    changed["metadata"]["generation"] = 2
+    rec.start(changed, repair=False)
+    await settle(0.3)
+    assert A in cloud.group, "dryRun off: the member is added"
+    for p in rec.pipelines.values():
+        await p.close()
+
+
+async def test_a_pod_that_leaves_while_its_addition_fails_retryably_is_removed() -> None:
+    """The pod starts terminating while its addition's call is out; the call fails retryably (the client's retries
+    ran out: throttling, 5xx, a timeout), so the addition keeps its token (it may have reached the cloud). The
+    removal beside it never goes: Entry.change is still the sent addition, and _still_wanted drops it (no live
+    owner) without finishing it. The same stuck entry as after the restart above, without a restart."""
+    cloud, view, kube = Cloud(), View(), RecordingKube()
+    cloud.hold_call = asyncio.Event()
+    cloud.refuse = AlbError("ServiceUnavailable", "the call may have gone through", http_status=503)
+    rec = reconciler(cloud, view, kube)
+    view.pod_list = [pod("a", ready=True)]
+    rec.start(registering(), repair=False)
+    await settle(0.1)
+    assert cloud.adds() == [[A]], "the addition's call is out"
+    leaving = pod("a", ready=True, deleting=True)
+    view.put(leaving)
+    rec.pod_changed(leaving, deleted=False)
+    cloud.group[A] = ("Available", 100)  # the call reached the cloud; its answer is lost
+    cloud.hold_call.set()
+    await settle(0.3)
+    cloud.refuse = None
+    await settle(0.5)
+    ledger = rec.ledger(rec.resources[UID].group)
+    assert A not in cloud.group, f"the terminating pod's server is still in the group: {cloud.calls}"
+    assert A not in ledger.entries
+    for p in rec.pipelines.values():
+        await p.close()
+
+
+async def test_a_readiness_condition_whose_writes_fail_for_a_moment_is_written_later() -> None:
+    """ReadinessGates gives up after WRITE_TRIES immediate tries (no backoff); 'the next read of its group tries
+    again' holds only while the verdict is not True (only then is the pod's server polled): a True that could not
+    be written during a short API-server outage leaves the pod NotReady until some unrelated event of it."""
+    fails = {"left": 3}
+    writes: list[str] = []
+
+    async def set_condition(ns: str, name: str, uid: str, condition: dict[str, Any]) -> bool:
+        if condition["status"] == "True" and fails["left"]:
+            fails["left"] -= 1
+            raise RuntimeError("503 from the API server")
+        writes.append(condition["status"])
+        return True
+
+    async def read(key: Any, servers: list[Server]) -> dict[Server, tuple[str, int | None]]:
+        return {s: ("Available", 100) for s in servers}
+
+    cloud, view, kube = Cloud(), View(), RecordingKube()
+    cloud.group[A] = ("Available", 100)
+    rec = reconciler(cloud, view, kube)
+    rec.readiness = ReadinessGates(set_condition, read, rec.group_read, Metrics(), poll_seconds=0.05)
+    waiting = pod("a", containers_ready=True, gates={GATE: "False"})
+    view.pod_list = [waiting]
+    rec.start(registering(), repair=False)
+    await settle(2.5)  # three failures, retried 0.25, 0.5 and 1 s apart
+    assert writes and writes[-1] == "True", f"the gate never turned True: {writes}"
+    await rec.readiness.close()
+    for p in rec.pipelines.values():
+        await p.close()
