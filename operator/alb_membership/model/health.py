@@ -50,7 +50,6 @@ def group_missing(state: ResourceState) -> bool:
 CHANGES = {
     "RemoveServersFromServerGroup": "removal",
     "AddServersToServerGroup": "addition",
-    "ReplaceServersInServerGroup": "replacement",
 }
 
 
