@@ -497,3 +497,19 @@ async def test_a_full_group_is_degraded_and_the_addition_waits_for_room(
     leaving(pipeline, Server("Ip", "10.0.0.0", 8080))
     await until(lambda: additions(emulator), "the addition once a removal made room")
     await pipeline.close()
+
+
+async def test_servers_the_group_holds_already_are_not_added_again(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    """Registration turned on for a workload another controller had put in: one read, no refused writes."""
+    emulator.add_group(GROUP, [server(f"10.0.0.{i}", weight=60) for i in range(1, 4)])
+    pipeline, _, _ = setup(client)
+    held = [Server("Ip", f"10.0.0.{i}", 8080) for i in range(1, 4)]
+    joining(pipeline, 100, *held)
+    await until(lambda: all(pipeline.ledger.entries[s].addition is None for s in held), "the additions to end")
+    assert emulator.requests("AddServersToServerGroup") == [], "nothing written"
+    assert {(pipeline.ledger.entries[s].in_group, pipeline.ledger.entries[s].weight) for s in held} == {
+        ("Available", 60)
+    }
+    await pipeline.close()

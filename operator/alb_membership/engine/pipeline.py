@@ -24,7 +24,7 @@ from typing import Protocol
 
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.errors import FINAL_CODES, AlbError, AlbRequestRefused
-from alb_membership.alb.models import AddAnswer, RemoveAnswer, Server
+from alb_membership.alb.models import AddAnswer, ListedServer, RemoveAnswer, Server
 from alb_membership.cluster.notices import Notices
 from alb_membership.engine import outcomes
 from alb_membership.engine.batches import next_batch, token_for
@@ -35,7 +35,7 @@ from alb_membership.engine.jobs import JobTracker
 from alb_membership.engine.timings import observe_exposure, observe_latency
 from alb_membership.metrics import Metrics
 from alb_membership.model.health import set_health
-from alb_membership.model.ledger import IN_GROUP, Entry, GroupLedger, OwnerKey, now
+from alb_membership.model.ledger import ABSENT, IN_GROUP, Entry, GroupLedger, OwnerKey, now
 from alb_membership.model.state import ResourceState
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,9 @@ class GroupPipeline:
     async def _process(self, batch: list[Entry]) -> None:
         adding = batch[0].adding
         # The last check, right before the call: after any wait.
-        batch = self._still_wanted(batch) if adding else await self._call_off_held_and_weigh(batch)
+        batch = (
+            await self._not_in_yet(self._still_wanted(batch)) if adding else await self._call_off_held_and_weigh(batch)
+        )
         if not batch:
             return
         s = self._s
@@ -276,19 +278,51 @@ class GroupPipeline:
         self.enqueue([e.server for e in dropped if e.removal is not None], first=True)
         return wanted
 
+    async def _not_in_yet(self, batch: list[Entry]) -> list[Entry]:
+        """Servers never read before (a resource just created, registration just turned on) are read first (their
+        ServerIds, one short read): those the group holds already are done without a write, which the region's
+        write quota would pay for and the cloud refuse."""
+        unknown = [e.server for e in batch if e.in_group is None and e.addition is not None and not e.addition.sent]
+        if not unknown:
+            return batch
+        listed = await self._quick_read(unknown)
+        if listed is None:
+            return batch
+        there = [e for e in batch if e.server in listed and listed[e.server].status in IN_GROUP]
+        for server in unknown:
+            if server not in listed:
+                self.ledger.seen_in_group(server, ABSENT, None)
+        if there:
+            states = self._dir.states_of(there)
+            outcomes.finish_additions(
+                there,
+                self.ledger,
+                states,
+                {e.server: (listed[e.server].status, listed[e.server].weight) for e in there},
+            )
+            self._s.metrics.additions.labels("already-there").inc(len(there))
+            self._dir.changed(states)
+            self._dir.in_group_changed(self.ledger, [e.server for e in there])
+        return [e for e in batch if e not in there]
+
+    async def _quick_read(self, servers: list[Server]) -> dict[Server, ListedServer] | None:
+        """What the group shows of ``servers`` (read by their ServerIds: one missing is not in the group), within
+        READ_SECONDS; None when it cannot be read (the call goes on, and the cloud's answer tells)."""
+        deadline = asyncio.get_running_loop().time() + READ_SECONDS
+        try:
+            listed = await self._s.client.listed_servers(self.group_id, servers, deadline=deadline)
+        except Exception as exc:
+            log.debug("could not read %d server(s) of %s: %s", len(servers), self.group_id, exc)
+            return None
+        return listed
+
     async def _call_off_held_and_weigh(self, batch: list[Entry]) -> list[Entry]:
         """The last check before a removal call; and the weight of servers whose weight is not known yet, read now
         (their ServerIds, one short read): an undo puts a server back with the weight it had (PRODUCT.md 3.13)."""
         batch = self._call_off_held(batch)
         unknown = [e.server for e in batch if e.removal is not None and e.removal.weight is None and not e.removal.sent]
         if unknown:
-            deadline = asyncio.get_running_loop().time() + READ_SECONDS
-            try:
-                listed = await self._s.client.listed_servers(self.group_id, unknown, deadline=deadline)
-            except Exception as exc:  # the removal matters more than its weight
-                log.debug("could not read the weights of %d server(s) of %s: %s", len(unknown), self.group_id, exc)
-                listed = {}
-            for server, found in listed.items():
+            for server, found in (await self._quick_read(unknown) or {}).items():
                 self.ledger.seen_in_group(server, found.status, found.weight)
         return batch
 
