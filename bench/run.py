@@ -337,10 +337,10 @@ class Bench:
         if names:
             self.cluster.kubectl("delete", "sgm", "--all", "-n", NS, "--timeout=60s")
 
-    def prepare(self, sc: Scenario, seed_groups: bool = True, **template: Any) -> dict[str, list[str]]:
-        """Workloads Ready, groups holding their pods' IPs (none with ``seed_groups`` false); returns group -> IPs.
-        ``template``: more of the members' Deployments (see _deployment). Bystanders of the right count are kept
-        from the last run (creating 10,000 pods takes minutes)."""
+    def prepare(self, sc: Scenario, **template: Any) -> dict[str, list[str]]:
+        """Workloads Ready, groups holding their pods' IPs; returns group -> IPs. ``template``: more of the members'
+        Deployments (see _deployment). Bystanders of the right count are kept from the last run (creating 10,000
+        pods takes minutes)."""
         self._drop_memberships()
         self.cluster.kubectl("delete", "leases", "--all", "-n", NS)
         self._clear("bench-member=true")
@@ -364,8 +364,7 @@ class Bench:
             if group:
                 groups[group].append(p["status"]["podIP"])
         for group, ips in groups.items():
-            if seed_groups:
-                self.emulator.add_group(group, [{"server_id": ip, "server_type": "Ip", "port": 8080} for ip in ips])
+            self.emulator.add_group(group, [{"server_id": ip, "server_type": "Ip", "port": 8080} for ip in ips])
         return groups
 
     def _wait_pods(self, expected: int, timeout: float) -> list[dict[str, Any]]:
