@@ -146,10 +146,13 @@ class TerminationWatch:
 
 
 class ReplicaSetWatch:
-    """Every change of the ReplicaSets' spec.replicas, with the time: the old one's scale-down steps are the waves."""
+    """Every change of the ReplicaSets' spec.replicas, with the time: the old one's scale-down steps are the waves.
+    ``statuses``: every change of (spec.replicas, status.replicas, status.availableReplicas, status.observedGeneration
+    equal to metadata.generation), with the time."""
 
     def __init__(self, apps: kubernetes.client.AppsV1Api) -> None:
         self.steps: dict[str, list[tuple[float, int]]] = {}
+        self.statuses: dict[str, list[tuple[float, int, int, int, bool]]] = {}
         self._apps = apps
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -162,6 +165,16 @@ class ReplicaSetWatch:
                     seen = self.steps.setdefault(rs.metadata.name, [])
                     if not seen or seen[-1][1] != rs.spec.replicas:
                         seen.append((time.time(), rs.spec.replicas))
+                    st = rs.status
+                    now = (
+                        rs.spec.replicas,
+                        st.replicas or 0,
+                        st.available_replicas or 0,
+                        (st.observed_generation or 0) == rs.metadata.generation,
+                    )
+                    history = self.statuses.setdefault(rs.metadata.name, [])
+                    if not history or history[-1][1:] != now:
+                        history.append((time.time(), *now))
             except Exception:
                 pass
             time.sleep(0.05)

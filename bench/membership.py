@@ -183,7 +183,8 @@ class MembershipBench(ExposureBench):
             "group": self.emulator.group(gid),
         }
         if self.dump_dir is not None:
-            dump = {**records, "steps": replicasets.steps, "pods": timeline.pods, "began": timeline.began}
+            dump = {**records, "steps": replicasets.steps, "rs_statuses": replicasets.statuses}
+            dump.update(pods=timeline.pods, began=timeline.began)
             dump["samples"] = sampler.samples
             (self.dump_dir / f"membership-{mode}-{index}.json").write_text(json.dumps(dump, indent=1))
         log_text = ""
@@ -197,6 +198,9 @@ class MembershipBench(ExposureBench):
             mode, batch, sc.replicas, old_ips, old_rs, timeline, replicasets.steps, sampler.samples, records,
             log_text, started, finished,
         )  # fmt: skip
+        result["rs_statuses"] = {
+            name: [(round(t - started, 3), *rest) for t, *rest in seq] for name, seq in replicasets.statuses.items()
+        }
         result.update(
             complete=complete,
             released_by_operator=released,
@@ -230,6 +234,30 @@ def available_steps(
         count += d
         out.append((t, count))
     return out
+
+
+def job_spans(additions: list[dict[str, Any]], removals: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Job id -> (start, end) of the group's jobs, from the emulator's records (an addition's available_at and a
+    removal's out_of_rotation_at are their job's end, with draining off); a job not ended is left out."""
+    spans: dict[str, tuple[float, float]] = {}
+    for rows, start, end in ((additions, "adding_at", "available_at"), (removals, "removing_at", "out_of_rotation_at")):
+        for r in rows:
+            if r[end] is None:
+                continue
+            a, b = spans.get(r["job_id"], (r[start], r[end]))
+            spans[r["job_id"]] = (min(a, r[start]), max(b, r[end]))
+    return spans
+
+
+def overlap(start: float, end: float, spans: list[tuple[float, float]]) -> float:
+    """How long of [start, end] at least one of ``spans`` covers."""
+    covered, reach = 0.0, start
+    for a, b in sorted(spans):
+        lo, hi = max(a, reach), min(b, end)
+        if hi > lo:
+            covered += hi - lo
+            reach = hi
+    return covered
 
 
 def measure(
@@ -275,6 +303,7 @@ def measure(
     for a in additions:
         added.setdefault(a["ServerId"], []).append(a)
     new_pods = {n: p for n, p in timeline.pods.items() if p["first_seen"] >= started and p.get("ip")}
+    spans = job_spans(additions, removals)
     per_pod: list[dict[str, Any]] = []
     for name, p in sorted(new_pods.items()):
         addition = next((a for a in added.get(p["ip"], []) if a["available_at"] is not None), None)
@@ -296,11 +325,20 @@ def measure(
                 "into_group_ltt_s": None if av is None or cr_ltt is None else round(av - cr_ltt, 3),
                 "to_accepted_s": None if addition is None or cr is None else round(addition["adding_at"] - cr, 3),
                 "add_job_s": None if addition is None else round(addition["available_at"] - addition["adding_at"], 3),
+                # of to_accepted_s, how long another job of the group ran (one change per group at a time)
+                "behind_jobs_s": None
+                if addition is None or cr is None
+                else round(
+                    overlap(cr, addition["adding_at"], [v for k, v in spans.items() if k != addition["job_id"]]), 3
+                ),
             }
         )
     into = [p["into_group_s"] for p in per_pod if p["into_group_s"] is not None]
     into_ltt = [p["into_group_ltt_s"] for p in per_pod if p["into_group_ltt_s"] is not None]
     to_accepted = [p["to_accepted_s"] for p in per_pod if p["to_accepted_s"] is not None]
+    behind = [p["behind_jobs_s"] for p in per_pod if p["behind_jobs_s"] is not None]
+    own = [p["to_accepted_s"] - p["behind_jobs_s"] for p in per_pod if p["behind_jobs_s"] is not None]
+    busy = overlap(started, finished, list(spans.values()))
     ready_gap = [
         p["ready_seen"] - p["containers_ready_seen"]
         for p in per_pod
@@ -348,6 +386,8 @@ def measure(
         for r in requests
         if r["action"] == "AddServersToServerGroup" and r.get("code") == "ResourceAlreadyAssociated.BackendServer"
     ]
+    already_before = [a for a in already if a["at"] < 0]
+    already = [a for a in already if a["at"] >= 0]
     early = [
         {
             "pod": p["pod"],
@@ -385,6 +425,11 @@ def measure(
         "into_group_ltt_s": _pct(into_ltt),
         "to_accepted_s": _pct(to_accepted),
         "add_job_s": _pct([p["add_job_s"] for p in per_pod if p["add_job_s"] is not None]),
+        "behind_jobs_s": _pct(behind),
+        "to_accepted_own_s": _pct(own),
+        "group_busy_s": round(busy, 3),
+        "busy_share": round(100 * busy / rollout_s, 1) if rollout_s > 0 else None,
+        "jobs_in_rollout": sum(1 for a, b in spans.values() if a < finished and b > started),
         "containers_ready_to_ready_s": _pct(ready_gap),
         "add_calls_ok": ok_of["AddServersToServerGroup"],
         "add_jobs": len(jobs_of["AddServersToServerGroup"]),
@@ -402,6 +447,7 @@ def measure(
         "list_servers_calls": sum(r["action"] == "ListServerGroupServers" for r in window),
         "final_group_is_new_pods": (set(final) == new_ips and set(final.values()) <= {"Available"}) if full else None,
         "failed_jobs": failed_jobs,
+        "already_associated_before_rollout": [{**a, "servers": len(a["servers"] or [])} for a in already_before],
         "checks": {
             "added_twice": added_twice,
             "already_associated": already,
@@ -534,9 +580,14 @@ def goals(runs: list[dict[str, Any]], base: float | None) -> list[str]:
             f"ContainersReady): p50 {_judge(p50 is not None and p50 <= SLACK_SECONDS)} ({fmt(p50)} s), p99 "
             f"{_judge(p99 is not None and p99 <= SLACK_SECONDS)} ({fmt(p99)} s); against the longest job + "
             f"{SLACK_SECONDS} s = {limit:.2f} s: p50 {_judge(a50 is not None and a50 <= limit)} ({fmt(a50)} s), p99 "
-            f"{_judge(a99 is not None and a99 <= limit)} ({fmt(a99)} s)",
+            f"{_judge(a99 is not None and a99 <= limit)} ({fmt(a99)} s). Of the time to the add accepted, another job "
+            f"of the group ran (one change per group at a time) p50 {fmt(med(chosen, 'behind_jobs_s', '50'))} / "
+            f"p99 {fmt(med(chosen, 'behind_jobs_s', '99'))} s; the rest, the operator's own, p50 "
+            f"{fmt(med(chosen, 'to_accepted_own_s', '50'))} / p99 {fmt(med(chosen, 'to_accepted_own_s', '99'))} s",
             f"- rollout <= {RATIO_GOAL:.0f}x no-lb: {_judge(None if ratio is None else ratio <= RATIO_GOAL)} "
-            f"({fmt(rollout, 1)} s against {fmt(base, 1)} s, {fmt(ratio, 1)}x)",
+            f"({fmt(rollout, 1)} s against {fmt(base, 1)} s, {fmt(ratio, 1)}x; the group ran a job of its own "
+            f"{fmt(med(chosen, 'busy_share'), 0)}% of the rollout, {_int(med(chosen, 'jobs_in_rollout'))} jobs "
+            f"one after another, {fmt(med(chosen, 'add_job_s', '50'))} s an add job at p50)",
             f"- adds + removals accepted within the bound: {_judge(all(o <= 0 for o in over) if over else None)} "
             f"(per run, calls over the bound: {', '.join(map(str, over))})",
             "",
@@ -561,6 +612,13 @@ def checks(runs: list[dict[str, Any]]) -> list[str]:
             found.append(f"{c['log_error_count']} error lines in the log, first: {c['log_errors'][0][:300]!r}")
         if r["failed_jobs"]:
             found.append(f"failed jobs: {r['failed_jobs']}")
+        if r.get("already_associated_before_rollout"):
+            first = r["already_associated_before_rollout"][0]
+            found.append(
+                f"before the rollout, {len(r['already_associated_before_rollout'])} add call(s) refused "
+                f"ResourceAlreadyAssociated.BackendServer (first {first['request']}, {first['servers']} servers, "
+                f"{-first['at']:.1f} s before the restart): the members' servers were in the group already"
+            )
         if r["final_group_is_new_pods"] is False:
             found.append("the group at the end is not exactly the new pods, Available")
         out.append(f"- run {i + 1} ({r['mode']}): " + ("; ".join(found) if found else "nothing wrong seen"))
@@ -572,14 +630,15 @@ def per_run(runs: list[dict[str, Any]]) -> list[str]:
         "## Every run",
         "",
         "| run | mode | load avg | rollout s | fewest exact / sampled | exposed | new pods Available | "
-        "into group p50 / p99 / max s | to add accepted p50 / p99 s | add job p50 s | adds (servers) | "
+        "into group p50 / p99 / max s | to add accepted p50 / p99 s (behind other jobs p50 / p99) | add job p50 s | "
+        "group busy % | adds (servers) | "
         "removals (servers) | waves | bound |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(runs):
         if r["mode"] == "no-lb":
             out.append(
-                f"| {i + 1} | no-lb | {r['loadavg']:.1f} | {r['rollout_s']:.1f} | - | - | - | - | - | - | - | - | "
+                f"| {i + 1} | no-lb | {r['loadavg']:.1f} | {r['rollout_s']:.1f} | - | - | - | - | - | - | - | - | - | "
                 f"{'+'.join(map(str, r['waves']))} | - |"
             )
             continue
@@ -587,8 +646,9 @@ def per_run(runs: list[dict[str, Any]]) -> list[str]:
         out.append(
             f"| {i + 1} | {r['mode']} | {r['loadavg']:.1f} | {r['rollout_s']:.1f} | {r['fewest_available']} / "
             f"{r['fewest_available_sampled']} | {r['exposed']} | {r['new_pods_available']} of {r['new_pods']} | "
-            f"{fmt(g['50'])} / {fmt(g['99'])} / {fmt(g['max'])} | {fmt(a['50'])} / {fmt(a['99'])} | "
-            f"{fmt(r['add_job_s']['50'])} | {r['add_jobs']} ({'+'.join(map(str, r['servers_per_add']))}) | "
+            f"{fmt(g['50'])} / {fmt(g['99'])} / {fmt(g['max'])} | {fmt(a['50'])} / {fmt(a['99'])} "
+            f"({fmt(r['behind_jobs_s']['50'])} / {fmt(r['behind_jobs_s']['99'])}) | {fmt(r['add_job_s']['50'])} | "
+            f"{fmt(r['busy_share'], 0)} | {r['add_jobs']} ({'+'.join(map(str, r['servers_per_add']))}) | "
             f"{r['remove_jobs']} ({'+'.join(map(str, r['servers_per_remove']))}) | "
             f"{'+'.join(map(str, r['waves']))} | {r['bound_calls']} |"
         )
