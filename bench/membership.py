@@ -678,7 +678,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{mode}: the workload's Available servers")
         ax.set_xlabel("seconds since `kubectl rollout restart` (dashed: rollout complete)")
         ax.set_ylabel("servers listed Available")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
