@@ -62,6 +62,7 @@ import kubernetes
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as harness
 from exposure import (
+    HOLD,
     JOB_SECONDS_MAX,
     MAX_WAIT_SECONDS,
     ExposureBench,
@@ -195,12 +196,9 @@ class MembershipBench(ExposureBench):
             ctl.stop()
             log_text = (self.log_dir / f"{ctl.name}.log").read_text(errors="replace")
         result = measure(
-            mode, batch, sc.replicas, old_ips, old_rs, timeline, replicasets.steps, sampler.samples, records,
-            log_text, started, finished,
+            mode, batch, sc.replicas, old_ips, old_rs, timeline, replicasets.steps, replicasets.statuses,
+            sampler.samples, records, log_text, started, finished,
         )  # fmt: skip
-        result["rs_statuses"] = {
-            name: [(round(t - started, 3), *rest) for t, *rest in seq] for name, seq in replicasets.statuses.items()
-        }
         result.update(
             complete=complete,
             released_by_operator=released,
@@ -268,6 +266,7 @@ def measure(
     old_rs: list[str],
     timeline: PodTimeline,
     steps: dict[str, list[tuple[float, int]]],
+    statuses: dict[str, list[tuple[float, int, int, int, bool]]],
     samples: list[tuple[float, dict[str, str]]],
     records: dict[str, Any],
     log_text: str,
@@ -339,6 +338,16 @@ def measure(
     behind = [p["behind_jobs_s"] for p in per_pod if p["behind_jobs_s"] is not None]
     own = [p["to_accepted_s"] - p["behind_jobs_s"] for p in per_pod if p["behind_jobs_s"] is not None]
     busy = overlap(started, finished, list(spans.values()))
+    ordered = sorted(v for v in spans.values() if v[1] > started and v[0] < finished)
+    idle = [b[0] - a[1] for a, b in itertools.pairwise(ordered)]
+    # The old ReplicaSet's status behind its spec (observedGeneration): while a held deletion blocks its sync
+    stale: list[tuple[float, float]] = []
+    for name in old_rs:
+        seq = statuses.get(name, [])
+        for (t, *_, observed), (t_next, *_) in itertools.pairwise([*seq, (finished, 0, 0, 0, True)]):
+            if not observed and t_next > started:
+                stale.append((max(t, started), min(t_next, finished)))
+    holds = [float(m.group(3) or m.group(4)) for m in HOLD.finditer(log_text)]
     ready_gap = [
         p["ready_seen"] - p["containers_ready_seen"]
         for p in per_pod
@@ -428,6 +437,11 @@ def measure(
         "behind_jobs_s": _pct(behind),
         "to_accepted_own_s": _pct(own),
         "group_busy_s": round(busy, 3),
+        "idle_between_jobs_s": _pct(idle),
+        "old_rs_status_behind_s": round(overlap(started, finished, stale), 3),
+        "gate_holds": len(holds),
+        "gate_hold_s": _pct(holds),
+        "job_spans": sorted((round(a - started, 3), round(b - started, 3)) for a, b in spans.values()),
         "busy_share": round(100 * busy / rollout_s, 1) if rollout_s > 0 else None,
         "jobs_in_rollout": sum(1 for a, b in spans.values() if a < finished and b > started),
         "containers_ready_to_ready_s": _pct(ready_gap),
@@ -457,6 +471,7 @@ def measure(
         },
         "old_rs_steps": [(round(t - started, 3), n) for name in old_rs for t, n in steps.get(name, [])],
         "new_rs_steps": [(round(t - started, 3), n) for name in new_rs for t, n in steps.get(name, [])],
+        "rs_statuses": {name: [(round(t - started, 3), *rest) for t, *rest in seq] for name, seq in statuses.items()},
         "series": {
             "available": [(round(t - started, 3), c) for t, c in exact] + [(round(rollout_s + 2.0, 3), exact[-1][1])],
             "sampled": [
@@ -559,6 +574,7 @@ def _judge(ok: bool | None) -> str:
 def goals(runs: list[dict[str, Any]], base: float | None) -> list[str]:
     out = ["## Goals", ""]
     limit = JOB_SECONDS_MAX + SLACK_SECONDS
+    base_behind = med([r for r in runs if r["mode"] == "no-lb"], "old_rs_status_behind_s")
     for mode in modes_of(runs):
         if mode == "no-lb":
             continue
@@ -587,7 +603,11 @@ def goals(runs: list[dict[str, Any]], base: float | None) -> list[str]:
             f"- rollout <= {RATIO_GOAL:.0f}x no-lb: {_judge(None if ratio is None else ratio <= RATIO_GOAL)} "
             f"({fmt(rollout, 1)} s against {fmt(base, 1)} s, {fmt(ratio, 1)}x; the group ran a job of its own "
             f"{fmt(med(chosen, 'busy_share'), 0)}% of the rollout, {_int(med(chosen, 'jobs_in_rollout'))} jobs "
-            f"one after another, {fmt(med(chosen, 'add_job_s', '50'))} s an add job at p50)",
+            f"one after another, {fmt(med(chosen, 'add_job_s', '50'))} s an add job at p50, the group idle between two "
+            f"jobs p50 {fmt(med(chosen, 'idle_between_jobs_s', '50'))} s; the old ReplicaSet's status behind its spec "
+            f"{fmt(med(chosen, 'old_rs_status_behind_s'), 1)} s of it (no-lb: {fmt(base_behind, 1)} s), its sync "
+            f"waiting on a deletion the gate held "
+            f"(hold p50 {fmt(med(chosen, 'gate_hold_s', '50'))} / p99 {fmt(med(chosen, 'gate_hold_s', '99'))} s))",
             f"- adds + removals accepted within the bound: {_judge(all(o <= 0 for o in over) if over else None)} "
             f"(per run, calls over the bound: {', '.join(map(str, over))})",
             "",
@@ -631,14 +651,15 @@ def per_run(runs: list[dict[str, Any]]) -> list[str]:
         "",
         "| run | mode | load avg | rollout s | fewest exact / sampled | exposed | new pods Available | "
         "into group p50 / p99 / max s | to add accepted p50 / p99 s (behind other jobs p50 / p99) | add job p50 s | "
-        "group busy % | adds (servers) | "
+        "group busy % | old RS status behind s | adds (servers) | "
         "removals (servers) | waves | bound |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(runs):
         if r["mode"] == "no-lb":
             out.append(
-                f"| {i + 1} | no-lb | {r['loadavg']:.1f} | {r['rollout_s']:.1f} | - | - | - | - | - | - | - | - | - | "
+                f"| {i + 1} | no-lb | {r['loadavg']:.1f} | {r['rollout_s']:.1f} | - | - | - | - | - | - | - | "
+                f"{fmt(r.get('old_rs_status_behind_s'), 1)} | - | - | "
                 f"{'+'.join(map(str, r['waves']))} | - |"
             )
             continue
@@ -648,7 +669,8 @@ def per_run(runs: list[dict[str, Any]]) -> list[str]:
             f"{r['fewest_available_sampled']} | {r['exposed']} | {r['new_pods_available']} of {r['new_pods']} | "
             f"{fmt(g['50'])} / {fmt(g['99'])} / {fmt(g['max'])} | {fmt(a['50'])} / {fmt(a['99'])} "
             f"({fmt(r['behind_jobs_s']['50'])} / {fmt(r['behind_jobs_s']['99'])}) | {fmt(r['add_job_s']['50'])} | "
-            f"{fmt(r['busy_share'], 0)} | {r['add_jobs']} ({'+'.join(map(str, r['servers_per_add']))}) | "
+            f"{fmt(r['busy_share'], 0)} | {fmt(r.get('old_rs_status_behind_s'), 1)} | {r['add_jobs']} "
+            f"({'+'.join(map(str, r['servers_per_add']))}) | "
             f"{r['remove_jobs']} ({'+'.join(map(str, r['servers_per_remove']))}) | "
             f"{'+'.join(map(str, r['waves']))} | {r['bound_calls']} |"
         )
