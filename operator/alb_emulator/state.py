@@ -148,10 +148,8 @@ class Group:
         return entry
 
     def addition_of(self, mid: str, job_id: str) -> dict[str, Any] | None:
-        for entry in reversed(self.additions):
-            if entry["member"] == mid and entry["job_id"] == job_id:
-                return entry
-        return None
+        """The record of ``mid``'s addition by job ``job_id``, if any."""
+        return next((e for e in reversed(self.additions) if (e["member"], e["job_id"]) == (mid, job_id)), None)
 
     def open_record(self, mid: str) -> dict[str, Any] | None:
         for entry in reversed(self.history):
