@@ -33,7 +33,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,10 +46,9 @@ from kubernetes import watch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as harness
 from run import BEHAVIOUR, NS, RESULTS, Bench, Controller, group_id, machine, percentile, source_tree
-from tests.support.emulator import ACCESS_KEY_ID, ACCESS_KEY_SECRET
 from tests.support.gate import webhook_configuration
 
-from localcluster.cluster import die_with_parent, free_port
+from localcluster.cluster import free_port
 
 JOB_SECONDS_MAX = BEHAVIOUR["job_seconds"] + BEHAVIOUR["job_jitter_seconds"]  # one job's duration, at most
 DRAIN_SECONDS = 30
@@ -148,10 +146,13 @@ class TerminationWatch:
 
 
 class ReplicaSetWatch:
-    """Every change of the ReplicaSets' spec.replicas, with the time: the old one's scale-down steps are the waves."""
+    """Every change of the ReplicaSets' spec.replicas, with the time: the old one's scale-down steps are the waves.
+    ``statuses``: every change of (spec.replicas, status.replicas, status.availableReplicas, status.observedGeneration
+    equal to metadata.generation), with the time."""
 
     def __init__(self, apps: kubernetes.client.AppsV1Api) -> None:
         self.steps: dict[str, list[tuple[float, int]]] = {}
+        self.statuses: dict[str, list[tuple[float, int, int, int, bool]]] = {}
         self._apps = apps
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -164,12 +165,43 @@ class ReplicaSetWatch:
                     seen = self.steps.setdefault(rs.metadata.name, [])
                     if not seen or seen[-1][1] != rs.spec.replicas:
                         seen.append((time.time(), rs.spec.replicas))
+                    st = rs.status
+                    now = (
+                        rs.spec.replicas,
+                        st.replicas or 0,
+                        st.available_replicas or 0,
+                        (st.observed_generation or 0) == rs.metadata.generation,
+                    )
+                    history = self.statuses.setdefault(rs.metadata.name, [])
+                    if not history or history[-1][1:] != now:
+                        history.append((time.time(), *now))
             except Exception:
                 pass
             time.sleep(0.05)
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def gate_flags(gate_port: int | None) -> tuple[str, ...]:
+    """The operator's flags for the deletion gate's webhook on loopback ``gate_port`` (none: no webhook)."""
+    if gate_port is None:
+        return ()
+    return (
+        "--webhook-port", str(gate_port), "--webhook-hosts", "127.0.0.1", "--webhook-secret", SECRET,
+        "--webhook-configuration", WEBHOOK, "--leader-election-namespace", NS,
+    )  # fmt: skip
+
+
+def scale_steps(steps: dict[str, list[tuple[float, int]]], names: list[str], down: bool = True) -> list[int]:
+    """The sizes of the named ReplicaSets' scale-down steps (``down``) or scale-up steps, as ReplicaSetWatch saw
+    them: an old ReplicaSet's scale-down steps are a rollout's waves."""
+    out: list[int] = []
+    for name in names:
+        for (_, a), (_, b) in itertools.pairwise(steps.get(name, [])):
+            if (b < a) if down else (b > a):
+                out.append(abs(a - b))
+    return out
 
 
 def metrics_text(ctl: Controller) -> dict[str, float]:
@@ -186,39 +218,10 @@ def metrics_text(ctl: Controller) -> dict[str, float]:
 class ExposureBench(Bench):
     def start_operator(self, name: str, batch: int, gate_port: int | None) -> Controller:
         """The operator as bench/run.py starts it, with the webhook's flags when the gate is on."""
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.cluster.kubeconfig),
-            "ALIBABA_CLOUD_ACCESS_KEY_ID": ACCESS_KEY_ID,
-            "ALIBABA_CLOUD_ACCESS_KEY_SECRET": ACCESS_KEY_SECRET,
-            "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true",
-            "PYTHONPATH": str(self.src / "operator"),
-        }
-        port = free_port()
-        argv = [
-            sys.executable, "-m", "alb_membership", "run", "--endpoint", self.emulator.url, "-n", NS,
-            "--batch-size", str(batch), "--metrics-port", str(port), "--listen-address", "127.0.0.1",
-        ]  # fmt: skip
-        if gate_port is not None:
-            argv += [
-                "--webhook-port", str(gate_port), "--webhook-hosts", "127.0.0.1", "--webhook-secret", SECRET,
-                "--webhook-configuration", WEBHOOK, "--leader-election-namespace", NS,
-            ]  # fmt: skip
-        log = (self.log_dir / f"{name}.log").open("wb")
-        started = time.time()
-        popen = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=die_with_parent,  # noqa: PLW1509
-        )
-        ctl = Controller(name, "operator", popen, started, port)
-        self.controllers.append(ctl)
-        self._wait_ready(ctl)
-        return ctl
+        return self.start_controller("operator", name, batch, extra=gate_flags(gate_port))
 
-    def membership(self, gate: bool) -> None:
+    def membership(self, gate: bool, registration: dict[str, Any] | None = None) -> None:
+        """The one ServerGroupMembership of web-0; ``registration``: its spec.registration (absent: remove-only)."""
         spec: dict[str, Any] = {
             "serverGroupId": group_id(0),
             "podSelector": {"matchLabels": {"app": "web-0"}},
@@ -227,6 +230,8 @@ class ExposureBench(Bench):
         }
         if gate:
             spec["deletionGate"] = {"enabled": True, "maxWaitSeconds": MAX_WAIT_SECONDS}
+        if registration is not None:
+            spec["registration"] = registration
         body = {
             "apiVersion": "albmembership.io/v1alpha1",
             "kind": "ServerGroupMembership",
@@ -424,12 +429,7 @@ def measure(
     accepted_after_start = [accepted[ip] - began[ip] for ip in leaving if ip in accepted and ip in began]
     # Waves: the old ReplicaSet's scale-down steps.
     old_steps = [s for name in old_rs for s in steps.get(name, [])]
-    waves: list[int] = []
-    for name in old_rs:
-        seq = steps.get(name, [])
-        for (_, a), (_, b) in itertools.pairwise(seq):
-            if b < a:
-                waves.append(a - b)
+    waves = scale_steps(steps, old_rs)
     removes = [r for r in requests if r["action"] == "RemoveServersFromServerGroup"]
     ok = [r for r in removes if r.get("code") == "OK"]
     out_times = [out_at[ip] for ip in leaving if ip in out_at]

@@ -337,9 +337,10 @@ class Bench:
         if names:
             self.cluster.kubectl("delete", "sgm", "--all", "-n", NS, "--timeout=60s")
 
-    def prepare(self, sc: Scenario) -> dict[str, list[str]]:
-        """Workloads Ready, groups holding their pods' IPs; returns group -> IPs. Bystanders of the right count
-        are kept from the last run (creating 10,000 pods takes minutes)."""
+    def prepare(self, sc: Scenario, **template: Any) -> dict[str, list[str]]:
+        """Workloads Ready, groups holding their pods' IPs; returns group -> IPs. ``template``: more of the members'
+        Deployments (see _deployment). Bystanders of the right count are kept from the last run (creating 10,000
+        pods takes minutes)."""
         self._drop_memberships()
         self.cluster.kubectl("delete", "leases", "--all", "-n", NS)
         self._clear("bench-member=true")
@@ -351,7 +352,7 @@ class Bench:
         self.emulator.admin("PUT", "behaviour", BEHAVIOUR)
         began = time.monotonic()
         for i in range(sc.deployments):
-            self._deployment(f"web-{i}", sc.replicas, {"bench-member": "true", "bench-group": group_id(i)})
+            self._deployment(f"web-{i}", sc.replicas, {"bench-member": "true", "bench-group": group_id(i)}, **template)
         if sc.watched and not keep:
             self._deployment("bystanders", sc.watched, {"bench-member": "false"})
         expected = sc.deployments * sc.replicas + sc.watched
@@ -385,24 +386,31 @@ class Bench:
             last = len(ready)
             time.sleep(3 if expected > 1000 else 0.5)
 
-    def _deployment(self, name: str, replicas: int, labels: dict[str, str]) -> None:
-        self.apps.create_namespaced_deployment(
-            NS,
-            {
-                "metadata": {"name": name, "labels": labels},
-                "spec": {
-                    "replicas": replicas,
-                    "selector": {"matchLabels": {"app": name}},
-                    "template": {
-                        "metadata": {"labels": {"app": name, **labels}},
-                        "spec": {
-                            "terminationGracePeriodSeconds": 300,
-                            "containers": [{"name": "c", "image": "example.invalid/web:1"}],
-                        },
-                    },
-                },
-            },
-        )
+    def _deployment(
+        self,
+        name: str,
+        replicas: int,
+        labels: dict[str, str],
+        grace: int = 300,
+        strategy: dict[str, Any] | None = None,
+        readiness_gates: list[str] | None = None,
+    ) -> None:
+        """``strategy``: the Deployment's (default: the API server's, RollingUpdate 25%/25%); ``readiness_gates``:
+        condition types the pods list in spec.readinessGates."""
+        pod_spec: dict[str, Any] = {
+            "terminationGracePeriodSeconds": grace,
+            "containers": [{"name": "c", "image": "example.invalid/web:1"}],
+        }
+        if readiness_gates:
+            pod_spec["readinessGates"] = [{"conditionType": c} for c in readiness_gates]
+        spec: dict[str, Any] = {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name, **labels}}, "spec": pod_spec},
+        }
+        if strategy is not None:
+            spec["strategy"] = strategy
+        self.apps.create_namespaced_deployment(NS, {"metadata": {"name": name, "labels": labels}, "spec": spec})
 
     def memberships(self, sc: Scenario) -> None:
         for i in range(sc.deployments):
@@ -421,7 +429,11 @@ class Bench:
 
     # -- controllers -------------------------------------------------------------------------------------------
 
-    def start_controller(self, kind: str, name: str, batch_size: int = 40, leader_elect: bool = False) -> Controller:
+    def start_controller(
+        self, kind: str, name: str, batch_size: int = 40, leader_elect: bool = False, extra: tuple[str, ...] = ()
+    ) -> Controller:
+        """The operator (``extra``: more of its flags) or the naive baseline as a process; an operator is waited for
+        until /readyz answers 200."""
         env = {
             **os.environ,
             "KUBECONFIG": str(self.cluster.kubeconfig),
@@ -452,6 +464,7 @@ class Bench:
             ]
             if leader_elect:
                 argv += ["--leader-elect", "--leader-election-namespace", NS]
+            argv += extra
         else:
             argv = [
                 sys.executable,

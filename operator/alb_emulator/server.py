@@ -186,6 +186,7 @@ class Emulator:
             web.delete(f"{ADMIN}/server-groups/{{id}}", self.delete_group),
             web.post(f"{ADMIN}/server-groups/{{id}}/idle", self.idle),
             web.get(f"{ADMIN}/server-groups/{{id}}/history", self.history),
+            web.get(f"{ADMIN}/server-groups/{{id}}/additions", self.additions),
             web.get(f"{ADMIN}/jobs", self.list_jobs),
             web.get(f"{ADMIN}/tokens", self.list_tokens),
             web.post(f"{ADMIN}/credentials", self.add_credential),
@@ -268,6 +269,25 @@ class Emulator:
                 r
                 for r in group.history
                 if r["removing_at"] >= since and (server_id is None or r["ServerId"] == server_id)
+            ]
+        )
+
+    async def additions(self, http: web.Request) -> web.Response:
+        """One record per addition, oldest first: adding_at (the call accepted, listed Adding from then on),
+        available_at (the job's end, listed Available from then on; null until then, or if the job failed), in Unix
+        seconds, and how it ended (available, job_failed). ``?since=`` keeps records started then or later,
+        ``?server_id=`` one server's."""
+        self.state.advance(time.time())
+        group = self.state.groups.get(http.match_info["id"])
+        if group is None:
+            return _json({"error": "no such server group"}, status=404)
+        since = float(http.query.get("since", 0))
+        server_id = http.query.get("server_id")
+        return _json(
+            [
+                r
+                for r in group.additions
+                if r["adding_at"] >= since and (server_id is None or r["ServerId"] == server_id)
             ]
         )
 

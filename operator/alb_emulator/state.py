@@ -66,6 +66,8 @@ class Group:
     members: dict[str, Member] = field(default_factory=dict)  # "|".join(key) -> member
     # One record per removal: when it started, entered Draining, left the group (admin API only).
     history: list[dict[str, Any]] = field(default_factory=list)
+    # One record per addition: when it was accepted (Adding) and when its job made it Available (admin API only).
+    additions: list[dict[str, Any]] = field(default_factory=list)
 
     def find(self, wanted: Member) -> Member | None:
         """A member matches on type, id and port; ServerIp only when the request gives one."""
@@ -126,6 +128,28 @@ class Group:
         if len(self.history) > HISTORY_LIMIT:
             del self.history[: len(self.history) - HISTORY_LIMIT]
         return entry
+
+    def record_addition(self, member: Member, job_id: str, adding_at: float) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "ServerId": member.server_id,
+            "ServerType": member.server_type,
+            "Port": member.port,
+            "ServerIp": member.server_ip,
+            "Weight": member.weight,
+            "member": member_id(member),
+            "job_id": job_id,
+            "adding_at": adding_at,  # the call accepted: listed Adding from then on
+            "available_at": None,  # the job's end, when it succeeded: listed Available from then on
+            "ended": None,  # available | job_failed
+        }
+        self.additions.append(entry)
+        if len(self.additions) > HISTORY_LIMIT:
+            del self.additions[: len(self.additions) - HISTORY_LIMIT]
+        return entry
+
+    def addition_of(self, mid: str, job_id: str) -> dict[str, Any] | None:
+        """The record of ``mid``'s addition by job ``job_id``, if any."""
+        return next((e for e in reversed(self.additions) if (e["member"], e["job_id"]) == (mid, job_id)), None)
 
     def open_record(self, mid: str) -> dict[str, Any] | None:
         for entry in reversed(self.history):
@@ -304,6 +328,12 @@ class State:
                     if record is not None:
                         record["ended"] = "job_failed"
             for member in job.add:
+                addition = group.addition_of(member_id(member), job.id)
+                if addition is not None:
+                    addition.update(
+                        available_at=job.finish_at if job.status == "Succeeded" else None,
+                        ended="available" if job.status == "Succeeded" else "job_failed",
+                    )
                 if job.status == "Succeeded":
                     member.status = "Available"
                     group.members[member_id(member)] = member
@@ -428,6 +458,8 @@ class State:
         for mid in remove:
             group.members[mid].status = "Removing"
             group.record(group.members[mid], job.id, now)
+        for member in add:
+            group.record_addition(member, job.id, now)
         if duration <= 0:
             self._finish(job, now)
             self._settle({group.id})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import urllib.error
 from collections.abc import Iterator
 
@@ -336,6 +337,39 @@ async def test_add_servers_with_weights_listed_adding_then_available(
     assert after[Server("Ip", ip(0), 8080)] == ListedServer(Server("Ip", ip(0), 8080), "Available", 100)
     (record,) = emulator.admin("GET", "tokens")
     assert [s["Weight"] for s in record["params"]["Servers"]] == ["0", "50", "100"]
+
+
+async def test_each_addition_is_in_the_groups_additions_history_with_its_times(
+    client: AlbClient, emulator: EmulatorProcess, add_jobs: None
+) -> None:
+    """adding_at is when the call was accepted, available_at when its job ended (the listing shows Available from
+    then on): a benchmark times a pod's server into the group from these."""
+    emulator.admin("PUT", "behaviour", {"job_seconds": 60, "add_job_seconds": 0.4})
+    before = time.time()
+    added = await client.add_servers(GROUP, NEW[:2], "tok-add-hist", weights=20)
+    after_call = time.time()
+    during = emulator.admin("GET", f"server-groups/{GROUP}/additions")
+    assert [(r["ServerId"], r["job_id"], r["Weight"], r["available_at"], r["ended"]) for r in during] == [
+        (s.server_id, added.job_id, 20, None, None) for s in NEW[:2]
+    ]
+    assert all(before <= r["adding_at"] <= after_call for r in during)
+    assert await wait_done(client, added.job_id) == "Succeeded"
+    listed = await client.listed_servers(GROUP, NEW[:2])
+    done = emulator.admin("GET", f"server-groups/{GROUP}/additions?server_id={NEW[0].server_id}")
+    assert [r["ended"] for r in done] == ["available"]
+    (record,) = done
+    assert record["available_at"] == pytest.approx(record["adding_at"] + 0.4, abs=0.01), "the job's own end"
+    assert {x.status for x in listed.values()} == {"Available"}
+    assert emulator.admin("GET", f"server-groups/{GROUP}/additions?since={after_call + 1}") == []
+    assert emulator.admin("GET", f"server-groups/{GROUP}/history") == [], "removals only there"
+
+
+async def test_a_failed_add_job_ends_its_addition_record_failed(client: AlbClient, emulator: EmulatorProcess) -> None:
+    emulator.admin("PUT", "behaviour", {"job_seconds": 0.2, "job_failure_rate": 1.0})
+    added = await client.add_servers(GROUP, NEW[:1], "tok-add-hist-fail")
+    assert added.job_id and await wait_done(client, added.job_id) == "Failed"
+    (record,) = emulator.admin("GET", f"server-groups/{GROUP}/additions")
+    assert (record["ServerId"], record["available_at"], record["ended"]) == (NEW[0].server_id, None, "job_failed")
 
 
 async def test_a_second_add_is_already_added_and_the_same_token_the_same_job(
