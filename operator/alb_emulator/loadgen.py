@@ -3,8 +3,8 @@
 Open loop: request *i* is sent at ``start + i / rate`` whether or not earlier ones were answered (a slow backend
 does not slow the load down), until ``count`` requests were sent or ``duration`` seconds passed, whichever comes
 first; then it waits for those in flight (each has its own ``request_timeout``) and stops. So a run never lasts
-longer than ``duration + request_timeout``. More than ``max_in_flight`` requests outstanding: the next is not sent, recorded as
-``overload``, so the rate stays what was asked for and the shortfall shows.
+longer than ``duration + request_timeout``. More than ``max_in_flight`` requests outstanding: the next is not sent
+and is recorded as ``overload``, so the rate stays what was asked for and the shortfall shows.
 
 Each request's record: when it was due and sent, its latency, the HTTP status (or the client-side error: refused,
 reset, timeout, overload), which pod answered (the ``pod_header`` header, else a JSON body's ``pod`` or
