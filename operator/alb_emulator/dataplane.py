@@ -65,7 +65,7 @@ HOP_BY_HOP = frozenset(
 class Event:
     """One request the listener took."""
 
-    at: float  # arrival, when its server was chosen
+    at: float  # arrival (its body read), when its server was chosen
     ended: float
     kind: str  # ok or one of FAILURE_KINDS
     status: int  # what the client got
@@ -315,8 +315,8 @@ class DataPlane:
     # -- requests -----------------------------------------------------------------------------------------------
 
     async def handle(self, listener: Listener, request: web.Request) -> web.StreamResponse:
-        at = time.time()
         body = await request.read()
+        at = time.time()  # from here to the pick nothing awaits: the state at ``at`` is the state the pick sees
         behaviour = self.state.behaviour
         self.state.advance(at)
         group = self.state.groups.get(listener.group_id)
