@@ -212,6 +212,13 @@ class Listener:
         }
 
 
+def no_retries(session: aiohttp.ClientSession) -> None:
+    """aiohttp (3.11 on) sends a GET, HEAD, PUT, DELETE, OPTIONS or TRACE again, once, when the server closes the
+    connection without answering; the proxy passes on what happened instead, and counts it (reset). aiohttp has no
+    public switch: its own test client turns this attribute off the same way."""
+    session._retry_connection = False
+
+
 def in_rotation(member: Member, behaviour: Behaviour) -> bool:
     if member.weight <= 0:
         return False
@@ -280,6 +287,7 @@ class DataPlane:
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,  # never through an HTTP proxy from the environment
         )
+        no_retries(session)
         listener = Listener(group_id=group_id, port=bound, runner=runner, session=session)
         self.listeners[group_id] = listener
         self.traffic.setdefault(group_id, Traffic())

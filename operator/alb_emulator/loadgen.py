@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from alb_emulator.dataplane import BACKEND_HEADER, FAILURE_HEADER, SERVER_HEADER
+from alb_emulator.dataplane import BACKEND_HEADER, FAILURE_HEADER, SERVER_HEADER, no_retries
 
 MAX_RATE = 5_000.0  # requests per second
 MAX_COUNT = 1_000_000
@@ -179,6 +179,7 @@ async def run_load(
     connector = aiohttp.TCPConnector(limit=max_in_flight, force_close=True)
     tasks: set[asyncio.Task[None]] = set()
     async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+        no_retries(session)  # a client that tries once: what it got is what it counts
         wall0, mono0 = time.time(), time.monotonic()
         for i in range(count):
             offset = i / rate
