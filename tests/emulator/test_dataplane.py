@@ -11,7 +11,6 @@ import asyncio
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +24,6 @@ from tests.support.backends import POD_HEADER, Backend, backends
 from tests.support.emulator import EmulatorProcess, start_emulator
 
 GROUP = "sgp-dataplane00001"
-DATAPLANE_DEFAULTS = {
-    "removing_gets_requests": True,
-    "drain_ends_when_idle": True,
-    "undrained_in_flight": "finish",
-    "proxy_request_timeout_seconds": 60.0,
-    "proxy_connect_timeout_seconds": 5.0,
-    "proxy_networks": ["127.0.0.0/8", "::1/128"],
-    "job_seconds": 0.3,
-    "add_job_seconds": None,
-}
-
-
-@pytest.fixture
-def plane(emulator: EmulatorProcess) -> Iterator[EmulatorProcess]:
-    """The session's emulator (reset: no group, no listener, no traffic); the data plane's knobs back afterwards."""
-    yield emulator
-    emulator.admin("POST", "reset")
-    emulator.admin("PUT", "behaviour", DATAPLANE_DEFAULTS)
 
 
 def listen(emulator: EmulatorProcess, members: list[dict[str, Any]], **extra: Any) -> str:
