@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from alb_emulator.auth import Authenticator, Credential, Request
+from alb_emulator.dataplane import DataPlane, group_listener_port
 from alb_emulator.errors import ApiError, error
 from alb_emulator.faults import Faults
 from alb_emulator.flowcontrol import FlowControl
@@ -76,6 +77,7 @@ class Emulator:
     ) -> None:
         self.state = State(behaviour, seed=seed)
         self.ops = Operations(self.state)
+        self.dataplane = DataPlane(self.state)
         self.auth = Authenticator(clock_skew_seconds=clock_skew_seconds)
         self.faults = Faults()
         self.flow = FlowControl(self.state.behaviour.rate_limits)
@@ -187,6 +189,11 @@ class Emulator:
             web.post(f"{ADMIN}/server-groups/{{id}}/idle", self.idle),
             web.get(f"{ADMIN}/server-groups/{{id}}/history", self.history),
             web.get(f"{ADMIN}/server-groups/{{id}}/additions", self.additions),
+            web.post(f"{ADMIN}/server-groups/{{id}}/listener", self.open_listener),
+            web.get(f"{ADMIN}/server-groups/{{id}}/listener", self.get_listener),
+            web.delete(f"{ADMIN}/server-groups/{{id}}/listener", self.close_listener),
+            web.get(f"{ADMIN}/server-groups/{{id}}/traffic", self.traffic),
+            web.get(f"{ADMIN}/listeners", self.list_listeners),
             web.get(f"{ADMIN}/jobs", self.list_jobs),
             web.get(f"{ADMIN}/tokens", self.list_tokens),
             web.post(f"{ADMIN}/credentials", self.add_credential),
@@ -292,9 +299,61 @@ class Emulator:
         )
 
     async def delete_group(self, http: web.Request) -> web.Response:
+        """Deletes a group and closes its listener (requests in flight through it are cut); its traffic stays
+        readable until the reset."""
         removed = self.state.groups.pop(http.match_info["id"], None)
         self.state.changed()
+        await self.dataplane.close(http.match_info["id"], "group_deleted")
         return _json({"deleted": removed is not None})
+
+    # -- the data plane (alb_emulator.dataplane) ------------------------------------------------------------------
+
+    async def open_listener(self, http: web.Request) -> web.Response:
+        """Opens the group's proxy on 127.0.0.1 (``{"port": N}``, default 0: a free port): 201 with its port, or
+        200 with the one open already."""
+        group_id = http.match_info["id"]
+        if group_id not in self.state.groups:
+            return _json({"error": "no such server group"}, status=404)
+        try:
+            port = group_listener_port(await http.json() if http.can_read_body else None)
+        except (ValueError, TypeError) as exc:
+            return _json({"error": str(exc)}, status=400)
+        try:
+            listener, opened = await self.dataplane.open(group_id, port)
+        except OSError as exc:
+            return _json({"error": f"cannot listen on 127.0.0.1:{port}: {exc}"}, status=409)
+        return _json(listener.to_json(), status=201 if opened else 200)
+
+    async def get_listener(self, http: web.Request) -> web.Response:
+        listener = self.dataplane.listeners.get(http.match_info["id"])
+        if listener is None:
+            return _json({"error": "no listener on this server group"}, status=404)
+        return _json(listener.to_json())
+
+    async def close_listener(self, http: web.Request) -> web.Response:
+        """Closes the group's proxy; requests in flight through it are cut (counted)."""
+        return _json({"closed": await self.dataplane.close(http.match_info["id"])})
+
+    async def list_listeners(self, _: web.Request) -> web.Response:
+        return _json([listener.to_json() for listener in self.dataplane.listeners.values()])
+
+    async def traffic(self, http: web.Request) -> web.Response:
+        """What the group's proxy did with the requests that arrived in [since, until) (Unix seconds): totals and
+        per server requests, ok and failures by kind, and the events (``events=failures``, the default, ``all`` or
+        ``none``). 404 if no listener was ever opened on the group since the reset."""
+        detail = http.query.get("events", "failures")
+        try:
+            since = float(http.query.get("since", 0))
+            until = float(http.query["until"]) if "until" in http.query else None
+            if detail not in ("failures", "all", "none"):
+                raise ValueError("events must be failures, all or none")
+        except ValueError as exc:
+            return _json({"error": str(exc)}, status=400)
+        self.state.advance(time.time())
+        view = self.dataplane.view(http.match_info["id"], since, until, detail)
+        if view is None:
+            return _json({"error": "no listener was opened on this server group"}, status=404)
+        return _json(view)
 
     async def list_jobs(self, _: web.Request) -> web.Response:
         """Every job, with the servers it removes and adds (which the cloud's ListAsynJobs does not show)."""
@@ -373,7 +432,9 @@ class Emulator:
         return _json(dict(self.counters))
 
     async def reset(self, _: web.Request) -> web.Response:
-        """Forgets groups, jobs, tokens, faults, the request log and counters; keeps credentials and behaviour."""
+        """Forgets groups, jobs, tokens, faults, the request log and counters, closes every listener and forgets
+        their traffic; keeps credentials and behaviour."""
+        await self.dataplane.reset()
         behaviour = self.state.behaviour
         self.state.groups.clear()
         self.state.jobs.clear()
@@ -462,6 +523,7 @@ class Emulator:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await self.dataplane.close_all("shutdown")
             self.save()
 
         app.cleanup_ctx.append(persistence)

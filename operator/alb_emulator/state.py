@@ -12,9 +12,11 @@ whenever the next access notices it, and is written to the group's ``history`` w
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -224,6 +226,11 @@ HARD_LINE_LIMIT = 1024 * 1024
 # most (200 Eni servers with full IPv6 ServerIps, port 65535, a 64-character ClientToken, the RPC signature;
 # 16,691 for IPv4 Ip servers), measured through alibabacloud-alb20200616 1.3.3 (docs/emulator.md).
 DEFAULT_LINE_LIMIT = 36 * 1024
+# The data plane (alb_emulator.dataplane): what happens to a request in flight to a server removed without
+# connection draining (UNCONFIRMED: the ALB guide's versions disagree; docs/emulator.md).
+UNDRAINED_IN_FLIGHT = ("finish", "cut")
+# The backends the proxy may connect to unless told otherwise: loopback only.
+DEFAULT_PROXY_NETWORKS = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass
@@ -250,6 +257,18 @@ class Behaviour:
     # Requests whose target (path and query: the SDK puts a removal's servers there) is longer are refused with
     # aiohttp's own plain-text 400, before any handler runs, as aiohttp's default 8,190 did.
     max_request_line: int = DEFAULT_LINE_LIMIT
+    # The data plane (alb_emulator.dataplane, docs/emulator.md "The data plane, as a model"). Does a server whose
+    # removal job is still running (Removing) get new requests (UNCONFIRMED; true: new requests stop when the job
+    # takes effect, Draining or gone, as history's out_of_rotation_at has it; false: from the call on).
+    removing_gets_requests: bool = True
+    # With a listener open on its group, a draining server with no request in flight leaves the group at once (the
+    # ALB guide: the removal completes at once without in-flight requests or active connections).
+    drain_ends_when_idle: bool = True
+    undrained_in_flight: str = "finish"  # finish | cut: see UNDRAINED_IN_FLIGHT
+    proxy_request_timeout_seconds: float = 60.0  # from the request's arrival to the backend's whole answer
+    proxy_connect_timeout_seconds: float = 5.0
+    # CIDRs the proxy may connect to; a server elsewhere is not connected to (counted unroutable).
+    proxy_networks: list[str] = field(default_factory=lambda: list(DEFAULT_PROXY_NETWORKS))
 
     @classmethod
     def from_config(cls, raw: dict[str, Any]) -> Behaviour:
@@ -275,6 +294,23 @@ class Behaviour:
         limit = behaviour.max_request_line
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= HARD_LINE_LIMIT:
             raise ValueError(f"max_request_line must be a whole number of bytes from 1 to {HARD_LINE_LIMIT}")
+        for name in ("removing_gets_requests", "drain_ends_when_idle"):
+            if not isinstance(getattr(behaviour, name), bool):
+                raise ValueError(f"{name} must be true or false")
+        if behaviour.undrained_in_flight not in UNDRAINED_IN_FLIGHT:
+            raise ValueError(f"undrained_in_flight must be one of {', '.join(UNDRAINED_IN_FLIGHT)}")
+        for name in ("proxy_request_timeout_seconds", "proxy_connect_timeout_seconds"):
+            value = getattr(behaviour, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a number of seconds above 0")
+        networks = behaviour.proxy_networks
+        if not isinstance(networks, list) or not all(isinstance(n, str) for n in networks):
+            raise ValueError("proxy_networks must be a list of CIDRs")
+        try:
+            for network in networks:
+                ipaddress.ip_network(network)
+        except ValueError as exc:
+            raise ValueError(f"proxy_networks: {exc}") from None
         return behaviour
 
 
@@ -287,6 +323,9 @@ class State:
         self.random = random.Random(seed)
         self.draining: dict[tuple[str, str], float] = {}  # (group id, member id) -> when its drain timeout ends
         self.version = 0  # bumped on every change, so persistence knows when to write
+        # Set by the data plane: (group id, member id) -> since when the server has had no request in flight, or
+        # None when that is not known (a request in flight, or no listener on the group).
+        self.idle_since: Callable[[str, str], float | None] | None = None
 
     def changed(self) -> None:
         self.version += 1
@@ -357,6 +396,10 @@ class State:
         self.draining[(group.id, mid)] = member.drain_until
         if member.idle or group.drain_timeout_seconds <= 0:
             self._drained(group.id, mid, at, "idle" if member.idle else "drain_timeout")
+            return
+        since = self.idle_since(group.id, mid) if self.idle_since and self.behaviour.drain_ends_when_idle else None
+        if since is not None:  # no request in flight through the proxy: the removal completes at once
+            self._drained(group.id, mid, max(at, since), "idle")
 
     def _drained(self, group_id: str, mid: str, at: float, why: str) -> None:
         """Draining ends at ``at``: the server leaves the group."""
