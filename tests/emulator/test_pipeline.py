@@ -506,6 +506,9 @@ async def test_servers_the_group_holds_already_are_not_added_again(
     emulator.add_group(GROUP, [server(f"10.0.0.{i}", weight=60) for i in range(1, 4)])
     pipeline, _, _ = setup(client)
     held = [Server("Ip", f"10.0.0.{i}", 8080) for i in range(1, 4)]
+    for i, s in enumerate(held):
+        pipeline.ledger.hold((UID, f"new-{i}"), s, "pod")
+        pipeline.ledger.entries[s].read_first = True  # as a resource's start records its members
     joining(pipeline, 100, *held)
     await until(lambda: all(pipeline.ledger.entries[s].addition is None for s in held), "the additions to end")
     assert emulator.requests("AddServersToServerGroup") == [], "nothing written"

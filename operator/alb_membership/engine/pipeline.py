@@ -279,10 +279,15 @@ class GroupPipeline:
         return wanted
 
     async def _not_in_yet(self, batch: list[Entry]) -> list[Entry]:
-        """Servers never read before (a resource just created, registration just turned on) are read first (their
-        ServerIds, one short read): those the group holds already are done without a write, which the region's
-        write quota would pay for and the cloud refuse."""
-        unknown = [e.server for e in batch if e.in_group is None and e.addition is not None and not e.addition.sent]
+        """Servers never read, recorded by a look at every member (a resource just created, registration just
+        turned on) are read first (their ServerIds, one short read): those the group holds already are done without
+        a write, which the region's write quota would pay for and the cloud refuse. A pod seen starting is not:
+        the read would delay its addition for nothing."""
+        unknown = [
+            e.server
+            for e in batch
+            if e.read_first and e.in_group is None and e.addition is not None and not e.addition.sent
+        ]
         if not unknown:
             return batch
         listed = await self._quick_read(unknown)

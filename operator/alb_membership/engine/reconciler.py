@@ -154,6 +154,12 @@ class Reconciler:
         if self.stopped:
             return state
         self.sync(state, self.view, repair)
+        if state.spec.register_weight is not None:
+            ledger = self.ledger(state.group)
+            for owner_id in ledger.owner_ids(state.ref.uid):
+                server = ledger.server_of((state.ref.uid, owner_id))
+                if server is not None and ledger.entries[server].in_group is None:
+                    ledger.entries[server].read_first = True
         if "Ready" not in state.conditions:
             set_health(state, None)
         self.writer.soon(state)

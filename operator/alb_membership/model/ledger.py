@@ -103,6 +103,9 @@ class Entry:
     # Taken out by this operator for an owner that turned out live, and why: it goes back (PRODUCT.md 3.13), with
     # registration off too.
     undo: str | None = None
+    # Recorded by a look at every member (a resource created, registration turned on, an operator start) without
+    # knowing whether the group holds it: read before it is added (another controller may have put it in).
+    read_first: bool = False
 
     @property
     def change(self) -> Change | None:
