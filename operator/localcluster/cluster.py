@@ -264,7 +264,7 @@ class LocalCluster:
         self.timings["real_nodes_images"] = time.monotonic() - started
         for i in range(self.real_nodes):
             name = f"real-node-{i}"
-            node = realnode.allocate(name, self.state_dir / "real-nodes" / name)
+            node = realnode.allocate(name, self.state_dir / "nodes" / str(i))
             self.real.append(node)
             self._save()  # from here on, `down` from another process finds the bridge to remove
             progress(f"{name}: containerd on {node.socket}, bridge {node.bridge} ({node.subnet})")

@@ -1,11 +1,12 @@
 """Real nodes beside kwok's: a kubelet and a containerd of their own per node, pods on a CNI bridge of their own.
 
-Each node keeps everything under ``<cluster dir>/real-nodes/<node>``: containerd's root, state and socket, its CNI
-configuration (a bridge with a /24 of its own, host-local IPAM with its data there too), the kubelet's root, pod
-logs and certificates. What cannot live there is created here and removed at stop: the bridge interface (made here,
-with its gateway address, before any pod), the shims containerd starts, the mounts (container root filesystems,
-network namespaces, the kubelet's shared root) and any iptables rule the portmap plugin added. The recipe and its
-gotchas: ``shared/reference/real-node.md``.
+Each node keeps everything under ``<cluster dir>/nodes/<i>`` (a short path: a unix socket's has at most 107 bytes):
+containerd's root, state and socket, its CNI configuration (a bridge with a /24 of its own, host-local IPAM with its
+data there too), the kubelet's root, pod logs and certificates. What cannot live there is created here and removed
+at stop: the bridge interface (made here, with its gateway address, before any pod), the shims containerd starts,
+the mounts (container root filesystems, network namespaces, the kubelet's shared root), any iptables rule the
+portmap plugin added, and the directories shims, kubelet and runc make at fixed places (SHARED_DIRS). The recipe
+and its gotchas: ``shared/reference/real-node.md`` (of the steering repository).
 
 The node is tainted (TAINT) so that the tests' kwok workloads never land on it; its pods tolerate the taint and
 select it by label (LABEL), and run the images of localcluster/images.py with ``imagePullPolicy: Never``.
@@ -125,9 +126,21 @@ def _used_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return nets
 
 
+# The longest socket path under a node's directory is kubelet/pod-resources/kubelet.sock (and containerd's
+# containerd/containerd.sock.ttrpc); a unix socket's path has at most 107 bytes.
+_LONGEST_SOCKET = len("/kubelet/pod-resources/kubelet.sock")
+_MAX_SOCKET_PATH = 107
+
+
 def allocate(name: str, node_dir: Path) -> RealNode:
     """A bridge and a free /24 for the node, the bridge made at once with its gateway address: the /24 is then in
     the routing table, which is what the next allocation (this cluster's, or another one's) looks at."""
+    if len(str(node_dir.resolve())) + _LONGEST_SOCKET > _MAX_SOCKET_PATH:
+        raise ClusterError(
+            f"{node_dir} is too long a directory for a real node: its sockets' paths would pass "
+            f"{_MAX_SOCKET_PATH} bytes; use a cluster directory of at most "
+            f"{_MAX_SOCKET_PATH - _LONGEST_SOCKET - len('/nodes/0')} characters"
+        )
     tag = hashlib.sha256(str(node_dir.resolve()).encode()).hexdigest()[:8]
     bridge = f"albm{tag}"[:15]
     with _LOCK.open("w") as lock:
@@ -239,7 +252,7 @@ def write_kubelet_config(node: RealNode, port: int, healthz_port: int) -> Path:
         "healthzPort": healthz_port,
         "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False}},
         "authorization": {"mode": "AlwaysAllow"},
-        "podLogsDir": str(k / "pod-logs"),
+        "podLogsDir": str(node.path / "pod-logs"),
         "registerWithTaints": [TAINT],
         "serializeImagePulls": False,
         "resolvConf": "/etc/resolv.conf",
@@ -255,7 +268,7 @@ def kubelet_argv(kubelet: Path, node: RealNode, kubeconfig: Path, config: Path) 
         str(kubelet),
         f"--config={config}",
         f"--kubeconfig={kubeconfig}",
-        f"--root-dir={k / 'root'}",
+        f"--root-dir={k}",
         f"--cert-dir={k / 'pki'}",
         f"--hostname-override={node.name}",
         # The bridge's own address: the node then has an InternalIP (pods a hostIP, hostNetwork pods a pod IP) on
@@ -314,20 +327,26 @@ def kill_tasks(node: RealNode) -> None:
         ctr(node, "containers", "delete", container, check=False, timeout=30)
 
 
+# The programs of a node, known by their command line naming its directory (config, socket, root).
+NODE_PROGRAMS = ("containerd", "containerd-shim-runc-v2", "runc", "kubelet")
+
+
 def leftover_processes(node: RealNode) -> list[int]:
-    """Processes of this node still running: its containerd, the shims it started (their command line names its
-    socket), and container processes (their root directory is under the node's directory)."""
+    """Processes of this node still running: its containerd and kubelet, the shims containerd started (their
+    command line names its socket), and container processes (their root directory is under the node's)."""
     mine = []
     needle = str(node.path)
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
             root = os.readlink(entry / "root")
         except OSError:
             continue
-        if needle in cmdline or root.startswith(needle + "/"):
+        program = os.path.basename(argv[0].decode(errors="replace"))
+        cmdline = b" ".join(argv).decode(errors="replace")
+        if (program in NODE_PROGRAMS and needle in cmdline) or root.startswith(needle + "/"):
             mine.append(int(entry.name))
     return mine
 
@@ -352,7 +371,19 @@ def leftover_iptables(node: RealNode) -> list[str]:
     for table in ("nat", "filter"):
         proc = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=False)
         out += [f"{table}: {r}" for r in proc.stdout.splitlines() if node.network in r or node.subnet in r]
+    if _idle_portmap_chains():
+        out.append("nat: portmap's CNI-HOSTPORT-* chains, with no port mapping left in them")
     return out
+
+
+def _idle_portmap_chains() -> list[str]:
+    """portmap's shared chains (made at a pod's first host port, and never removed by portmap) once no port
+    mapping of any pod, this cluster's or another's, is left in them."""
+    dump = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=False).stdout
+    lines = dump.splitlines()
+    if any(r.startswith("-A CNI-HOSTPORT-DNAT ") for r in lines):
+        return []
+    return [line[1:].split()[0] for line in lines if line.startswith(":CNI-HOSTPORT-")]
 
 
 def leftovers(node: RealNode) -> dict[str, list[str]]:
@@ -432,6 +463,18 @@ def _remove_iptables(node: RealNode) -> None:
             args[0] = "-D"
             # iptables-save quotes comments; the argument list of -D must not carry the quotes.
             subprocess.run(["iptables", "-t", table, *_unquote(args)], capture_output=True, check=False)
+    chains = _idle_portmap_chains()
+    if chains:
+        dump = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=False).stdout
+        for rule in dump.splitlines():
+            args = rule.split()
+            if args[:1] == ["-A"] and args[1] not in chains and "-j" in args and args[args.index("-j") + 1] in chains:
+                args[0] = "-D"
+                subprocess.run(["iptables", "-t", "nat", *_unquote(args)], capture_output=True, check=False)
+        for chain in chains:
+            subprocess.run(["iptables", "-t", "nat", "-F", chain], capture_output=True, check=False)
+        for chain in chains:
+            subprocess.run(["iptables", "-t", "nat", "-X", chain], capture_output=True, check=False)
 
 
 def _unquote(args: list[str]) -> list[str]:
