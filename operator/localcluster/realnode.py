@@ -331,9 +331,24 @@ def kill_tasks(node: RealNode) -> None:
 NODE_PROGRAMS = ("containerd", "containerd-shim-runc-v2", "runc", "kubelet")
 
 
-def leftover_processes(node: RealNode) -> list[int]:
+def container_ids(node: RealNode) -> set[str]:
+    """The IDs of every container and sandbox the node's containerd made, read from its directories (so also once
+    containerd is gone): runc keeps each one's cgroup at /k8s.io/<id> (cgroupsPerQOS off)."""
+    d = node.path / "containerd"
+    places = (
+        d / "state" / "io.containerd.runtime.v2.task" / "k8s.io",
+        d / "state" / "runc" / "k8s.io",
+        d / "root" / "io.containerd.grpc.v1.cri" / "containers",
+        d / "root" / "io.containerd.grpc.v1.cri" / "sandboxes",
+    )
+    return {e.name for place in places if place.is_dir() for e in place.iterdir() if len(e.name) == 64}
+
+
+def leftover_processes(node: RealNode, ids: set[str] | None = None) -> list[int]:
     """Processes of this node still running: its containerd and kubelet, the shims containerd started (their
-    command line names its socket), and container processes (their root directory is under the node's)."""
+    command line names its socket), and container processes (in a cgroup of one of its containers: their root
+    directory, after pivot_root, tells nothing)."""
+    ids = container_ids(node) if ids is None else ids
     mine = []
     needle = str(node.path)
     for entry in Path("/proc").iterdir():
@@ -341,14 +356,30 @@ def leftover_processes(node: RealNode) -> list[int]:
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            root = os.readlink(entry / "root")
+            cgroups = (entry / "cgroup").read_text().splitlines() if ids else []
         except OSError:
             continue
         program = os.path.basename(argv[0].decode(errors="replace"))
         cmdline = b" ".join(argv).decode(errors="replace")
-        if (program in NODE_PROGRAMS and needle in cmdline) or root.startswith(needle + "/"):
+        if (program in NODE_PROGRAMS and needle in cmdline) or any(
+            line.rsplit("/k8s.io/", 1)[-1] in ids for line in cgroups if "/k8s.io/" in line
+        ):
             mine.append(int(entry.name))
     return mine
+
+
+def leftover_cgroups(node: RealNode, ids: set[str] | None = None) -> list[str]:
+    ids = container_ids(node) if ids is None else ids
+    return [str(c) for i in sorted(ids) for c in Path("/sys/fs/cgroup").glob(f"*/k8s.io/{i}")]
+
+
+def shim_sockets(node: RealNode, ids: set[str] | None = None) -> list[str]:
+    """Shims' sockets left in /run/containerd/s (a shim killed outright leaves its own): containerd 1.6 names each
+    sha256(<containerd's address>/<namespace>/<id>)."""
+    ids = container_ids(node) if ids is None else ids
+    names = {hashlib.sha256(f"{node.socket}/k8s.io/{i}".encode()).hexdigest() for i in ids}
+    shim_dir = Path("/run/containerd/s")
+    return [str(shim_dir / n) for n in sorted(names) if (shim_dir / n).exists()]
 
 
 def leftover_mounts(node: RealNode) -> list[str]:
@@ -388,8 +419,11 @@ def _idle_portmap_chains() -> list[str]:
 
 def leftovers(node: RealNode) -> dict[str, list[str]]:
     """Anything of the node that is still there; empty lists after stop()."""
+    ids = container_ids(node)
     return {
-        "processes": [str(p) for p in leftover_processes(node)],
+        "processes": [str(p) for p in leftover_processes(node, ids)],
+        "cgroups": leftover_cgroups(node, ids),
+        "shim sockets": shim_sockets(node, ids),
         "mounts": leftover_mounts(node),
         "interfaces": leftover_interfaces(node),
         "iptables": leftover_iptables(node),
@@ -400,8 +434,9 @@ def leftovers(node: RealNode) -> dict[str, list[str]]:
 
 def sweep(node: RealNode) -> None:
     """Removes whatever the node left on the machine; safe to call on a node that is gone already."""
+    ids = container_ids(node)  # before anything under the node's directory goes
     for _ in range(3):
-        pids = leftover_processes(node)
+        pids = leftover_processes(node, ids)
         if not pids:
             break
         for pid in pids:
@@ -410,6 +445,11 @@ def sweep(node: RealNode) -> None:
         end = time.monotonic() + 5
         while time.monotonic() < end and any(Path(f"/proc/{p}").exists() and not _zombie(p) for p in pids):
             time.sleep(0.05)
+    for cgroup in leftover_cgroups(node, ids):
+        with contextlib.suppress(OSError):
+            Path(cgroup).rmdir()
+    for sock in shim_sockets(node, ids):
+        Path(sock).unlink(missing_ok=True)
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     for _ in range(3):  # a mount can hide another under it: deepest first, then look again
         points = sorted(set(leftover_mounts(node)), key=len, reverse=True)
