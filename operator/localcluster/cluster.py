@@ -222,7 +222,7 @@ class LocalCluster:
             self._create_nodes()
             self._wait_nodes_ready(deadline)
             if self.real_nodes:
-                self._start_real_nodes(progress, time.monotonic() + timeout)
+                self._start_real_nodes(progress, timeout)
         except BaseException:
             self.stop()
             raise
@@ -254,14 +254,15 @@ class LocalCluster:
 
     # -- real nodes ----------------------------------------------------------------------------------------------
 
-    def _start_real_nodes(self, progress: Callable[[str], None], deadline: float) -> None:
+    def _start_real_nodes(self, progress: Callable[[str], None], timeout: float) -> None:
         bins = self.binaries or locate_binaries()
         missing = realnode.problems(bins.kubelet)
         if missing:
             raise ClusterError("this machine cannot run a real node: " + "; ".join(missing))
         started = time.monotonic()
-        archive = node_images(progress)
+        archive = node_images(progress)  # minutes on a new machine (the base image), not counted in the timeout
         self.timings["real_nodes_images"] = time.monotonic() - started
+        deadline = time.monotonic() + timeout
         for i in range(self.real_nodes):
             name = f"real-node-{i}"
             node = realnode.allocate(name, self.state_dir / "nodes" / str(i))
