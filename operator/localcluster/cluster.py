@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import secrets
@@ -274,8 +275,7 @@ class LocalCluster:
                 realnode.containerd_argv(realnode.write_containerd_config(node)),
                 env={**os.environ, "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"},
             )
-            pid = self.components[-1].pid
-            realnode.wait_containerd(node, lambda pid=pid: is_alive(pid), deadline)  # type: ignore[misc]
+            realnode.wait_containerd(node, functools.partial(is_alive, self.components[-1].pid), deadline)
             realnode.import_images(node, archive)
             config = realnode.write_kubelet_config(node, free_port(), free_port())
             assert bins.kubelet is not None  # problems() said so
