@@ -121,9 +121,11 @@ def test_pre_stop_keeps_the_pod_serving_then_sigterm_drains_the_request_in_fligh
         time.sleep(0.1)
     assert during and all(r.status == 200 and "x-draining" not in r.headers for r in during), during[-1]
 
-    # A long request sent just before SIGTERM is still in flight when it comes: it finishes, marked as drained.
+    # A long request sent about a second before SIGTERM is still in flight when it comes (even if the kubelet is
+    # slow to start the hook): it finishes, marked as drained, and keeps the process up while new connections are
+    # refused.
     long_reply: list[Reply] = []
-    long = threading.Thread(target=lambda: long_reply.append(get(real_node, ip, "/?delay=3", timeout=10)))
+    long = threading.Thread(target=lambda: long_reply.append(get(real_node, ip, "/?delay=5", timeout=12)))
     long.start()
 
     # After SIGTERM the listener is closed: new connections are refused while the long request finishes.

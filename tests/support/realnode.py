@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,7 +111,3 @@ def refused(node: RealNodeInfo, ip: str, port: int = 8080) -> bool:
     except OSError:
         return False  # a timeout or a reset: not the clean refusal of a closed port
     return False
-
-
-def since(start: float) -> float:
-    return time.monotonic() - start
