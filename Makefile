@@ -36,8 +36,8 @@ chaos: venv binaries
 	$(PY) -m pytest tests/integration/test_chaos_mixed.py -k test_mixed_chaos --capture=no $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check operator tests bench
-	$(VENV)/bin/ruff format --check operator tests bench
+	$(VENV)/bin/ruff check operator tests bench workload
+	$(VENV)/bin/ruff format --check operator tests bench workload
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mkdocs build --strict --quiet
 	scripts/test-alerts

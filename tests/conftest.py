@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 import uuid
@@ -11,12 +12,13 @@ from pathlib import Path
 import kubernetes
 import pytest
 
-from localcluster import LocalCluster
+from localcluster import ClusterError, LocalCluster, realnode
 from localcluster.binaries import locate_binaries
 from tests.support.cluster import Cluster
 from tests.support.emulator import EmulatorProcess, start_emulator
 from tests.support.gate import GATE_JOB_SECONDS, Gated
 from tests.support.operator import OperatorProcess, start_operator
+from tests.support.realnode import TIMINGS, RealNodeInfo
 from tests.support.restartable import Restartable
 
 
@@ -24,18 +26,67 @@ def _progress(msg: str) -> None:
     print(f"[local-cluster] {msg}", file=sys.stderr, flush=True)
 
 
+# Why the session's cluster has no real node although a test of this run needs one (the real_node fixture fails
+# those tests with it).
+REAL_NODE_PROBLEMS = pytest.StashKey[list[str]]()
+
+
 @pytest.fixture(scope="session")
-def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster | None]:
-    """The cluster this run started, or None when the tests were pointed at an existing one."""
+def local_cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalCluster | None]:
+    """The cluster this run started, or None when the tests were pointed at an existing one. It has a real node
+    (tainted: kwok's workloads stay off it) when a test of the run is marked real_node and the machine can run one;
+    else those tests fail, with the reason, and the others go on."""
     if os.environ.get("ALBM_TEST_KUBECONFIG"):
         yield None
         return
-    cluster = LocalCluster(state_dir=tmp_path_factory.mktemp("cluster"), nodes=2)
-    cluster.start(progress=_progress)
+    real = 0
+    problems: list[str] = []
+    if any(item.get_closest_marker("real_node") for item in request.session.items):
+        problems = realnode.problems(locate_binaries().kubelet)
+        real = 0 if problems else 1
+    cluster = LocalCluster(state_dir=tmp_path_factory.mktemp("cluster"), nodes=2, real_nodes=real)
+    try:
+        cluster.start(progress=_progress)
+    except ClusterError as exc:
+        if not real:
+            raise
+        problems = [f"the real node did not start: {exc}"]
+        cluster = LocalCluster(state_dir=tmp_path_factory.mktemp("cluster"), nodes=2)
+        cluster.start(progress=_progress)
+    request.config.stash[REAL_NODE_PROBLEMS] = problems
+    if "real_nodes_start" in cluster.timings:
+        TIMINGS["session cluster: real node start (images, containerd, kubelet, Ready)"] = cluster.timings[
+            "real_nodes_start"
+        ]
+        TIMINGS["  of which the images (built once, then cached)"] = cluster.timings["real_nodes_images"]
     try:
         yield cluster
     finally:
         cluster.stop()
+        if "real_nodes_stop" in cluster.timings:
+            TIMINGS["session cluster: real node stop"] = cluster.timings["real_nodes_stop"]
+
+
+@pytest.fixture(scope="session")
+def real_node(local_cluster: LocalCluster | None, request: pytest.FixtureRequest) -> RealNodeInfo:
+    """The session cluster's real node. A machine that cannot run one fails the test with the reason (what to
+    install): real-node tests are never skipped."""
+    if local_cluster is None:
+        pytest.fail("real-node tests need the cluster this run starts (ALBM_TEST_KUBECONFIG is set)", pytrace=False)
+    if not local_cluster.real:
+        problems = request.config.stash.get(REAL_NODE_PROBLEMS, []) or ["the cluster has no real node"]
+        pytest.fail("this machine cannot run a real node: " + "; ".join(problems), pytrace=False)
+    node = local_cluster.real[0]
+    return RealNodeInfo(name=node.name, subnet=ipaddress.ip_network(node.subnet))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TIMINGS:
+        terminalreporter.section("time the real node adds")
+        for what, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{seconds:7.1f} s  {what}")
 
 
 @pytest.fixture(scope="session")

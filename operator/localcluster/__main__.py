@@ -41,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         help="state directory (default: $ALBM_CLUSTER_DIR or %(default)s)",
     )
     parser.add_argument("--nodes", type=int, default=2, help="fake nodes for `up` (default: %(default)s)")
+    parser.add_argument(
+        "--real-nodes",
+        type=int,
+        default=0,
+        help="real nodes for `up`: a kubelet and a containerd each, pods run for real on a bridge of their own "
+        "(needs root and `apt-get install containerd`; default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     state_dir: Path = args.dir
 
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 if (state_dir / "cluster.json").exists():  # a half-dead cluster: stop what is left of it
                     LocalCluster.load(state_dir).stop()
                 shutil.rmtree(state_dir, ignore_errors=True)
-                running = LocalCluster(state_dir=state_dir, nodes=args.nodes, detached=True)
+                running = LocalCluster(state_dir=state_dir, nodes=args.nodes, real_nodes=args.real_nodes, detached=True)
                 running.start(progress=say)
             say('use it with:  eval "$(scripts/local-cluster env)"')
             print("\n".join(_env_lines(running)))

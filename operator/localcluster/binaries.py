@@ -12,6 +12,8 @@ from localcluster.errors import ClusterError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-binaries"
 NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "helm")
+# Needed only by clusters with real nodes, which say so when it is missing (localcluster/realnode.py).
+OPTIONAL = ("kubelet",)
 
 
 @dataclass(frozen=True)
@@ -23,10 +25,12 @@ class Binaries:
     kubectl: Path
     kwok: Path
     helm: Path
+    kubelet: Path | None = None
 
     def path_entries(self) -> list[str]:
         """Directories to put first on PATH so ``kubectl`` and ``helm`` are the pinned ones."""
-        return sorted({str(getattr(self, f).parent) for f in self.__dataclass_fields__})
+        paths = (getattr(self, f) for f in self.__dataclass_fields__)
+        return sorted({str(p.parent) for p in paths if p is not None})
 
 
 def _search_dirs() -> list[Path]:
@@ -40,7 +44,7 @@ def _search_dirs() -> list[Path]:
 def locate_binaries() -> Binaries:
     dirs = _search_dirs()
     found: dict[str, Path] = {}
-    for name in NAMES:
+    for name in (*NAMES, *OPTIONAL):
         for d in dirs:
             if (d / name).is_file() and os.access(d / name, os.X_OK):
                 found[name.replace("-", "_")] = d / name

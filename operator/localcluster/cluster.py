@@ -1,4 +1,5 @@
-"""Starts and stops one local control plane: etcd, kube-apiserver, controller-manager, scheduler and kwok.
+"""Starts and stops one local control plane: etcd, kube-apiserver, controller-manager, scheduler and kwok, and
+optionally real nodes (a kubelet and a containerd each: localcluster/realnode.py) beside kwok's.
 
 Every component listens on a free loopback port and keeps its files (PKI, data, logs, kubeconfig) in one
 state directory, so several clusters can run side by side and ``down`` needs nothing but that directory.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import secrets
@@ -25,9 +27,12 @@ from pathlib import Path
 
 import yaml
 
+from localcluster import realnode
 from localcluster.binaries import Binaries, locate_binaries
 from localcluster.certs import WEBHOOK_CLIENT_CA, write_pki
 from localcluster.errors import ClusterError
+from localcluster.images import node_images
+from localcluster.realnode import RealNode
 
 STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
 POD_CIDR = "10.244.0.0/16"
@@ -52,7 +57,10 @@ KCM_CONTROLLERS = (
 # doubles from 0.8 s to 30 s, plus up to as much again in jitter, and is reset only after two quiet minutes: after
 # an API server restart or two, they would sleep through most of a minute before they watch again, and a new
 # Deployment would get no pod (measured: 69 s for the first pod after three restarts). So they restart with it.
-API_CLIENTS = ("kube-controller-manager", "kube-scheduler", "kwok")
+API_CLIENTS = ("kube-controller-manager", "kube-scheduler", "kwok")  # and every real node's kubelet
+# kwok manages the nodes it made (the annotation _create_nodes gives them) and the pods on them, never a real node:
+# with --manage-all-nodes it reported a real node's pods Running and Ready while their sandboxes had failed.
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -80,6 +88,10 @@ class Component:
 class LocalCluster:
     state_dir: Path
     nodes: int = 2
+    # Nodes with a kubelet and a containerd of their own (real-node-0, ...): pods on them run as processes, with
+    # probes, hooks and signals (localcluster/realnode.py). They need root, containerd, runc and the CNI plugins:
+    # realnode.problems() says what is missing.
+    real_nodes: int = 0
     # Detached clusters (``local-cluster up``) outlive the command that started them; attached ones (tests)
     # die with their parent process even when it is killed.
     detached: bool = False
@@ -87,6 +99,9 @@ class LocalCluster:
     apiserver_port: int = 0
     etcd_port: int = 0
     components: list[Component] = field(default_factory=list)
+    real: list[RealNode] = field(default_factory=list)
+    # How long the real nodes took: start (containerd, images, kubelet, Ready) and stop, in seconds.
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def kubeconfig(self) -> Path:
@@ -199,7 +214,7 @@ class LocalCluster:
                     str(bins.kwok),
                     kubeconfig,
                     f"--config={STAGES_FILE}",
-                    "--manage-all-nodes=true",
+                    f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
                     f"--cidr={POD_CIDR}",
                     "--node-ip=10.0.0.1",
                     f"--server-address=127.0.0.1:{free_port()}",
@@ -207,14 +222,22 @@ class LocalCluster:
             )
             self._create_nodes()
             self._wait_nodes_ready(deadline)
+            if self.real_nodes:
+                self._start_real_nodes(progress, timeout)
         except BaseException:
             self.stop()
             raise
         self._save()
-        progress(f"ready: {self.nodes} node(s), kubeconfig {self.kubeconfig}")
+        real = f" and {self.real_nodes} real node(s)" if self.real_nodes else ""
+        progress(f"ready: {self.nodes} kwok node(s){real}, kubeconfig {self.kubeconfig}")
 
     def stop(self, grace: float = 10.0) -> None:
-        """Stops every component, newest first: SIGTERM, then SIGKILL after ``grace`` seconds."""
+        """Stops every component, newest first: SIGTERM, then SIGKILL after ``grace`` seconds. Real nodes go first,
+        while the API server still answers: their pods, kubelets, containerds and what those left on the machine."""
+        if self.real:
+            started = time.monotonic()
+            self._stop_real_nodes(grace)
+            self.timings["real_nodes_stop"] = time.monotonic() - started
         for comp in reversed(self.components):
             _terminate(comp.pid, grace)
         self.components.clear()
@@ -230,6 +253,71 @@ class LocalCluster:
         bins = self.binaries or locate_binaries()
         return run_kubectl(bins.kubectl, self.kubeconfig, *args, check=check, input=input)
 
+    # -- real nodes ----------------------------------------------------------------------------------------------
+
+    def _start_real_nodes(self, progress: Callable[[str], None], timeout: float) -> None:
+        bins = self.binaries or locate_binaries()
+        missing = realnode.problems(bins.kubelet)
+        if missing:
+            raise ClusterError("this machine cannot run a real node: " + "; ".join(missing))
+        started = time.monotonic()
+        archive = node_images(progress)  # minutes on a new machine (the base image), not counted in the timeout
+        self.timings["real_nodes_images"] = time.monotonic() - started
+        deadline = time.monotonic() + timeout
+        for i in range(self.real_nodes):
+            name = f"real-node-{i}"
+            node = realnode.allocate(name, self.state_dir / "nodes" / str(i))
+            self.real.append(node)
+            self._save()  # from here on, `down` from another process finds the bridge to remove
+            progress(f"{name}: containerd on {node.socket}, bridge {node.bridge} ({node.subnet})")
+            self._spawn(
+                f"containerd-{name}",
+                realnode.containerd_argv(realnode.write_containerd_config(node)),
+                env={**os.environ, "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"},
+            )
+            realnode.wait_containerd(node, functools.partial(is_alive, self.components[-1].pid), deadline)
+            realnode.import_images(node, archive)
+            config = realnode.write_kubelet_config(node, free_port(), free_port())
+            assert bins.kubelet is not None  # problems() said so
+            self._spawn(f"kubelet-{name}", realnode.kubelet_argv(bins.kubelet, node, self.kubeconfig, config))
+        progress(f"waiting for {self.real_nodes} real node(s) to be Ready")
+        self._wait_nodes_ready(deadline, self.nodes + self.real_nodes, who="the kubelet")
+        self.timings["real_nodes_start"] = time.monotonic() - started
+
+    def _pods_on(self, node: str) -> list[str]:
+        out = self.kubectl("get", "pods", "-A", "-o", "name", f"--field-selector=spec.nodeName={node}", check=False)
+        return out.split()
+
+    def _stop_real_nodes(self, grace: float) -> None:
+        """Cordons each node (its Deployments' new pods stay Pending), deletes its pods and waits until their kubelet
+        has stopped them (sandboxes and their networks too), stops the kubelet, kills what containerd still runs,
+        stops containerd, then removes whatever is left: shims, mounts, the bridge, iptables rules."""
+        kubelets = {c.name.removeprefix("kubelet-"): c for c in self.components if c.name.startswith("kubelet-")}
+        api_up = any(c.name == "kube-apiserver" and is_alive(c.pid) for c in self.components)
+        live = [n for n in self.real if n.name in kubelets and is_alive(kubelets[n.name].pid)] if api_up else []
+        for node in live:
+            self.kubectl("cordon", node.name, check=False)
+            self.kubectl(
+                "delete", "pods", "--all-namespaces", f"--field-selector=spec.nodeName={node.name}",
+                "--grace-period=1", "--wait=false", check=False,
+            )  # fmt: skip
+        end = time.monotonic() + 30
+        while live and time.monotonic() < end:
+            live = [n for n in live if self._pods_on(n.name)]
+            time.sleep(0.2)
+        for node in self.real:
+            for comp in [c for c in self.components if c.name == f"kubelet-{node.name}"]:
+                _terminate(comp.pid, grace)
+                self.components.remove(comp)
+            containerd = [c for c in self.components if c.name == f"containerd-{node.name}"]
+            if containerd and is_alive(containerd[0].pid):
+                realnode.kill_tasks(node)
+            for comp in containerd:
+                _terminate(comp.pid, grace)
+                self.components.remove(comp)
+            realnode.sweep(node)
+        self.real.clear()
+
     # -- persisted state, so that ``down`` works from another process -------------------------------------
 
     def _save(self) -> None:
@@ -237,6 +325,7 @@ class LocalCluster:
             "apiserver_port": self.apiserver_port,
             "etcd_port": self.etcd_port,
             "components": [c.__dict__ for c in self.components],
+            "real_nodes": [n.as_dict() for n in self.real],
         }
         (self.state_dir / "cluster.json").write_text(json.dumps(state, indent=2))
 
@@ -251,11 +340,13 @@ class LocalCluster:
             apiserver_port=state["apiserver_port"],
             etcd_port=state["etcd_port"],
             components=[Component(**c) for c in state["components"]],
+            real=[RealNode(**n) for n in state.get("real_nodes", [])],
+            real_nodes=len(state.get("real_nodes", [])),
         )
 
     # -- helpers -------------------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         logs = self.state_dir / "logs"
         logs.mkdir(exist_ok=True)
         log_path = logs / f"{name}.log"
@@ -265,6 +356,7 @@ class LocalCluster:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=env,
                 start_new_session=True,
                 # prctl must run in the child; clusters are only started from one thread.
                 preexec_fn=None if self.detached else die_with_parent,  # noqa: PLW1509
@@ -284,7 +376,7 @@ class LocalCluster:
                 cafile=self.state_dir / "pki" / "ca.crt",
                 pid=self.components[self._index(name)].pid,
             )
-            for client in API_CLIENTS:
+            for client in [*API_CLIENTS, *(c.name for c in self.components if c.name.startswith("kubelet-"))]:
                 self._restart_one(client)
         self._save()
 
@@ -350,7 +442,7 @@ class LocalCluster:
                 "metadata": {
                     "name": f"kwok-node-{i}",
                     "labels": {"kubernetes.io/hostname": f"kwok-node-{i}", "type": "kwok"},
-                    "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
+                    "annotations": {"node.alpha.kubernetes.io/ttl": "0", KWOK_NODE_ANNOTATION: "fake"},
                 },
                 # No podCIDR per node: kwok then draws every pod IP from the one --cidr pool. With per-node
                 # ranges inside that pool, a pod handled before kwok saw its node's range got an IP from the
@@ -358,7 +450,8 @@ class LocalCluster:
             }
             self.kubectl("apply", "-f", "-", input=json.dumps(node))
 
-    def _wait_nodes_ready(self, deadline: float) -> None:
+    def _wait_nodes_ready(self, deadline: float, count: int | None = None, who: str = "kwok") -> None:
+        count = self.nodes if count is None else count
         while True:
             self.check_alive()
             out = self.kubectl(
@@ -368,10 +461,11 @@ class LocalCluster:
                 "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
                 check=False,
             )
-            if out.split().count("True") >= self.nodes:
+            if out.split().count("True") >= count:
                 return
             if time.monotonic() > deadline:
-                raise self._fail("kwok", "did not make the nodes Ready in time")
+                name = "kwok" if who == "kwok" else f"kubelet-{self.real[-1].name}"
+                raise self._fail(name, "did not make the nodes Ready in time")
             time.sleep(0.3)
 
 

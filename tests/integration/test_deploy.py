@@ -54,9 +54,12 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 # -- static checks --------------------------------------------------------------------------------------------
 
 
-def test_dockerfile_is_hadolint_clean() -> None:
+@pytest.mark.parametrize(
+    "containerfile", ["Dockerfile", "workload/Containerfile", "operator/localcluster/pause/Containerfile"]
+)
+def test_dockerfile_is_hadolint_clean(containerfile: str) -> None:
     proc = subprocess.run(
-        [str(BIN / "hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False
+        [str(BIN / "hadolint"), str(ROOT / containerfile)], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
