@@ -265,38 +265,24 @@ class Emulator:
         """One record per removal, oldest first: removing_at, draining_at, gone_at, out_of_rotation_at (Unix
         seconds; Draining or gone, whichever came first) and how it ended. ``?since=`` keeps records started then
         or later, ``?server_id=`` one server's."""
-        self.state.advance(time.time())
-        group = self.state.groups.get(http.match_info["id"])
-        if group is None:
-            return _json({"error": "no such server group"}, status=404)
-        since = float(http.query.get("since", 0))
-        server_id = http.query.get("server_id")
-        return _json(
-            [
-                r
-                for r in group.history
-                if r["removing_at"] >= since and (server_id is None or r["ServerId"] == server_id)
-            ]
-        )
+        return self._records(http, "history", "removing_at")
 
     async def additions(self, http: web.Request) -> web.Response:
         """One record per addition, oldest first: adding_at (the call accepted, listed Adding from then on),
         available_at (the job's end, listed Available from then on; null until then, or if the job failed), in Unix
         seconds, and how it ended (available, job_failed). ``?since=`` keeps records started then or later,
         ``?server_id=`` one server's."""
+        return self._records(http, "additions", "adding_at")
+
+    def _records(self, http: web.Request, kind: str, started: str) -> web.Response:
         self.state.advance(time.time())
         group = self.state.groups.get(http.match_info["id"])
         if group is None:
             return _json({"error": "no such server group"}, status=404)
         since = float(http.query.get("since", 0))
         server_id = http.query.get("server_id")
-        return _json(
-            [
-                r
-                for r in group.additions
-                if r["adding_at"] >= since and (server_id is None or r["ServerId"] == server_id)
-            ]
-        )
+        records = getattr(group, kind)
+        return _json([r for r in records if r[started] >= since and (server_id is None or r["ServerId"] == server_id)])
 
     async def delete_group(self, http: web.Request) -> web.Response:
         """Deletes a group and closes its listener (requests in flight through it are cut); its traffic stays
