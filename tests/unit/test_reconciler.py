@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
 from alb_membership.model.membership import ECI_ANNOTATION, endpoints_of
 from alb_membership.model.owners import picks
 from alb_membership.model.spec import Spec
@@ -14,21 +12,6 @@ from alb_membership.model.status import to_status
 from tests.unit.fakes import RecordingKube, RecordingReconciler, View, pod, resource, selected
 
 UID = "sgm-uid-1"
-
-
-@pytest.fixture
-def view() -> View:
-    return View()
-
-
-@pytest.fixture
-def kube() -> RecordingKube:
-    return RecordingKube()
-
-
-@pytest.fixture
-def rec(view: View, kube: RecordingKube) -> RecordingReconciler:
-    return RecordingReconciler(view, kube)
 
 
 def members(rec: RecordingReconciler, uid: str = UID) -> dict[str, Any]:

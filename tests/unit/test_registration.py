@@ -24,21 +24,6 @@ GATE = "target-health.albmembership.io/web"
 A = Server("Ip", "10.0.0.1", 8080)
 
 
-@pytest.fixture
-def view() -> View:
-    return View()
-
-
-@pytest.fixture
-def kube() -> RecordingKube:
-    return RecordingKube()
-
-
-@pytest.fixture
-def rec(view: View, kube: RecordingKube) -> RecordingReconciler:
-    return RecordingReconciler(view, kube)
-
-
 def status(rec: RecordingReconciler) -> dict[str, Any]:
     state = rec.resources[UID]
     return to_status(state, rec.ledger(state.group))
