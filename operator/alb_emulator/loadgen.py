@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ MAX_RATE = 5_000.0  # requests per second
 MAX_COUNT = 1_000_000
 MAX_DURATION = 3_600.0  # seconds
 MAX_BODY = 64 * 1024  # read at most this much of an answer to find the pod's name
+DRAINING_HEADER = "X-Draining"  # workload/albm_workload.py marks the answers it sends after its SIGTERM
 
 
 @dataclass(slots=True)
@@ -49,6 +51,7 @@ class Sample:
     server_id: str | None = None
     backend: str | None = None
     failure: str | None = None  # the proxy's X-Emulator-Failure
+    draining: bool = False  # the answer was marked X-Draining: 1 (the workload answers so during its drain)
 
     @property
     def ok(self) -> bool:
@@ -87,6 +90,7 @@ class LoadResult:
             "by_error": dict(Counter(s.error for s in self.samples if s.error is not None)),
             "by_failure": dict(Counter(s.failure for s in self.samples if s.failure is not None)),
             "by_pod": dict(Counter(s.pod for s in self.samples if s.pod is not None)),
+            "answered_draining": sum(1 for s in self.samples if s.draining),
             "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": latencies[-1] if latencies else None},
             "started": self.started,
             "ended": self.ended,
@@ -143,6 +147,7 @@ async def _one(
             sample.server_id = resp.headers.get(SERVER_HEADER)
             sample.backend = resp.headers.get(BACKEND_HEADER)
             sample.failure = resp.headers.get(FAILURE_HEADER)
+            sample.draining = resp.headers.get(DRAINING_HEADER) == "1"
     except TimeoutError:
         sample.error = "timeout"
     except aiohttp.ClientConnectorError:
@@ -161,9 +166,11 @@ async def run_load(
     max_in_flight: int = 1000,
     pod_header: str = "X-Pod-Name",
     method: str = "GET",
+    until: Callable[[], bool] | None = None,
 ) -> LoadResult:
-    """Sends ``rate`` requests a second to ``url`` (loopback only) until ``count`` were sent or ``duration``
-    seconds passed; returns every request's record once the last one is answered or timed out."""
+    """Sends ``rate`` requests a second to ``url`` (loopback only) until ``count`` were sent, ``duration``
+    seconds passed or ``until()`` is true (asked before each request: a caller's stop); returns every request's
+    record once the last one is answered or timed out."""
     target = check_loopback(url)
     if not 0 < rate <= MAX_RATE:
         raise ValueError(f"rate must be above 0 and at most {MAX_RATE:g} requests per second")
@@ -183,7 +190,7 @@ async def run_load(
         wall0, mono0 = time.time(), time.monotonic()
         for i in range(count):
             offset = i / rate
-            if offset >= duration:
+            if offset >= duration or (until is not None and until()):
                 break
             delay = mono0 + offset - time.monotonic()
             if delay > 0:
