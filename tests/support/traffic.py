@@ -87,5 +87,5 @@ def describe(samples: Iterable[Sample]) -> str:
     for s in bad:
         key = s.failure or s.error or str(s.status)
         kinds[key] = kinds.get(key, 0) + 1
-    span = f"{time.strftime('%H:%M:%S', time.localtime(bad[0].sent))}-{time.strftime('%H:%M:%S', time.localtime(bad[-1].sent))}"
-    return f"{len(bad)} failed ({kinds}) {span}"
+    first, last = (time.strftime("%H:%M:%S", time.localtime(s.sent)) for s in (bad[0], bad[-1]))
+    return f"{len(bad)} failed ({kinds}) from {first} to {last}"
