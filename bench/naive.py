@@ -5,7 +5,13 @@ a fixed 1 s wait before retrying any retryable error, and each job polled on its
 project's ALB client for signing and transport only (its own retries switched off), so that the comparison is
 about the strategy, not about HTTP code.
 
+For bench/traffic.py it also stands in for the controller that puts pods into a group where the operator does not
+(remove-only modes): ``--register`` adds each pod's server once the pod is Ready, one AddServersToServerGroup call
+per pod in the same way; ``--remove-on deleted`` removes a server only once its pod is gone from the API (a group
+kept in step with the pod list, after the fact), ``never`` leaves removals to someone else.
+
     python bench/naive.py --endpoint URL --namespace NS --selector app=web --port 8080 --group-label sgm
+    python bench/naive.py ... --register --remove-on never
 """
 
 from __future__ import annotations
@@ -24,16 +30,20 @@ from alb_membership.alb.client import AlbClient
 from alb_membership.alb.credentials import DefaultChain
 from alb_membership.alb.endpoints import Endpoint
 from alb_membership.alb.errors import AlbError
-from alb_membership.alb.models import Server
+from alb_membership.alb.models import AddAnswer, RemoveAnswer, Server
 from alb_membership.alb.retry import RetryPolicy
 
 NO_RETRIES = RetryPolicy(max_attempts=1)
 
 
-async def remove_one(alb: AlbClient, group: str, server: Server, stats: dict[str, int]) -> None:
+async def one_change(alb: AlbClient, group: str, server: Server, add: bool, stats: dict[str, int]) -> None:
+    """One call for one server, retried every second while the answer is retryable, then its job polled."""
     for _ in range(300):
         try:
-            removal = await alb.remove_servers(group, [server], client_token="")
+            if add:
+                answer: AddAnswer | RemoveAnswer = await alb.add_servers(group, [server], client_token="")
+            else:
+                answer = await alb.remove_servers(group, [server], client_token="")
             break
         except AlbError as exc:
             if not exc.retryable:
@@ -44,26 +54,39 @@ async def remove_one(alb: AlbClient, group: str, server: Server, stats: dict[str
     else:
         stats["failed"] += 1
         return
-    if removal.job_id is None:
+    if answer.job_id is None:
         return
     while True:  # one poll per job per second
         await asyncio.sleep(1.0)
         try:
-            job = (await alb.list_asyn_jobs([removal.job_id])).get(removal.job_id)
+            job = (await alb.list_asyn_jobs([answer.job_id])).get(answer.job_id)
         except AlbError:
             stats["retries"] += 1
             continue
         if job is not None and job.status != "Processing":
-            stats["done"] += 1
+            stats["added" if add else "done"] += 1
             return
+
+
+def ready(pod: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+
+
+def change_for(event_type: str, pod: Any, register: bool, remove_on: str) -> str | None:
+    """ "add", "remove" or nothing, for one watch event of a pod."""
+    if event_type == "DELETED":
+        return "remove" if remove_on == "deleted" else None
+    if pod.metadata.deletion_timestamp is not None:
+        return "remove" if remove_on == "terminating" else None
+    return "add" if register and ready(pod) else None
 
 
 async def run(args: argparse.Namespace) -> None:
     await config.load_kube_config()
     api = client.ApiClient()
     core = client.CoreV1Api(api)
-    stats = {"done": 0, "failed": 0, "retries": 0}
-    seen: set[str] = set()
+    stats = {"done": 0, "added": 0, "failed": 0, "retries": 0}
+    seen: set[tuple[str, str]] = set()  # (change, pod UID): each change once per pod
     tasks: set[asyncio.Task[None]] = set()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -75,11 +98,13 @@ async def run(args: argparse.Namespace) -> None:
             w = watch.Watch()
             async for event in w.stream(core.list_namespaced_pod, args.namespace, label_selector=args.selector):
                 pod: Any = event["object"]
-                if pod.metadata.deletion_timestamp is None or not pod.status.pod_ip or pod.metadata.uid in seen:
+                change = change_for(event["type"], pod, args.register, args.remove_on)
+                if change is None or not pod.status.pod_ip or (change, pod.metadata.uid) in seen:
                     continue
-                seen.add(pod.metadata.uid)
+                seen.add((change, pod.metadata.uid))
                 group = pod.metadata.labels.get(args.group_label)
-                task = asyncio.create_task(remove_one(alb, group, Server("Ip", pod.status.pod_ip, args.port), stats))
+                server = Server("Ip", pod.status.pod_ip, args.port)
+                task = asyncio.create_task(one_change(alb, group, server, change == "add", stats))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
 
@@ -101,6 +126,13 @@ def main() -> None:
     parser.add_argument("--selector", required=True)
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--group-label", default="bench-group", help="pod label naming the pod's server group")
+    parser.add_argument("--register", action="store_true", help="also add each pod's server once the pod is Ready")
+    parser.add_argument(
+        "--remove-on",
+        choices=("terminating", "deleted", "never"),
+        default="terminating",
+        help="remove a pod's server when the pod starts terminating (the baseline), once it is gone, or never",
+    )
     args = parser.parse_args()
     os.environ.setdefault("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
     asyncio.run(run(args))

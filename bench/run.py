@@ -270,15 +270,23 @@ def source_tree(rev: str | None, tmp: Path) -> tuple[Path, str]:
 
 class Bench:
     def __init__(
-        self, tmp: Path, log_dir: Path, max_seconds: float, src: Path = ROOT, emulator_max_line: int = 0
+        self,
+        tmp: Path,
+        log_dir: Path,
+        max_seconds: float,
+        src: Path = ROOT,
+        emulator_max_line: int = 0,
+        nodes: int = 4,
+        real_nodes: int = 0,
     ) -> None:
+        """``nodes``: kwok's; ``real_nodes``: with a kubelet and containerd each (bench/traffic.py)."""
         self.tmp = tmp
         self.src = src
         self.log_dir = log_dir
         self.max_seconds = max_seconds  # a run that has not removed everything by then is reported unfinished
         self.dump_dir: Path | None = None
         self.controllers: list[Controller] = []
-        self.cluster = LocalCluster(state_dir=tmp / "cluster", nodes=4)
+        self.cluster = LocalCluster(state_dir=tmp / "cluster", nodes=nodes, real_nodes=real_nodes)
         self.cluster.start(progress=lambda m: print(f"[cluster] {m}", flush=True))
         self.api = kubernetes.config.new_client_from_config(config_file=str(self.cluster.kubeconfig))
         self.core = kubernetes.client.CoreV1Api(self.api)
@@ -432,7 +440,7 @@ class Bench:
     def start_controller(
         self, kind: str, name: str, batch_size: int = 40, leader_elect: bool = False, extra: tuple[str, ...] = ()
     ) -> Controller:
-        """The operator (``extra``: more of its flags) or the naive baseline as a process; an operator is waited for
+        """The operator or the naive baseline as a process (``extra``: more of its flags); an operator is waited for
         until /readyz answers 200."""
         env = {
             **os.environ,
@@ -464,7 +472,6 @@ class Bench:
             ]
             if leader_elect:
                 argv += ["--leader-elect", "--leader-election-namespace", NS]
-            argv += extra
         else:
             argv = [
                 sys.executable,
@@ -476,6 +483,7 @@ class Bench:
                 "--selector",
                 "bench-member=true",
             ]
+        argv += extra
         started = time.time()
         popen = subprocess.Popen(
             argv,

@@ -33,13 +33,13 @@ class Reply:
 
 def workload_spec(
     *,
-    node: str,
+    node: str | None,
     grace: int = 10,
     pre_stop_sleep: float | None = None,
     ready_after: float = 0.0,
     probe_period: int = 1,
 ) -> dict[str, Any]:
-    """A pod spec running the workload image on ``node``: its name from the downward API, a readiness probe on
+    """A pod spec running the workload image on ``node`` (None: on any real node): its name from the downward API, a readiness probe on
     /ready, and optionally a preStop hook that sleeps (the usual way to outlast the load balancer's removal)."""
     container: dict[str, Any] = {
         "name": "web",
@@ -60,7 +60,7 @@ def workload_spec(
     if pre_stop_sleep is not None:
         container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", str(pre_stop_sleep)]}}}
     return {
-        "nodeSelector": {"kubernetes.io/hostname": node, LABEL: "true"},
+        "nodeSelector": {LABEL: "true", **({"kubernetes.io/hostname": node} if node else {})},
         "tolerations": [{"key": LABEL, "operator": "Exists", "effect": "NoSchedule"}],
         "terminationGracePeriodSeconds": grace,
         "containers": [container],
