@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -351,6 +352,8 @@ def main() -> int:
     if args.table_only:
         print(write(json.loads((RESULTS / "traffic.json").read_text())))
         return 0
+    # A SIGTERM ends the run through its finally: the cluster's real nodes are stopped and removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     modes, scenarios = args.modes.split(","), args.scenarios.split(",")
     for asked, known in ((modes, MODES), (scenarios, SCENARIOS)):
         unknown = [a for a in asked if a not in known]
