@@ -41,6 +41,9 @@ class Server(ThreadingMixIn, HTTPServer):
     daemon_threads = False
     block_on_close = True
     allow_reuse_address = True
+    # The listen backlog: socketserver's 5 drops new connections while the process stalls for a moment, and their
+    # clients retry a second later (on a busy node, often after SIGTERM: refused). A web server's usual figure.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], pod: str, ready_after: float, idle_timeout: float) -> None:
         super().__init__(address, Handler)
