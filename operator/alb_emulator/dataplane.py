@@ -359,6 +359,9 @@ class DataPlane:
             return self._fail(listener, event, now)
         try:
             status, headers, data = task.result()
+        except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: a server that never took the connection
+            event.kind, event.reason = "timeout", "no connection within the connect timeout"
+            return self._fail(listener, event, now)
         except TimeoutError:
             event.kind, event.reason = "timeout", "no whole answer within the request timeout"
             return self._fail(listener, event, now)
