@@ -27,7 +27,8 @@ pods'), with the load running from 2 s before to 2 s after. Figures per scenario
   after SIGTERM requests a pod answered during its drain (the workload marks them X-Draining: 1): in flight when
                 SIGTERM came
   duration      from the command to the group settled
-  fewest        fewest of the workload's servers Available in the group (sampled every 0.1 s)
+  fewest        fewest of the workload's servers Available in the group, and fewest of those whose pod can answer
+                (not terminating, its containers ready): sampled every 0.1 s
 
     .venv/bin/python bench/traffic.py --runs 3
     .venv/bin/python bench/traffic.py --runs 1 --modes full,no-operator --scenarios rollout
@@ -82,10 +83,11 @@ MODES: dict[str, dict[str, Any]] = {
 
 
 class GroupSampler:
-    """The workload's Available servers in the group, every 0.1 s: (time, count)."""
+    """Every 0.1 s: (time, the workload's servers Available in the group, those of them whose pod can answer: not
+    terminating, its containers ready)."""
 
     def __init__(self, bench: TrafficBench) -> None:
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, int, int]] = []
         self._bench = bench
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -95,18 +97,26 @@ class GroupSampler:
         while not self._stop.is_set():
             try:
                 servers = self._bench.emulator.group(group_id(0))["Servers"]
-                self.samples.append((time.time(), sum(1 for s in servers if s["Status"] == "Available")))
+                available = {s["ServerId"] for s in servers if s["Status"] == "Available"}
+                answering = {p.status.pod_ip for p in self._bench.pods() if can_answer(p)}
+                self.samples.append((time.time(), len(available), len(available & answering)))
             except Exception:  # a slow answer: the next sample counts
                 pass
             self._stop.wait(SAMPLE_SECONDS)
 
-    def fewest(self, start: float, end: float) -> int | None:
-        counts = [n for t, n in self.samples if start <= t <= end]
+    def fewest(self, start: float, end: float, column: int) -> int | None:
+        counts = [sample[column] for sample in self.samples if start <= sample[0] <= end]
         return min(counts) if counts else None
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def can_answer(pod: Any) -> bool:
+    conditions = pod.status.conditions or []
+    containers_ready = any(c.type == "ContainersReady" and c.status == "True" for c in conditions)
+    return pod.metadata.deletion_timestamp is None and containers_ready and bool(pod.status.pod_ip)
 
 
 class TrafficBench(ExposureBench):
@@ -189,7 +199,8 @@ class TrafficBench(ExposureBench):
         sampler.stop()
         if node is not None:
             self.cluster.kubectl("uncordon", node)
-        return figures(name, result, started, ended, done, sampler.fewest(started, ended), node)
+        fewest = (sampler.fewest(started, ended, 1), sampler.fewest(started, ended, 2))
+        return figures(name, result, started, ended, done, fewest, node)
 
     def run_mode(self, mode: str, index: int, scenarios: list[str]) -> list[dict[str, Any]]:  # type: ignore[override]
         controllers = self.setup(mode, index)
@@ -212,7 +223,13 @@ class TrafficBench(ExposureBench):
 
 
 def figures(
-    name: str, result: LoadResult, started: float, ended: float, done: bool, fewest: int | None, node: str | None
+    name: str,
+    result: LoadResult,
+    started: float,
+    ended: float,
+    done: bool,
+    fewest: tuple[int | None, int | None],
+    node: str | None,
 ) -> dict[str, Any]:
     samples = result.samples
     failed = [s for s in samples if not s.ok]
@@ -231,7 +248,8 @@ def figures(
         "failed_by_kind": dict(kinds),
         "answered_after_sigterm": sum(1 for s in samples if s.draining),
         "duration_s": round(ended - started, 2),
-        "fewest_available": fewest,
+        "fewest_available": fewest[0],
+        "fewest_answering": fewest[1],
         "pods_answering": len({s.pod for s in samples if s.pod}),
         "first_failure_s": round(failed[0].sent - started, 2) if failed else None,
         "last_failure_s": round(failed[-1].sent - started, 2) if failed else None,
@@ -242,7 +260,8 @@ def figures(
 def summary_line(row: dict[str, Any]) -> str:
     return (
         f"{row['failed']} failed of {row['requests']} {row['failed_by_kind'] or ''}, "
-        f"{row['answered_after_sigterm']} after SIGTERM, {row['duration_s']} s, fewest {row['fewest_available']}"
+        f"{row['answered_after_sigterm']} after SIGTERM, {row['duration_s']} s, fewest Available "
+        f"{row['fewest_available']} (answering {row['fewest_answering']})"
         + ("" if row["settled"] else " (NOT SETTLED)")
     )
 
@@ -266,8 +285,9 @@ def table(data: dict[str, Any]) -> str:
         f"{data['real_nodes']} real nodes, {RATE:g} requests/s through the emulator's data plane, jobs 1-2 s; "
         f"medians of {data['runs_per_mode']} runs (the range in brackets). Method: bench/traffic.py's docstring.",
         "",
-        "| scenario | mode | failed requests | of | answered after SIGTERM | duration s | fewest Available |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | mode | failed requests | of | answered after SIGTERM | duration s | fewest Available | "
+        "fewest answering |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in SCENARIOS:
         for mode in modes:
@@ -280,7 +300,7 @@ def table(data: dict[str, Any]) -> str:
                 cell(chosen, key, digits)
                 for key, digits in (
                     ("failed", 0), ("requests", 0), ("answered_after_sigterm", 0), ("duration_s", 1),
-                    ("fewest_available", 0),
+                    ("fewest_available", 0), ("fewest_answering", 0),
                 )
             )  # fmt: skip
             note = f" {unsettled} unsettled" if unsettled else ""
