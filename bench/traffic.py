@@ -27,6 +27,9 @@ pods'), with the load running from 2 s before to 2 s after. Figures per scenario
   after SIGTERM requests a pod answered during its drain (the workload marks them X-Draining: 1): in flight when
                 SIGTERM came
   duration      from the command to the group settled
+  exposed       pods whose server was still in rotation when the harness saw them terminating, and for how long
+                (to the emulator's out_of_rotation_at: p50 and max; negative: out before the pod was told to go)
+  calls         AddServersToServerGroup and RemoveServersFromServerGroup the emulator answered, by code
   fewest        fewest of the workload's servers Available in the group, and fewest of those whose pod can answer
                 (not terminating, its containers ready): sampled every 0.1 s
 
@@ -54,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exposure import MAX_WAIT_SECONDS, ExposureBench, gate_flags
+from exposure import MAX_WAIT_SECONDS, ExposureBench, TerminationWatch, gate_flags
 from run import BEHAVIOUR, NS, RESULTS, group_id, machine, source_tree
 from tests.support.realnode import workload_deployment
 from tests.support.traffic import Load, open_listener
@@ -72,6 +75,7 @@ GRACE_SECONDS = 30
 MARGIN_SECONDS = 2.0  # load before the command and after the group settled
 SETTLE_TIMEOUT = 300.0
 SAMPLE_SECONDS = 0.1
+WRITES = ("AddServersToServerGroup", "RemoveServersFromServerGroup")
 SCENARIOS = ("rollout", "scale-down", "drain")
 MODES: dict[str, dict[str, Any]] = {
     "no-operator": {"registrar": ("--register", "--remove-on", "deleted")},
@@ -179,6 +183,8 @@ class TrafficBench(ExposureBench):
 
     def scenario(self, name: str, replicas: int) -> dict[str, Any]:
         sampler = GroupSampler(self)
+        terminating = TerminationWatch(self.api)
+        terminating.ready.wait(30)
         load = Load(self.url, rate=RATE, max_seconds=SETTLE_TIMEOUT + 60).start()
         time.sleep(MARGIN_SECONDS)
         started = time.time()
@@ -197,10 +203,19 @@ class TrafficBench(ExposureBench):
         time.sleep(MARGIN_SECONDS)
         result = load.stop()
         sampler.stop()
+        terminating.stop()
+        history = self.emulator.admin("GET", f"server-groups/{group_id(0)}/history")
+        calls = Counter(
+            f"{r['action']} {r['code']}"
+            for r in self.emulator.requests()
+            if started <= r["time"] <= ended and r["action"] in WRITES
+        )
         if node is not None:
             self.cluster.kubectl("uncordon", node)
         fewest = (sampler.fewest(started, ended, 1), sampler.fewest(started, ended, 2))
-        return figures(name, result, started, ended, done, fewest, node)
+        out = figures(name, result, started, ended, done, fewest, node)
+        out.update(in_rotation_after_terminating(terminating.began, history, ended), calls=dict(calls))
+        return out
 
     def run_mode(self, mode: str, index: int, scenarios: list[str]) -> list[dict[str, Any]]:  # type: ignore[override]
         controllers = self.setup(mode, index)
@@ -257,12 +272,36 @@ def figures(
     }
 
 
+def in_rotation_after_terminating(
+    began: dict[str, float], history: list[dict[str, Any]], ended: float
+) -> dict[str, Any]:
+    """Per pod seen terminating: from then to its server out of rotation (the emulator's out_of_rotation_at of the
+    removal that followed it; none by the end: to the end). Positive: the server took requests while its pod was
+    going away. A gated deletion is negative: out before the pod was told to go."""
+    lags = []
+    for ip, at in began.items():
+        # The removal of this pod's server: the last one called before the scenario ended (a run's pods do not
+        # share addresses; the emulator's reset at each run's start forgets the last run's).
+        records = [r for r in history if r["ServerId"] == ip and r["removing_at"] <= ended]
+        out = max(records, key=lambda r: r["removing_at"])["out_of_rotation_at"] if records else None
+        lags.append((out if out is not None else ended) - at)
+    lags.sort()
+    return {
+        "terminating_pods": len(lags),
+        "exposed_pods": sum(1 for lag in lags if lag > 0),
+        "in_rotation_p50_s": round(statistics.median(lags), 2) if lags else None,
+        "in_rotation_max_s": round(lags[-1], 2) if lags else None,
+    }
+
+
 def summary_line(row: dict[str, Any]) -> str:
     return (
         f"{row['failed']} failed of {row['requests']} {row['failed_by_kind'] or ''}, "
         f"{row['answered_after_sigterm']} after SIGTERM, {row['duration_s']} s, fewest Available "
-        f"{row['fewest_available']} (answering {row['fewest_answering']})"
-        + ("" if row["settled"] else " (NOT SETTLED)")
+        f"{row['fewest_available']} (answering {row['fewest_answering']}), {row['exposed_pods']} of "
+        f"{row['terminating_pods']} terminating pods in rotation (p50/max "
+        f"{row['in_rotation_p50_s']}/{row['in_rotation_max_s']} s), "
+        f"{row['calls']}" + ("" if row["settled"] else " (NOT SETTLED)")
     )
 
 
@@ -286,8 +325,8 @@ def table(data: dict[str, Any]) -> str:
         f"medians of {data['runs_per_mode']} runs (the range in brackets). Method: bench/traffic.py's docstring.",
         "",
         "| scenario | mode | failed requests | of | answered after SIGTERM | duration s | fewest Available | "
-        "fewest answering |",
-        "|---|---|---|---|---|---|---|---|",
+        "fewest answering | pods in rotation while terminating | for p50 s | max s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in SCENARIOS:
         for mode in modes:
@@ -300,20 +339,23 @@ def table(data: dict[str, Any]) -> str:
                 cell(chosen, key, digits)
                 for key, digits in (
                     ("failed", 0), ("requests", 0), ("answered_after_sigterm", 0), ("duration_s", 1),
-                    ("fewest_available", 0), ("fewest_answering", 0),
+                    ("fewest_available", 0), ("fewest_answering", 0), ("exposed_pods", 0),
+                    ("in_rotation_p50_s", 1), ("in_rotation_max_s", 1),
                 )
             )  # fmt: skip
             note = f" {unsettled} unsettled" if unsettled else ""
             lines.append(f"| {name} | {mode} | {figures_} |{note}")
-    lines += ["", "Failures by kind (all runs):", ""]
+    lines += ["", "Failures by kind, and the calls the emulator answered by code (all runs, summed):", ""]
     for name in SCENARIOS:
         for mode in modes:
             kinds: Counter[str] = Counter()
+            calls: Counter[str] = Counter()
             for r in rows:
                 if r["mode"] == mode and r["scenario"] == name:
                     kinds.update(r["failed_by_kind"])
-            if kinds:
-                lines.append(f"- {name}, {mode}: {dict(kinds)}")
+                    calls.update(r.get("calls", {}))
+            if kinds or calls:
+                lines.append(f"- {name}, {mode}: failures {dict(kinds) or 'none'}; calls {dict(sorted(calls.items()))}")
     return "\n".join(lines) + "\n"
 
 
