@@ -8,8 +8,8 @@ about the strategy, not about HTTP code.
 For bench/traffic.py it also stands in for the controller that puts pods into a group where the operator does not
 (remove-only modes): ``--register`` adds each pod's server once the pod is Ready; ``--remove-on deleted`` removes a
 server only once its pod is gone from the API (a group kept in step with the pod list, after the fact), ``never``
-leaves removals to someone else. These changes of the stand-in are sent together, one call per group and kind every
-0.5 s, so that it does not crowd the group for the controller measured beside it.
+leaves removals to someone else. The stand-in's own changes go one call per group at a time, each taking all that
+wait of its kind, so that it does not crowd the group for the controller measured beside it.
 
     python bench/naive.py --endpoint URL --namespace NS --selector app=web --port 8080 --group-label sgm
     python bench/naive.py ... --register --remove-on never
@@ -92,6 +92,7 @@ async def run(args: argparse.Namespace) -> None:
     seen: set[tuple[str, str]] = set()  # (change, pod UID): each change once per pod
     tasks: set[asyncio.Task[None]] = set()
     registrar: dict[tuple[str, bool], list[Server]] = {}  # (group, add) -> servers waiting for the next call
+    calling: set[str] = set()  # groups with a call of the registrar out
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -114,13 +115,21 @@ async def run(args: argparse.Namespace) -> None:
                     registrar.setdefault((group, change == "add"), []).append(server)
 
         async def registrar_calls() -> None:
-            """The registrar's own changes, one call per group and kind every 0.5 s: a registrar that does not
-            crowd the group's one job at a time and its flow control (it only stands in for one)."""
+            """The registrar's own changes: per group one call at a time (removals first), taking every change of its
+            kind that waits, at most every 0.5 s; a registrar that does not crowd the group's one job at a time and
+            its flow control (it only stands in for one)."""
             while True:
                 await asyncio.sleep(REGISTRAR_COALESCE_SECONDS)
-                for (group, add), servers in list(registrar.items()):
-                    del registrar[(group, add)]
-                    start(one_change(alb, group, servers, add, stats))
+                for group in {g for g, _ in registrar} - calling:
+                    add = (group, False) not in registrar
+                    calling.add(group)
+                    start(registrar_call(group, add, registrar.pop((group, add))))
+
+        async def registrar_call(group: str, add: bool, servers: list[Server]) -> None:
+            try:
+                await one_change(alb, group, servers, add, stats)
+            finally:
+                calling.discard(group)
 
         def start(call: Coroutine[Any, Any, None]) -> None:
             task = asyncio.create_task(call)
