@@ -67,7 +67,8 @@ async def one_change(alb: AlbClient, group: str, servers: list[Server], add: boo
             stats["retries"] += 1
             continue
         if job is not None and job.status != "Processing":
-            stats["added" if add else "done"] += len(servers)
+            outcome = ("added" if add else "done") if job.status == "Succeeded" else "failed"
+            stats[outcome] += len(servers)
             return
 
 
@@ -109,6 +110,13 @@ async def run(args: argparse.Namespace) -> None:
                 seen.add((change, pod.metadata.uid))
                 group = pod.metadata.labels.get(args.group_label)
                 server = Server("Ip", pod.status.pod_ip, args.port)
+                pending_add = registrar.get((group, True), [])
+                if change == "remove" and server in pending_add:
+                    pending_add.remove(server)  # its pod went before the add was sent: the add is not sent
+                    if not pending_add:
+                        del registrar[(group, True)]
+                    if args.remove_on != "terminating":
+                        continue  # the registrar's own: nothing to remove either
                 if change == "remove" and args.remove_on == "terminating":
                     start(one_change(alb, group, [server], False, stats))  # the baseline: at once, one each
                 else:

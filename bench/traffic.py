@@ -2,43 +2,51 @@
 
 Two real nodes (a kubelet and a containerd each, localcluster/realnode.py) run a Deployment of 20 replicas of the
 workload image (workload/albm_workload.py: answers with its pod name, closes its listener on SIGTERM and finishes
-the requests in flight), with a readiness probe, no preStop hook, RollingUpdate maxSurge 25% maxUnavailable 0. The
-emulator's server group holds the pods' servers; its data plane (alb_emulator/dataplane.py, the model in
-docs/emulator.md) forwards each request of the load generator (alb_emulator/loadgen.py: 200 requests/s, open loop,
-loopback and the nodes' bridges only, each request 5 s at most) to a server in rotation. Jobs take 1-2 s (bench/run.py's
-BEHAVIOUR); a server being removed still gets requests until its job ends (the emulator's default).
+the requests in flight), with a readiness probe, no preStop hook, RollingUpdate maxSurge 25% maxUnavailable 0, spread
+over the nodes, and a PodDisruptionBudget of maxUnavailable 25%. The emulator's server group holds the pods'
+servers; its data plane (alb_emulator/dataplane.py, the model in docs/emulator.md) forwards each request of the load
+generator (alb_emulator/loadgen.py: 200 requests/s, open loop, each answered after 0.1 s by the pod, loopback and
+the nodes' bridges only) to a server in rotation. Jobs take 1-2 s (bench/run.py's BEHAVIOUR, with its flow
+control); a server being removed still gets requests until its job ends (the emulator's default).
 
 Modes (what puts servers into the group and what takes them out):
-  no-operator   the stand-in registrar (bench/naive.py --register --remove-on deleted): each pod's server added
-                once the pod is Ready, removed once the pod is gone from the API (a group kept in step with the pod
-                list, after the fact)
-  naive         the same registrar, removing each pod's server as soon as it is seen terminating, one call each
+  no-operator   no controller of this project: the stand-in registrar (bench/naive.py --register --remove-on
+                deleted) adds each pod's server once the pod is Ready and removes it once the pod is gone from the
+                API (a group kept in step with the pod list, after the fact)
+  naive         the same registrar's adds, and each terminating pod's server removed at once, one call each
                 (bench/naive.py: how existing controllers do it)
-  remove-only   the registrar adds; the operator removes (spec without deletionGate or registration)
+  remove-only   the registrar adds; the operator removes (no deletionGate, no registration)
   remove+gate   the registrar adds; the operator removes, with the deletion gate (the chart's webhook)
   full          the operator alone: registration, the readiness gate in the pods, the deletion gate
+The registrar sends one call per group at a time, taking every change of its kind that waits: the rows other than
+full depend on it (its adds lag a pod's Ready by a job or two; it is no better or worse than that).
 
 Each run of a mode starts from an empty group and a new Deployment (20 pods Ready and their servers Available),
 then: a rolling update (`kubectl rollout restart`), a scale-down to 10, a scale back to 20 (not measured), and a
-drain of the real node with the most of its pods (`kubectl drain`, then uncordon). Each is measured from its
-command to the group settled (the Deployment complete, no pod terminating, the group's servers exactly the live
-pods'), with the load running from 2 s before to 2 s after. Figures per scenario:
-  failed        requests the client got no 2xx-4xx answer to (the proxy's 5xx, a refusal, a reset, a timeout)
+drain of one real node (`kubectl drain`, evictions within the budget; then uncordon). Each is measured from its
+command until the group settled (the Deployment complete, no pod terminating, the group's servers exactly the live
+pods', Available), with the load from 2 s before to 2 s after. Figures per scenario:
+  failed        requests the client got no answer below 500 to (the proxy's 5xx, or the client's own refused,
+                reset, timeout), from the command to the end; the 2 s before the command separately
   after SIGTERM requests a pod answered during its drain (the workload marks them X-Draining: 1): in flight when
                 SIGTERM came
-  duration      from the command to the group settled
-  exposed       pods whose server was still in rotation when the harness saw them terminating, and for how long
-                (to the emulator's out_of_rotation_at: p50 and max; negative: out before the pod was told to go)
+  done          the Deployment complete (`rollout`: updated, available, no old pod; the others: the replicas
+                available); settled: the group too (the registrar's or the operator's last change done)
+  fewest        fewest of the workload's servers in rotation (Available, Configuring or Removing with a weight:
+                what the proxy sends requests to), and of those fewest whose pod can answer (not terminating, its
+                containers ready): sampled every 0.1 s
+  exposed       pods seen terminating while their server was in rotation, and how long it stayed (to the
+                emulator's out_of_rotation_at; negative: out before the pod was told to go, as with the gate)
   calls         AddServersToServerGroup and RemoveServersFromServerGroup the emulator answered, by code
-  fewest        fewest of the workload's servers Available in the group, and fewest of those whose pod can answer
-                (not terminating, its containers ready): sampled every 0.1 s
 
-    .venv/bin/python bench/traffic.py --runs 3
-    .venv/bin/python bench/traffic.py --runs 1 --modes full,no-operator --scenarios rollout
+    .venv/bin/python bench/traffic.py --runs 3 --source HEAD
+    .venv/bin/python bench/traffic.py --runs 1 --modes full,no-operator --scenarios rollout --out /tmp/trial
     .venv/bin/python bench/traffic.py --table-only
 
-Writes bench/results/traffic.json (every run), traffic.md (medians over runs) and traffic.png (requests and failures
-per second over each scenario, per mode, of the first run).
+Only a whole run (every mode and scenario, --runs 3 or more) writes bench/results/traffic.json (every run),
+traffic.md (medians over runs) and traffic.png (requests and failures per second, per scenario and mode, first
+run); a partial one writes them to --out (or only prints the table). --source pins the operator, the emulator and the
+CRDs; the harness (bench/, tests/support/, workload/) is the work tree's.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from exposure import MAX_WAIT_SECONDS, ExposureBench, TerminationWatch, gate_flags
 from run import BEHAVIOUR, NS, RESULTS, group_id, machine, source_tree
 from tests.support.realnode import workload_deployment
-from tests.support.traffic import Load, open_listener
+from tests.support.traffic import Load, client_timeout, failed, kind, open_listener
 
 from alb_emulator.loadgen import LoadResult
 from localcluster.cluster import free_port
@@ -68,13 +76,17 @@ from localcluster.cluster import free_port
 REPLICAS = 20
 SCALED_DOWN = 10
 RATE = 200.0
+SERVICE_SECONDS = 0.1  # each request's time in the pod (the workload's ?delay=): some are in flight at SIGTERM
 NAME = "web-0"  # ExposureBench.membership's resource and Deployment
 CONDITION = f"target-health.albmembership.io/{NAME}"
 STRATEGY = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}
+BUDGET = {"maxUnavailable": "25%"}
 GRACE_SECONDS = 30
 MARGIN_SECONDS = 2.0  # load before the command and after the group settled
-SETTLE_TIMEOUT = 300.0
+COMMAND_TIMEOUT = 300.0  # kubectl drain's --timeout
+SETTLE_TIMEOUT = 300.0  # from the command's end to the group settled
 SAMPLE_SECONDS = 0.1
+IN_ROTATION = ("Available", "Configuring", "Removing")  # dataplane.in_rotation with removing_gets_requests
 WRITES = ("AddServersToServerGroup", "RemoveServersFromServerGroup")
 SCENARIOS = ("rollout", "scale-down", "drain")
 MODES: dict[str, dict[str, Any]] = {
@@ -84,14 +96,17 @@ MODES: dict[str, dict[str, Any]] = {
     "remove+gate": {"registrar": ("--register", "--remove-on", "never"), "operator": {"gate": True}},
     "full": {"operator": {"gate": True, "registration": {"enabled": True, "weight": 100}}, "readiness_gate": True},
 }
+FULL_RUNS = 3  # a run of every mode and scenario this many times (or more) writes bench/results
 
 
 class GroupSampler:
-    """Every 0.1 s: (time, the workload's servers Available in the group, those of them whose pod can answer: not
-    terminating, its containers ready)."""
+    """Every 0.1 s: (time, the workload's servers in rotation, those of them whose pod can answer), and every server
+    ever seen in rotation. A failed sample is counted, not fatal (an API server or emulator slow to answer)."""
 
     def __init__(self, bench: TrafficBench) -> None:
         self.samples: list[tuple[float, int, int]] = []
+        self.seen: set[str] = set()
+        self.errors = 0
         self._bench = bench
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -99,14 +114,19 @@ class GroupSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            due = time.monotonic() + SAMPLE_SECONDS
             try:
                 servers = self._bench.emulator.group(group_id(0))["Servers"]
-                available = {s["ServerId"] for s in servers if s["Status"] == "Available"}
-                answering = {p.status.pod_ip for p in self._bench.pods() if can_answer(p)}
-                self.samples.append((time.time(), len(available), len(available & answering)))
-            except Exception:  # a slow answer: the next sample counts
-                pass
-            self._stop.wait(SAMPLE_SECONDS)
+                pods = self._bench.pods()
+            except Exception as exc:  # counted and shown; the next sample counts
+                self.errors += 1
+                print(f"[traffic] a sample failed: {type(exc).__name__}: {exc}", flush=True)
+            else:
+                rotation = {s["ServerId"] for s in servers if s["Status"] in IN_ROTATION and s["Weight"] > 0}
+                answering = {p.status.pod_ip for p in pods if can_answer(p)}
+                self.seen |= rotation
+                self.samples.append((time.time(), len(rotation), len(rotation & answering)))
+            self._stop.wait(max(0.0, due - time.monotonic()))
 
     def fewest(self, start: float, end: float, column: int) -> int | None:
         counts = [sample[column] for sample in self.samples if start <= sample[0] <= end]
@@ -124,6 +144,8 @@ def can_answer(pod: Any) -> bool:
 
 
 class TrafficBench(ExposureBench):
+    url = ""
+
     def subnets(self) -> list[str]:
         return [node.subnet for node in self.cluster.real]
 
@@ -132,22 +154,45 @@ class TrafficBench(ExposureBench):
         labels = {"bench-member": "true", "bench-group": group_id(0)}
         dep["metadata"]["labels"] = labels
         dep["spec"]["strategy"] = STRATEGY
-        dep["spec"]["template"]["metadata"]["labels"].update(labels)
+        template = dep["spec"]["template"]
+        template["metadata"]["labels"].update(labels)
+        # Half on each node (best effort: a drained node's pods must still find a place).
+        template["spec"]["topologySpreadConstraints"] = [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {"app": NAME}},
+            }
+        ]
         if readiness_gate:
-            dep["spec"]["template"]["spec"]["readinessGates"] = [{"conditionType": CONDITION}]
+            template["spec"]["readinessGates"] = [{"conditionType": CONDITION}]
         return dep
+
+    def budget(self) -> None:
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": NAME},
+            "spec": {**BUDGET, "selector": {"matchLabels": {"app": NAME}}},
+        }
+        self.cluster.kubectl("apply", "-n", NS, "-f", "-", input=json.dumps(body))
 
     def pods(self) -> list[Any]:
         return list(self.core.list_namespaced_pod(NS, label_selector="bench-member=true").items)
 
-    def settled(self, replicas: int) -> bool:
-        """The Deployment complete, no pod terminating, and the group's servers exactly the live pods' (Available)."""
+    def done(self, replicas: int) -> bool:
+        """The Deployment complete (updated and available, nothing else) and no pod of it terminating."""
         if not self.deployment_done(replicas):
             return False
         pods = self.pods()
-        if any(p.metadata.deletion_timestamp for p in pods) or len(pods) != replicas:
+        return len(pods) == replicas and not any(p.metadata.deletion_timestamp for p in pods)
+
+    def settled(self, replicas: int) -> bool:
+        """Done, and the group's servers exactly the live pods', Available."""
+        if not self.done(replicas):
             return False
-        live = {p.status.pod_ip for p in pods}
+        live = {p.status.pod_ip for p in self.pods()}
         servers = {s["ServerId"]: s["Status"] for s in self.emulator.group(group_id(0))["Servers"]}
         return set(servers) == live and set(servers.values()) == {"Available"}
 
@@ -160,7 +205,8 @@ class TrafficBench(ExposureBench):
         self.emulator.admin("POST", "reset")
         self.emulator.admin("PUT", "behaviour", BEHAVIOUR)
         self.emulator.add_group(group_id(0), [])
-        self.url = open_listener(self.emulator, group_id(0), self.subnets())
+        self.url = open_listener(self.emulator, group_id(0), self.subnets()) + f"?delay={SERVICE_SECONDS}"
+        self.budget()
         controllers = []
         if "registrar" in spec:
             controllers.append(self.start_controller("naive", f"{mode}-{index}-registrar", extra=spec["registrar"]))
@@ -176,48 +222,76 @@ class TrafficBench(ExposureBench):
         self._wait(lambda: self.settled(REPLICAS), f"{REPLICAS} pods Ready and in the group", SETTLE_TIMEOUT)
         return controllers
 
-    def drain_node(self) -> str:
-        """The real node with the most of the workload's pods."""
-        per_node = Counter(p.spec.node_name for p in self.pods())
-        return per_node.most_common(1)[0][0]
+    def command(self, name: str, replicas: int) -> str | None:
+        """Starts the scenario; returns the node drained, if any (kubectl drain returns once it evicted them all)."""
+        if name == "rollout":
+            self.cluster.kubectl("rollout", "restart", "-n", NS, f"deployment/{NAME}")
+            return None
+        if name == "scale-down":
+            self.apps.patch_namespaced_deployment_scale(NAME, NS, {"spec": {"replicas": replicas}})
+            return None
+        node = Counter(p.spec.node_name for p in self.pods()).most_common(1)[0][0]
+        self.cluster.kubectl(
+            "drain", node, "--ignore-daemonsets", "--delete-emptydir-data", f"--timeout={COMMAND_TIMEOUT:.0f}s"
+        )
+        return node
 
     def scenario(self, name: str, replicas: int) -> dict[str, Any]:
         sampler = GroupSampler(self)
         terminating = TerminationWatch(self.api)
-        terminating.ready.wait(30)
-        load = Load(self.url, rate=RATE, max_seconds=SETTLE_TIMEOUT + 60).start()
-        time.sleep(MARGIN_SECONDS)
-        started = time.time()
+        if not terminating.ready.wait(30):
+            raise RuntimeError("the pod watch did not list within 30 s")
+        before = {p.status.pod_ip for p in self.pods()}
+        on_node: Counter[str] = Counter(p.spec.node_name for p in self.pods())
+        # Long enough for the slowest scenario: the drain's own timeout, the settle, the margins.
+        bound = COMMAND_TIMEOUT + SETTLE_TIMEOUT + 4 * MARGIN_SECONDS + 30
+        load = Load(self.url, rate=RATE, max_seconds=bound, request_timeout=client_timeout(self.emulator)).start()
+        loaded = time.time()
         node = None
-        if name == "rollout":
-            self.cluster.kubectl("rollout", "restart", "-n", NS, f"deployment/{NAME}")
-        elif name == "scale-down":
-            self.apps.patch_namespaced_deployment_scale(NAME, NS, {"spec": {"replicas": replicas}})
-        else:
-            node = self.drain_node()
-            self.cluster.kubectl(
-                "drain", node, "--ignore-daemonsets", "--delete-emptydir-data", f"--timeout={SETTLE_TIMEOUT:.0f}s"
-            )
-        done = self._wait(lambda: self.settled(replicas), f"{name} settled", SETTLE_TIMEOUT, fail=False, every=0.2)
-        ended = time.time()
-        time.sleep(MARGIN_SECONDS)
-        result = load.stop()
-        sampler.stop()
-        terminating.stop()
+        try:
+            time.sleep(MARGIN_SECONDS)
+            started = time.time()
+            node = self.command(name, replicas)
+            done_at = None
+            deadline = time.monotonic() + SETTLE_TIMEOUT
+            while time.monotonic() < deadline:
+                if done_at is None and self.done(replicas):
+                    done_at = time.time()
+                if done_at is not None and self.settled(replicas):
+                    break
+                time.sleep(0.2)
+            ended = time.time()
+            settled = done_at is not None and self.settled(replicas)
+            time.sleep(MARGIN_SECONDS)
+        finally:
+            result = load.stop()
+            sampler.stop()
+            terminating.stop()
+            if node is not None:
+                self.cluster.kubectl("uncordon", node)
         history = self.emulator.admin("GET", f"server-groups/{group_id(0)}/history")
+        proxy = self.emulator.admin("GET", f"server-groups/{group_id(0)}/traffic?since={loaded - 1}&events=none")
         calls = Counter(
             f"{r['action']} {r['code']}"
             for r in self.emulator.requests()
             if started <= r["time"] <= ended and r["action"] in WRITES
         )
-        if node is not None:
-            self.cluster.kubectl("uncordon", node)
-        fewest = (sampler.fewest(started, ended, 1), sampler.fewest(started, ended, 2))
-        out = figures(name, result, started, ended, done, fewest, node)
-        out.update(in_rotation_after_terminating(terminating.began, history, ended), calls=dict(calls))
+        out = figures(name, result, started, ended, done_at, settled)
+        out.update(
+            in_rotation_after_terminating(terminating.began, history, sampler.seen, ended),
+            fewest_in_rotation=sampler.fewest(started, ended, 1),
+            fewest_answering=sampler.fewest(started, ended, 2),
+            sampler_errors=sampler.errors,
+            drained_node=node,
+            evicted=on_node[node] if node else None,
+            leaving=len(before),
+            calls=dict(calls),
+            proxy_requests=proxy["totals"]["requests"],
+            proxy_ok=proxy["totals"]["ok"],
+        )
         return out
 
-    def run_mode(self, mode: str, index: int, scenarios: list[str]) -> list[dict[str, Any]]:  # type: ignore[override]
+    def measure(self, mode: str, index: int, scenarios: list[str]) -> list[dict[str, Any]]:
         controllers = self.setup(mode, index)
         out = []
         try:
@@ -238,48 +312,44 @@ class TrafficBench(ExposureBench):
 
 
 def figures(
-    name: str,
-    result: LoadResult,
-    started: float,
-    ended: float,
-    done: bool,
-    fewest: tuple[int | None, int | None],
-    node: str | None,
+    name: str, result: LoadResult, started: float, ended: float, done_at: float | None, settled: bool
 ) -> dict[str, Any]:
-    samples = result.samples
-    failed = [s for s in samples if not s.ok]
-    kinds = Counter(s.failure or s.error or str(s.status) for s in failed)
+    samples = [s for s in result.samples if s.sent >= started]
+    warmup = [s for s in result.samples if s.sent < started]
+    bad = failed(samples)
     per_second: dict[int, list[int]] = {}
-    for s in samples:
+    for s in result.samples:
         second = int(s.sent - started + 100) - 100  # floor, also before the command
-        ok_fail = per_second.setdefault(second, [0, 0])
-        ok_fail[0 if s.ok else 1] += 1
+        per_second.setdefault(second, [0, 0])[0 if s.ok else 1] += 1
     return {
         "scenario": name,
-        "settled": done,
-        "drained_node": node,
+        "settled": settled,
         "requests": len(samples),
-        "failed": len(failed),
-        "failed_by_kind": dict(kinds),
+        "failed": len(bad),
+        "failed_before_command": len(failed(warmup)),
+        "failed_by_kind": dict(Counter(kind(s) for s in bad)),
         "answered_after_sigterm": sum(1 for s in samples if s.draining),
-        "duration_s": round(ended - started, 2),
-        "fewest_available": fewest[0],
-        "fewest_answering": fewest[1],
+        "done_s": round(done_at - started, 2) if done_at is not None else None,
+        "settled_s": round(ended - started, 2) if settled else None,
+        "load_covered": bool(result.samples) and result.samples[-1].sent >= ended,
         "pods_answering": len({s.pod for s in samples if s.pod}),
-        "first_failure_s": round(failed[0].sent - started, 2) if failed else None,
-        "last_failure_s": round(failed[-1].sent - started, 2) if failed else None,
-        "per_second": {str(k): v for k, v in sorted(per_second.items())},
+        "first_failure_s": round(bad[0].sent - started, 2) if bad else None,
+        "last_failure_s": round(bad[-1].sent - started, 2) if bad else None,
+        # Whole seconds only: the first and last are cut by the load's start and end.
+        "per_second": {str(k): v for k, v in sorted(per_second.items())[1:-1]},
     }
 
 
 def in_rotation_after_terminating(
-    began: dict[str, float], history: list[dict[str, Any]], ended: float
+    began: dict[str, float], history: list[dict[str, Any]], seen: set[str], ended: float
 ) -> dict[str, Any]:
-    """Per pod seen terminating: from then to its server out of rotation (the emulator's out_of_rotation_at of the
-    removal that followed it; none by the end: to the end). Positive: the server took requests while its pod was
-    going away. A gated deletion is negative: out before the pod was told to go."""
+    """Per pod seen terminating whose server was in rotation during the scenario: from then to its server out of
+    rotation (the emulator's out_of_rotation_at of the removal that followed; none by the end: to the end).
+    Positive: the server took requests while its pod was going away; negative: out before the pod was told to go."""
     lags = []
     for ip, at in began.items():
+        if ip not in seen:
+            continue
         # The removal of this pod's server: the last one called before the scenario ended (a run's pods do not
         # share addresses; the emulator's reset at each run's start forgets the last run's).
         records = [r for r in history if r["ServerId"] == ip and r["removing_at"] <= ended]
@@ -296,12 +366,13 @@ def in_rotation_after_terminating(
 
 def summary_line(row: dict[str, Any]) -> str:
     return (
-        f"{row['failed']} failed of {row['requests']} {row['failed_by_kind'] or ''}, "
-        f"{row['answered_after_sigterm']} after SIGTERM, {row['duration_s']} s, fewest Available "
-        f"{row['fewest_available']} (answering {row['fewest_answering']}), {row['exposed_pods']} of "
-        f"{row['terminating_pods']} terminating pods in rotation (p50/max "
-        f"{row['in_rotation_p50_s']}/{row['in_rotation_max_s']} s), "
-        f"{row['calls']}" + ("" if row["settled"] else " (NOT SETTLED)")
+        f"{row['failed']} failed of {row['requests']} {row['failed_by_kind'] or ''} "
+        f"({row['failed_before_command']} before the command), {row['answered_after_sigterm']} after SIGTERM, "
+        f"done {row['done_s']} s, settled {row['settled_s']} s, fewest in rotation {row['fewest_in_rotation']} "
+        f"(answering {row['fewest_answering']}), {row['exposed_pods']} of {row['terminating_pods']} terminating pods "
+        f"in rotation (p50/max {row['in_rotation_p50_s']}/{row['in_rotation_max_s']} s), evicted {row['evicted']}, "
+        f"proxy {row['proxy_ok']}/{row['proxy_requests']} ok, {row['calls']}"
+        + ("" if row["load_covered"] else " (THE LOAD ENDED FIRST)")
     )
 
 
@@ -314,48 +385,57 @@ def cell(rows: list[dict[str, Any]], key: str, digits: int = 0) -> str:
     return text if min(values) == max(values) else f"{text} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
 
 
+COLUMNS = (  # (heading, key, digits)
+    ("failed requests", "failed", 0),
+    ("of", "requests", 0),
+    ("answered after SIGTERM", "answered_after_sigterm", 0),
+    ("done s", "done_s", 1),
+    ("settled s", "settled_s", 1),
+    ("fewest in rotation", "fewest_in_rotation", 0),
+    ("fewest answering", "fewest_answering", 0),
+    ("terminating pods in rotation", "exposed_pods", 0),
+    ("for p50 s", "in_rotation_p50_s", 1),
+    ("max s", "in_rotation_max_s", 1),
+)
+
+
 def table(data: dict[str, Any]) -> str:
     rows = data["runs"]
     modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
+    runs = len({r["run"] for r in rows})
     lines = [
         "# Failed requests per mode, on real nodes",
         "",
-        f"Machine: {data['machine']}. Source {data['source']}, {data['date']}. {REPLICAS} replicas on "
-        f"{data['real_nodes']} real nodes, {RATE:g} requests/s through the emulator's data plane, jobs 1-2 s; "
-        f"medians of {data['runs_per_mode']} runs (the range in brackets). Method: bench/traffic.py's docstring.",
+        f"Machine: {data['machine']}. Source {data['source']}, started {data['date']}. {REPLICAS} replicas on "
+        f"{data['real_nodes']} real nodes, {RATE:g} requests/s through the emulator's data plane, each 0.1 s in the "
+        f"pod, jobs 1-2 s; medians of {runs} run(s), the range in brackets. Method: bench/traffic.py's docstring.",
         "",
-        "| scenario | mode | failed requests | of | answered after SIGTERM | duration s | fewest Available | "
-        "fewest answering | pods in rotation while terminating | for p50 s | max s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | mode | " + " | ".join(c[0] for c in COLUMNS) + " | runs not settled |",
+        "|---|---|" + "---|" * (len(COLUMNS) + 1),
     ]
     for name in SCENARIOS:
         for mode in modes:
             chosen = [r for r in rows if r["mode"] == mode and r["scenario"] == name]
-            if not chosen:
-                continue
-
-            unsettled = sum(1 for r in chosen if not r["settled"])
-            figures_ = " | ".join(
-                cell(chosen, key, digits)
-                for key, digits in (
-                    ("failed", 0), ("requests", 0), ("answered_after_sigterm", 0), ("duration_s", 1),
-                    ("fewest_available", 0), ("fewest_answering", 0), ("exposed_pods", 0),
-                    ("in_rotation_p50_s", 1), ("in_rotation_max_s", 1),
-                )
-            )  # fmt: skip
-            note = f" {unsettled} unsettled" if unsettled else ""
-            lines.append(f"| {name} | {mode} | {figures_} |{note}")
+            if chosen:
+                cells = " | ".join(cell(chosen, key, digits) for _, key, digits in COLUMNS)
+                unsettled = sum(1 for r in chosen if not r["settled"])
+                lines.append(f"| {name} | {mode} | {cells} | {unsettled} |")
     lines += ["", "Failures by kind, and the calls the emulator answered by code (all runs, summed):", ""]
     for name in SCENARIOS:
         for mode in modes:
             kinds: Counter[str] = Counter()
             calls: Counter[str] = Counter()
+            before = 0
             for r in rows:
                 if r["mode"] == mode and r["scenario"] == name:
                     kinds.update(r["failed_by_kind"])
-                    calls.update(r.get("calls", {}))
+                    calls.update(r["calls"])
+                    before += r["failed_before_command"]
             if kinds or calls:
-                lines.append(f"- {name}, {mode}: failures {dict(kinds) or 'none'}; calls {dict(sorted(calls.items()))}")
+                lines.append(
+                    f"- {name}, {mode}: failures {dict(kinds) or 'none'} ({before} in the 2 s before the command); "
+                    f"calls {dict(sorted(calls.items()))}"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -368,7 +448,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     rows = [r for r in data["runs"] if r["run"] == 0]
     modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
     fig, axes = plt.subplots(
-        len(SCENARIOS), len(modes), figsize=(3.2 * len(modes), 2.6 * len(SCENARIOS)), squeeze=False
+        len(SCENARIOS), len(modes), figsize=(3.2 * len(modes), 2.6 * len(SCENARIOS)), squeeze=False, sharey=True
     )
     for i, name in enumerate(SCENARIOS):
         for j, mode in enumerate(modes):
@@ -392,60 +472,69 @@ def plot(data: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write(data: dict[str, Any]) -> str:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "traffic.json").write_text(json.dumps(data, indent=1) + "\n")
+def write(data: dict[str, Any], out: Path | None) -> str:
+    """The table; and with ``out``, traffic.json, .md and .png there."""
     text = table(data)
-    (RESULTS / "traffic.md").write_text(text)
-    plot(data, RESULTS / "traffic.png")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "traffic.json").write_text(json.dumps(data, indent=1) + "\n")
+        (out / "traffic.md").write_text(text)
+        plot(data, out / "traffic.png")
     return text
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--modes", default=",".join(MODES))
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="which to run, in this order")
+    parser.add_argument("--runs", type=int, default=FULL_RUNS, help="rounds of every mode (default: %(default)s)")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: %(default)s")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="in this order, of: %(default)s")
+    parser.add_argument("--real-nodes", type=int, default=2, help="2 or more for the drain (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="where a partial run writes its results (default: printed only)")
     parser.add_argument("--log-dir", type=Path, help="keep the controllers' logs here (default: a temporary folder)")
-    parser.add_argument("--real-nodes", type=int, default=2)
-    parser.add_argument("--source", help="a git revision to benchmark (default: the working tree)")
+    parser.add_argument("--source", help="a git revision of the operator, emulator and CRDs (default: the work tree)")
     parser.add_argument("--table-only", action="store_true", help="rebuild traffic.md and .png from traffic.json")
     args = parser.parse_args()
     if args.table_only:
-        print(write(json.loads((RESULTS / "traffic.json").read_text())))
+        print(write(json.loads((RESULTS / "traffic.json").read_text()), RESULTS))
         return 0
-    # A SIGTERM ends the run through its finally: the cluster's real nodes are stopped and removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     modes, scenarios = args.modes.split(","), args.scenarios.split(",")
     for asked, known in ((modes, MODES), (scenarios, SCENARIOS)):
         unknown = [a for a in asked if a not in known]
         if unknown:
             parser.error(f"unknown {unknown}: choose from {', '.join(known)}")
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if args.real_nodes < (2 if "drain" in scenarios else 1):
+        parser.error("--real-nodes: a drain needs 2 or more (the evicted pods run on the others)")
+    whole = set(modes) == set(MODES) and set(scenarios) == set(SCENARIOS) and args.runs >= FULL_RUNS
+    out = RESULTS if whole else args.out
+    # A SIGTERM ends the run through its finally: the cluster's real nodes are stopped and removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="albm-traffic-") as tmp_dir:
         tmp = Path(tmp_dir)
         src, source = source_tree(args.source, tmp)
         log_dir = args.log_dir or tmp / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         bench = TrafficBench(tmp, log_dir, SETTLE_TIMEOUT, src, nodes=1, real_nodes=args.real_nodes)
-        for subnet in bench.subnets():
-            assert ipaddress.ip_network(subnet).is_private, subnet
-        data: dict[str, Any] = {
-            "machine": machine(),
-            "source": source,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "real_nodes": args.real_nodes,
-            "runs_per_mode": args.runs,
-            "max_wait_seconds": MAX_WAIT_SECONDS,
-            "runs": [],
-        }
         try:
+            for subnet in bench.subnets():
+                if not ipaddress.ip_network(subnet).is_private:
+                    raise RuntimeError(f"a real node's bridge {subnet} is not private: not a target")
+            data: dict[str, Any] = {
+                "machine": machine(),
+                "source": source,
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "real_nodes": args.real_nodes,
+                "max_wait_seconds": MAX_WAIT_SECONDS,
+                "runs": [],
+            }
             for index in range(args.runs):  # rounds: each mode once per round, so the noise falls on all
                 for mode in modes:
-                    data["runs"].extend(bench.run_mode(mode, index, scenarios))
-                    write(data)
+                    data["runs"].extend(bench.measure(mode, index, scenarios))
+                    write(data, log_dir)  # so far: kept beside the logs if the run stops early
         finally:
             bench.close()
-    print(write(data))
+    print(write(data, out))
     return 0
 
 
