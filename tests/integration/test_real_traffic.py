@@ -27,7 +27,7 @@ from tests.support.emulator import EmulatorProcess, server
 from tests.support.gate import GATE, Gated
 from tests.support.realnode import RealNodeInfo, workload_deployment
 from tests.support.scenario import GROUP, apply, sgm, status_when
-from tests.support.traffic import Load, describe, failed, open_listener
+from tests.support.traffic import Load, client_timeout, describe, failed, open_listener
 
 pytestmark = [pytest.mark.integration, pytest.mark.real_node]
 
@@ -142,12 +142,6 @@ def ended(sample: Sample) -> float:
 
 def backend_ip(sample: Sample) -> str | None:
     return sample.backend.rsplit(":", 1)[0].strip("[]") if sample.backend else None
-
-
-def client_timeout(emulator: EmulatorProcess) -> float:
-    """Longer than the proxy's connect timeout: a request to an address nobody answers ends with the proxy's
-    verdict (504), not with the client giving up first."""
-    return float(emulator.admin("GET", "behaviour")["proxy_connect_timeout_seconds"]) + 3.0
 
 
 def traffic(emulator: EmulatorProcess, since: float) -> dict[str, Any]:

@@ -39,8 +39,9 @@ def workload_spec(
     ready_after: float = 0.0,
     probe_period: int = 1,
 ) -> dict[str, Any]:
-    """A pod spec running the workload image on ``node`` (None: on any real node): its name from the downward API, a readiness probe on
-    /ready, and optionally a preStop hook that sleeps (the usual way to outlast the load balancer's removal)."""
+    """A pod spec running the workload image on ``node`` (None: on any real node): its name from the downward API, a
+    readiness probe on /ready, and optionally a preStop hook that sleeps (the usual way to outlast the load balancer's
+    removal)."""
     container: dict[str, Any] = {
         "name": "web",
         "image": WORKLOAD_IMAGE,

@@ -8,6 +8,7 @@ import asyncio
 import ipaddress
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -74,8 +75,24 @@ class Load:
             self.stop()
 
 
+def client_timeout(emulator: EmulatorProcess) -> float:
+    """Longer than the proxy's connect timeout: a request to an address nobody answers ends with the proxy's
+    verdict (504), not with the client giving up first."""
+    return float(emulator.admin("GET", "behaviour")["proxy_connect_timeout_seconds"]) + 3.0
+
+
 def failed(samples: Iterable[Sample]) -> list[Sample]:
     return [s for s in samples if not s.ok]
+
+
+def kind(sample: Sample) -> str:
+    """What became of a request: the proxy's failure kind if it made one (refused, timeout, ...), else the client's
+    own error (``client:refused``, ``client:timeout``, ...) if no answer came, else the HTTP status."""
+    if sample.failure:
+        return sample.failure
+    if sample.error:
+        return f"client:{sample.error}"
+    return str(sample.status)
 
 
 def describe(samples: Iterable[Sample]) -> str:
@@ -83,9 +100,6 @@ def describe(samples: Iterable[Sample]) -> str:
     bad = failed(samples)
     if not bad:
         return "no failure"
-    kinds: dict[str, int] = {}
-    for s in bad:
-        key = s.failure or s.error or str(s.status)
-        kinds[key] = kinds.get(key, 0) + 1
+    kinds = Counter(kind(s) for s in bad)
     first, last = (time.strftime("%H:%M:%S", time.localtime(s.sent)) for s in (bad[0], bad[-1]))
-    return f"{len(bad)} failed ({kinds}) from {first} to {last}"
+    return f"{len(bad)} failed ({dict(kinds)}) from {first} to {last}"
