@@ -222,10 +222,11 @@ def test_a_rollout_with_both_gates_fails_no_request(
     new = ready_ips(core, ns)
     samples = sent(result)
     view = traffic(proxy, started - 1)
+    history = proxy.admin("GET", f"server-groups/{GROUP}/history")
     removals = {
         r["ServerId"]: f"Removing {stamp(r['removing_at'])}, out "
         + (stamp(r["out_of_rotation_at"]) if r["out_of_rotation_at"] is not None else "never")
-        for r in proxy.admin("GET", f"server-groups/{GROUP}/history")
+        for r in history
     }
     context = (
         f"{describe(samples)}; latency {latency(samples)}; {warmed} ok before the restart; {rollout.timeline()}; "
@@ -234,6 +235,17 @@ def test_a_rollout_with_both_gates_fails_no_request(
 
     assert len(samples) >= MIN_REQUESTS, f"only {len(samples)} requests sent"
     assert failed(samples) == [], context
+    # No preStop hook is needed because the deletion gate holds each old pod's DELETE, and so its SIGTERM, until
+    # its server is out of rotation: the emulator took it out before the rollout saw the pod deleted.
+    for name, ip in old.items():
+        records = [r for r in history if r["ServerId"] == ip]
+        assert len(records) == 1, f"{name}'s server {ip} was removed {len(records)} times: {removals}"
+        out = records[0]["out_of_rotation_at"]
+        assert out is not None, f"{name}'s server {ip} is still in rotation: {removals}; {context}"
+        assert out <= rollout.deleted[name], (
+            f"{name}'s server out of rotation at {stamp(out)}, after its pod was seen deleted at "
+            f"{stamp(rollout.deleted[name])}: {context}"
+        )
     answered = Counter(s.pod for s in samples)
     assert set(old) <= set(answered), f"not every old pod answered: {dict(answered)}"
     assert set(new) <= set(answered), f"not every new pod answered: {dict(answered)}"
