@@ -25,7 +25,7 @@ from alb_emulator.loadgen import LoadResult, Sample
 from tests.support.cluster import Cluster, wait_for
 from tests.support.emulator import EmulatorProcess, server
 from tests.support.gate import GATE, Gated
-from tests.support.realnode import RealNodeInfo, workload_deployment
+from tests.support.realnode import TIMINGS, RealNodeInfo, workload_deployment
 from tests.support.scenario import GROUP, apply, sgm, status_when
 from tests.support.traffic import Load, client_timeout, describe, failed, kind, open_listener
 
@@ -190,6 +190,7 @@ def failures_by_kind(view: dict[str, Any]) -> dict[str, int]:
 def test_a_rollout_with_both_gates_fails_no_request(
     gated: Gated, proxy: EmulatorProcess, api_client: kubernetes.client.ApiClient, real_node: RealNodeInfo
 ) -> None:
+    began = time.monotonic()
     core = kubernetes.client.CoreV1Api(api_client)
     ns = gated.namespace
     proxy.add_group(GROUP, [])  # empty: the operator puts every server in
@@ -228,6 +229,7 @@ def test_a_rollout_with_both_gates_fails_no_request(
         + (stamp(r["out_of_rotation_at"]) if r["out_of_rotation_at"] is not None else "never")
         for r in history
     }
+    TIMINGS["a rollout of 3 pods under load with both gates (whole test)"] = time.monotonic() - began
     context = (
         f"{describe(samples)}; latency {latency(samples)}; {warmed} ok before the restart; {rollout.timeline()}; "
         f"removals: {removals}; the proxy's first failures: {proxy_failures(view)}; operator log: {op.log}"
@@ -263,6 +265,7 @@ def test_without_the_operator_a_rollout_fails_requests(
     namespace: str,
     real_node: RealNodeInfo,
 ) -> None:
+    began = time.monotonic()
     core = kubernetes.client.CoreV1Api(api_client)
     apply(cluster, namespace, deployment(real_node, gated=False))
 
@@ -294,6 +297,7 @@ def test_without_the_operator_a_rollout_fails_requests(
     bad = failed(samples)
     view = traffic(proxy, started - 1)
     reasons = Counter(f"{e['kind']}: {e['reason']}" for e in view["events"])
+    TIMINGS["a rollout of 3 pods under load without the operator (whole test)"] = time.monotonic() - began
     context = f"{describe(samples)}; latency {latency(samples)}; {rollout.timeline()}; emulator: {dict(reasons)}"
 
     assert not set(new.values()) & set(old.values()), f"a new pod has an old one's address: {old}, {new}"
