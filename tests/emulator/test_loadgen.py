@@ -1,5 +1,6 @@
 """The load generator (alb_emulator.loadgen): its rate, its bounds in count and time, open loop, loopback only, and
-what it records, against the emulator's proxy in front of backends on 127.0.0.1 (tests/support/backends.py)."""
+what it records (the drain mark too), against the emulator's proxy in front of backends on 127.0.0.1
+(tests/support/backends.py)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,15 @@ async def test_bounded_by_duration(plane: EmulatorProcess) -> None:
         took = time.monotonic() - started
     assert len(result.samples) == 50 == len(a.hits)  # due at 0, 20 ms, ..., 980 ms
     assert took < 1.5
+
+
+async def test_answers_marked_draining_are_recorded_and_counted(plane: EmulatorProcess) -> None:
+    with backends("pod-a", "pod-b") as (a, b):
+        a.draining = True  # as the workload answers after its SIGTERM
+        url = listen(plane, [a.member(), b.member()])
+        result = await run_load(url + "/", rate=100, count=20, duration=5)
+    assert {(s.pod, s.draining) for s in result.samples} == {("pod-a", True), ("pod-b", False)}
+    assert result.summary()["answered_draining"] == 10 and result.summary()["ok"] == 20
 
 
 async def test_open_loop_a_slow_backend_does_not_slow_the_rate(plane: EmulatorProcess) -> None:
