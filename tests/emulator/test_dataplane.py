@@ -8,9 +8,12 @@ counted per server. Where it can, a test checks the backends' own record, not on
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -315,7 +318,7 @@ def test_reset_timeout_backend_5xx_and_unroutable_are_counted_by_kind(plane: Emu
     with backends("pod-a") as (a,):
         url = listen(plane, [a.member()])
         assert get(url + "/close")[0] == 502
-        assert get(url + "/?delay=1.5")[0] == 504
+        assert get(url + "/?delay=1.5")[0] == 504  # connected, but no whole answer in time
         assert get(url + "/status/503")[1][POD_HEADER] == "pod-a"
         assert get(url + "/")[0] == 200
         plane.add_group(GROUP, [{"server_id": "10.0.0.1", "server_type": "Ip", "port": 80}])  # not loopback
@@ -330,7 +333,54 @@ def test_reset_timeout_backend_5xx_and_unroutable_are_counted_by_kind(plane: Emu
         "unroutable": 1,
     }
     assert [e["kind"] for e in view["events"]] == ["reset", "timeout", "backend_5xx", "unroutable"]
+    assert view["events"][1]["reason"] == "no whole answer within the request timeout"
     assert len(a.hits) == 4  # nothing was sent to 10.0.0.1's port, only to the backend
+
+
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that takes no new connection: a listener with a backlog of 0 that never accepts, its queue
+    filled. Linux drops a SYN to a full accept queue (tcp_abort_on_overflow 0) and the client sends it again only 1 s
+    later: connecting neither succeeds nor is refused, as to a pod whose address nothing answers any more."""
+    listener = socket.socket()
+    held: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(8):  # the kernel queues backlog + 1 connections (here 1); fill them, whatever the count
+            probe = socket.socket()
+            probe.settimeout(0.2)
+            try:
+                probe.connect(("127.0.0.1", port))
+            except TimeoutError:
+                probe.close()
+                break
+            held.append(probe)
+        else:
+            raise AssertionError("the accept queue never filled: no port without connections on this machine")
+        yield port
+    finally:
+        for sock in held:
+            sock.close()
+        listener.close()
+
+
+def test_a_server_that_takes_no_connection_is_a_connect_timeout(plane: EmulatorProcess) -> None:
+    """Within the connect timeout, not the request timeout: 504, kind timeout, and the reason says which timeout
+    (aiohttp's connect timeout is a TimeoutError too, and was once reported as the request's)."""
+    plane.admin("PUT", "behaviour", {"proxy_connect_timeout_seconds": 0.3, "proxy_request_timeout_seconds": 5.0})
+    with unanswered_port() as port:
+        url = listen(plane, [{"server_id": "127.0.0.1", "server_type": "Ip", "port": port}])
+        started = time.monotonic()
+        status, headers, _ = get(url + "/")
+        took = time.monotonic() - started
+    assert status == 504 and headers["X-Emulator-Failure"] == "timeout"
+    (event,) = traffic(plane)["events"]
+    assert event["kind"] == "timeout" and event["reason"] == "no connection within the connect timeout"
+    assert event["backend"] == f"127.0.0.1:{port}"
+    # At the connect timeout: before the SYN's retry at 1 s could connect, long before the request timeout.
+    assert 300 <= event["latency_ms"] < 900 and took < 2.0
 
 
 def test_behaviour_knobs_are_validated(plane: EmulatorProcess) -> None:

@@ -1,5 +1,6 @@
-"""The load generator (alb_emulator.loadgen): its rate, its bounds in count and time, open loop, loopback only, and
-what it records, against the emulator's proxy in front of backends on 127.0.0.1 (tests/support/backends.py)."""
+"""The load generator (alb_emulator.loadgen): its rate, its bounds in count and time, a caller's stop, open loop,
+loopback only, and what it records (the drain mark too), against the emulator's proxy in front of backends on
+127.0.0.1 (tests/support/backends.py); and tests/support/traffic.py's Load in a thread and its names for failures."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from alb_emulator.loadgen import check_loopback, run_load
 from tests.emulator.test_dataplane import listen
 from tests.support.backends import backends
 from tests.support.emulator import EmulatorProcess
+from tests.support.traffic import Load, describe, kind
 
 
 async def test_a_fixed_rate_bounded_by_count(plane: EmulatorProcess) -> None:
@@ -50,6 +53,45 @@ async def test_bounded_by_duration(plane: EmulatorProcess) -> None:
     assert took < 1.5
 
 
+async def test_until_stops_the_sending_once_it_is_true(plane: EmulatorProcess) -> None:
+    """until() is asked before each request: true at the 21st question, 20 went out, nowhere near the 30 s bound;
+    true from the start, none did."""
+    with backends("pod-a") as (a,):
+        url = listen(plane, [a.member()])
+        asked = itertools.count()
+        started = time.monotonic()
+        result = await run_load(url + "/", rate=100, count=3000, duration=30, until=lambda: next(asked) >= 20)
+        took = time.monotonic() - started
+        never = await run_load(url + "/", rate=100, count=3000, duration=30, until=lambda: True)
+    assert len(result.samples) == 20 == len(a.hits) and result.summary()["ok"] == 20
+    assert next(asked) == 21  # asked before each of the 20, and once more: the answer that stopped it
+    assert took < 1.5  # 19 intervals of 10 ms, then the last answer
+    assert never.samples == [] and never.summary()["sent"] == 0
+
+
+def test_load_runs_in_a_thread_until_stopped(plane: EmulatorProcess) -> None:
+    """tests/support/traffic.Load: it sends from start() to stop() (here 0.5 s of a 30 s bound), and its result
+    holds every request."""
+    with backends("pod-a") as (a,):
+        url = listen(plane, [a.member()])
+        load = Load(url + "/", rate=100, max_seconds=30).start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        result = load.stop()
+        stopping = time.monotonic() - started
+    assert 20 <= len(result.samples) <= 80 and result.summary()["ok"] == len(result.samples) == len(a.hits)
+    assert stopping < 1.0  # the next request's turn, and the last answer
+
+
+async def test_answers_marked_draining_are_recorded_and_counted(plane: EmulatorProcess) -> None:
+    with backends("pod-a", "pod-b") as (a, b):
+        a.draining = True  # as the workload answers after its SIGTERM
+        url = listen(plane, [a.member(), b.member()])
+        result = await run_load(url + "/", rate=100, count=20, duration=5)
+    assert {(s.pod, s.draining) for s in result.samples} == {("pod-a", True), ("pod-b", False)}
+    assert result.summary()["answered_draining"] == 10 and result.summary()["ok"] == 20
+
+
 async def test_open_loop_a_slow_backend_does_not_slow_the_rate(plane: EmulatorProcess) -> None:
     with backends("pod-slow") as (slow,):
         url = listen(plane, [slow.member()])
@@ -79,6 +121,9 @@ async def test_failures_are_recorded_with_the_proxys_kind(plane: EmulatorProcess
     summary = result.summary()
     assert summary["ok"] == 10 and summary["failed"] == 10
     assert summary["by_status"] == {"200": 10, "502": 10} and summary["by_failure"] == {"refused": 10}
+    # The proxy's kind, not its status (502 is also a reset's or an unroutable server's).
+    assert Counter(kind(s) for s in result.samples) == {"200": 10, "refused": 10}
+    assert describe(result.samples).startswith("10 failed ({'refused': 10}) from ")
 
 
 async def test_a_client_side_connection_failure_is_refused() -> None:
@@ -86,6 +131,7 @@ async def test_a_client_side_connection_failure_is_refused() -> None:
         port = a.port
     result = await run_load(f"http://127.0.0.1:{port}/", rate=20, count=3, duration=5)
     assert [s.error for s in result.samples] == ["refused"] * 3 and result.summary()["failed"] == 3
+    assert {kind(s) for s in result.samples} == {"client:refused"}  # no proxy answered: the client's own failure
 
 
 @pytest.mark.parametrize(

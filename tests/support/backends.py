@@ -3,7 +3,8 @@ a blocking call of the test, never holds them up).
 
 A backend answers every request with its name, in the ``X-Pod-Name`` header and the body (as the workload image
 does), and records when each request arrived and ended. ``?delay=S`` waits S seconds before answering;
-``/status/N`` answers status N; ``/close`` closes the connection without answering.
+``/status/N`` answers status N; ``/close`` closes the connection without answering. A backend whose ``draining`` is
+true marks its answers ``X-Draining: 1``, as the workload does after its SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 POD_HEADER = "X-Pod-Name"
+DRAINING_HEADER = "X-Draining"  # workload/albm_workload.py's mark (alb_emulator.loadgen records it)
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Backend:
     port: int = 0
     hits: list[Hit] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    draining: bool = False  # mark answers X-Draining: 1 (may be switched while it runs)
 
     def start(self, port: int = 0) -> Backend:
         backend = self
@@ -58,6 +61,8 @@ class Backend:
                 try:
                     self.send_response(status)
                     self.send_header(POD_HEADER, backend.name)
+                    if backend.draining:
+                        self.send_header(DRAINING_HEADER, "1")
                     self.send_header("Content-Type", "text/plain")
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
