@@ -37,7 +37,8 @@ pods', Available), with the load from 2 s before to 2 s after. Figures per scena
                 containers ready): sampled every 0.1 s
   exposed       pods seen terminating while their server was in rotation, and how long it stayed (to the
                 emulator's out_of_rotation_at; negative: out before the pod was told to go, as with the gate)
-  calls         AddServersToServerGroup and RemoveServersFromServerGroup the emulator answered, by code
+  calls         AddServersToServerGroup and RemoveServersFromServerGroup the emulator answered, by code; and the
+                deletion gate's answers (albm_gate_outcomes_total) during the scenario
 
     .venv/bin/python bench/traffic.py --runs 3 --source HEAD
     .venv/bin/python bench/traffic.py --runs 1 --modes full,no-operator --scenarios rollout --out /tmp/trial
@@ -65,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exposure import MAX_WAIT_SECONDS, ExposureBench, TerminationWatch, gate_flags
+from exposure import MAX_WAIT_SECONDS, ExposureBench, TerminationWatch, gate_flags, metrics_text
 from run import BEHAVIOUR, NS, RESULTS, group_id, machine, source_tree
 from tests.support.realnode import workload_deployment
 from tests.support.traffic import Load, client_timeout, failed, kind, open_listener
@@ -145,6 +146,19 @@ def can_answer(pod: Any) -> bool:
 
 class TrafficBench(ExposureBench):
     url = ""
+    operator: Any = None  # the mode's operator process (bench/run.py's Controller), if it has one
+
+    def gate_outcomes(self) -> Counter[str]:
+        """The operator's albm_gate_outcomes_total by outcome (nothing without an operator)."""
+        if self.operator is None:
+            return Counter()
+        return Counter(
+            {
+                name.split('outcome="')[1].rstrip('"}'): int(value)
+                for name, value in metrics_text(self.operator).items()
+                if name.startswith("albm_gate_outcomes_total{")
+            }
+        )
 
     def subnets(self) -> list[str]:
         return [node.subnet for node in self.cluster.real]
@@ -208,6 +222,7 @@ class TrafficBench(ExposureBench):
         self.url = open_listener(self.emulator, group_id(0), self.subnets()) + f"?delay={SERVICE_SECONDS}"
         self.budget()
         controllers = []
+        self.operator = None
         if "registrar" in spec:
             controllers.append(self.start_controller("naive", f"{mode}-{index}-registrar", extra=spec["registrar"]))
         operator = spec.get("operator")
@@ -215,6 +230,7 @@ class TrafficBench(ExposureBench):
             port = free_port() if operator["gate"] else None
             ctl = self.start_controller("operator", f"{mode}-{index}-operator", 40, extra=gate_flags(port))
             controllers.append(ctl)
+            self.operator = ctl
             self.membership(operator["gate"], operator.get("registration"))
             if port is not None:  # after the resource, as bench/exposure.py does: the probe pod must be watched
                 self.register_gate(ctl, port)
@@ -247,6 +263,7 @@ class TrafficBench(ExposureBench):
         bound = COMMAND_TIMEOUT + SETTLE_TIMEOUT + 4 * MARGIN_SECONDS + 30
         load = Load(self.url, rate=RATE, max_seconds=bound, request_timeout=client_timeout(self.emulator)).start()
         loaded = time.time()
+        outcomes = self.gate_outcomes()
         node = None
         try:
             time.sleep(MARGIN_SECONDS)
@@ -270,6 +287,8 @@ class TrafficBench(ExposureBench):
             if node is not None:
                 self.cluster.kubectl("uncordon", node)
         history = self.emulator.admin("GET", f"server-groups/{group_id(0)}/history")
+        gate = self.gate_outcomes()
+        gate.subtract(outcomes)
         proxy = self.emulator.admin("GET", f"server-groups/{group_id(0)}/traffic?since={loaded - 1}&events=none")
         calls = Counter(
             f"{r['action']} {r['code']}"
@@ -286,6 +305,7 @@ class TrafficBench(ExposureBench):
             evicted=on_node[node] if node else None,
             leaving=len(before),
             calls=dict(calls),
+            gate_outcomes={k: v for k, v in gate.items() if v},
             proxy_requests=proxy["totals"]["requests"],
             proxy_ok=proxy["totals"]["ok"],
         )
@@ -371,7 +391,7 @@ def summary_line(row: dict[str, Any]) -> str:
         f"done {row['done_s']} s, settled {row['settled_s']} s, fewest in rotation {row['fewest_in_rotation']} "
         f"(answering {row['fewest_answering']}), {row['exposed_pods']} of {row['terminating_pods']} terminating pods "
         f"in rotation (p50/max {row['in_rotation_p50_s']}/{row['in_rotation_max_s']} s), evicted {row['evicted']}, "
-        f"proxy {row['proxy_ok']}/{row['proxy_requests']} ok, {row['calls']}"
+        f"proxy {row['proxy_ok']}/{row['proxy_requests']} ok, {row['calls']}, gate {row['gate_outcomes']}"
         + ("" if row["load_covered"] else " (THE LOAD ENDED FIRST)")
     )
 
@@ -420,21 +440,27 @@ def table(data: dict[str, Any]) -> str:
                 cells = " | ".join(cell(chosen, key, digits) for _, key, digits in COLUMNS)
                 unsettled = sum(1 for r in chosen if not r["settled"])
                 lines.append(f"| {name} | {mode} | {cells} | {unsettled} |")
-    lines += ["", "Failures by kind, and the calls the emulator answered by code (all runs, summed):", ""]
+    lines += [
+        "",
+        "Failures by kind, the calls the emulator answered by code and the gate's answers (all runs, summed):",
+        "",
+    ]
     for name in SCENARIOS:
         for mode in modes:
             kinds: Counter[str] = Counter()
             calls: Counter[str] = Counter()
+            gate: Counter[str] = Counter()
             before = 0
             for r in rows:
                 if r["mode"] == mode and r["scenario"] == name:
                     kinds.update(r["failed_by_kind"])
                     calls.update(r["calls"])
+                    gate.update(r.get("gate_outcomes", {}))
                     before += r["failed_before_command"]
             if kinds or calls:
                 lines.append(
                     f"- {name}, {mode}: failures {dict(kinds) or 'none'} ({before} in the 2 s before the command); "
-                    f"calls {dict(sorted(calls.items()))}"
+                    f"calls {dict(sorted(calls.items()))}" + (f"; the gate's answers {dict(gate)}" if gate else "")
                 )
     return "\n".join(lines) + "\n"
 
