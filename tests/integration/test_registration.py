@@ -242,8 +242,9 @@ def test_concurrent_evictions_a_budget_refuses_never_take_their_servers_out(
 ) -> None:
     """kubectl drain sends its evictions at once. Before, the gate held each while its server left, all of them
     reading the budget's room (none admitted yet); the Eviction API then refused two, whose servers the undo put
-    back 5 s later. Now the gate holds no more evictions at once than the budget allows: the refused ones wait,
-    are let through untouched, and nothing is undone."""
+    back 5 s later. Now the gate holds no more evictions at once than the budget allows: the others wait for room
+    (none comes: bare pods have no replacement) to the end of their hold, are let through untouched, refused by the
+    Eviction API, and nothing is undone."""
     [op] = undoing.operators
     core = kubernetes.client.CoreV1Api(api_client)
     policy = kubernetes.client.PolicyV1Api(api_client)
@@ -252,7 +253,9 @@ def test_concurrent_evictions_a_budget_refuses_never_take_their_servers_out(
         apply(undoing.cluster, undoing.namespace, bare_pod(f"web-{i}", {"app": "web"}))
     ips = pod_ips(core, undoing.namespace, "web", 3)
     undoing.emulator.add_group(GROUP, [server(ip) for ip in ips.values()] + [server(FOREIGN)])
-    apply(undoing.cluster, undoing.namespace, sgm("web", **MEMBERS, deletionGate=GATE))
+    # A short hold: the evictions the budget blocks wait for room to its end.
+    gate = {**GATE, "maxWaitSeconds": 5}
+    apply(undoing.cluster, undoing.namespace, sgm("web", **MEMBERS, deletionGate=gate))
     status_when(undoing.cluster, undoing.namespace, lambda s: s.get("memberCount") == 3, "members recorded")
     policy.create_namespaced_pod_disruption_budget(
         undoing.namespace,

@@ -371,17 +371,18 @@ class Gate:
     # -- disruption budgets ------------------------------------------------------------------------------------
 
     async def _slot(self, review: Review, pod: PodView, started: float, until: float) -> _Slot | Verdict:
-        """An eviction's slot in every budget that picks its pod, or its answer without one: pdb-blocked (a budget
-        allows no disruption: the Eviction API refuses it after admission, so its servers must stay), timed-out
-        (the evictions this gate holds took the budgets' room for all of the review's time), HANDED_OVER."""
+        """An eviction's slot in every budget that picks its pod, once one has room, or its answer without one:
+        pdb-blocked (a budget allowed no disruption to the end of the review's time: the Eviction API refuses it
+        after admission, so its servers stay), timed-out (the evictions this gate holds took the budgets' room for
+        all of the review's time), HANDED_OVER. A budget that allows none now is waited for too: let through
+        at once, the eviction would be admitted unheld if a replacement turned Ready before the API judged it."""
         waited = False
         while True:
             read_at = self._clock()
             # Within the review's time (an API server that hangs: error).
             budgets = await asyncio.wait_for(self._budgets(review.namespace, pod), max(0.01, until - self._clock()))
-            if any(allowed <= 0 for _, allowed in budgets):
-                return Verdict("pdb-blocked")
-            if self._room(budgets):
+            blocked = any(allowed <= 0 for _, allowed in budgets)
+            if not blocked and self._room(budgets):
                 # No await since the room was counted: no other review takes it meanwhile.
                 slot = _Slot(frozenset(uid for uid, _ in budgets))
                 self._slots.add(slot)
@@ -390,17 +391,23 @@ class Gate:
                 waited = True
                 self._metrics.gate_budget_waits.inc()
                 log.info(
-                    "eviction of pod %s/%s waits: the evictions held take every disruption its budgets allow",
+                    "eviction of pod %s/%s waits: %s",
                     review.namespace,
                     review.pod_name,
+                    "its budgets allow no disruption now"
+                    if blocked
+                    else "the evictions held take every disruption its budgets allow",
                 )
-            # Until a slot frees by the last read (a held eviction answered and its grace ended), then read again.
-            while not (self._room(budgets) and self._clock() - read_at >= BUDGET_READ_SECONDS):
+            # Read again after a second, or once a slot frees by the last read (a held eviction answered and its
+            # grace ended), whichever is later.
+            while not (self._clock() - read_at >= BUDGET_READ_SECONDS and (blocked or self._room(budgets))):
                 if self._reconciler.stopped:
                     return Verdict(HANDED_OVER)
                 if self._clock() >= until:
-                    return self._timed_out(review, started, [])
+                    return Verdict("pdb-blocked") if blocked else self._timed_out(review, started, [])
                 await asyncio.sleep(min(POLL_SECONDS, max(0.0, until - self._clock())))
+            if self._clock() >= until:
+                return Verdict("pdb-blocked") if blocked else self._timed_out(review, started, [])
 
     def _room(self, budgets: Budgets) -> bool:
         """Whether each budget allows more disruptions than the evictions this gate holds (or just let through)
