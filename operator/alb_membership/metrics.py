@@ -108,6 +108,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.gate_budget_waits = Counter(
+            "albm_gate_budget_waits",
+            "Evictions the deletion gate held before starting their removal, because the evictions it already "
+            "held took every disruption a PodDisruptionBudget of the pod allows",
+            registry=r,
+        )
         self.webhook_refused = Counter(
             "albm_webhook_refused",
             "Requests to the webhook port refused before any review was read: tls (the TLS handshake failed: no "

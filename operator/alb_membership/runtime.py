@@ -77,7 +77,7 @@ class Runtime:
         metrics.track_pending(lambda: census.oldest_pending(self.reconciler.ledgers))
         self._store_task: asyncio.Task[None] | None = None
         self._certificates_task: asyncio.Task[None] | None = None
-        self.gate = Gate(self.reconciler, self.store, self.clients_for, metrics, kube.budgets_allow)
+        self.gate = Gate(self.reconciler, self.store, self.clients_for, metrics, kube.budgets)
         self._services: dict[str, Services] = {}
         self._anti_entropy_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()  # set by kopf once it watches everything

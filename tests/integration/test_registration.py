@@ -237,9 +237,15 @@ def test_a_deletion_another_webhook_refuses_puts_the_server_back(
     assert st["members"][pod.metadata.uid]["inGroup"] == "Available"
 
 
-def test_concurrent_evictions_a_budget_refuses_put_their_servers_back(
+def test_concurrent_evictions_a_budget_refuses_never_take_their_servers_out(
     undoing: Gated, api_client: kubernetes.client.ApiClient
 ) -> None:
+    """kubectl drain sends its evictions at once. Before, the gate held each while its server left, all of them
+    reading the budget's room (none admitted yet); the Eviction API then refused two, whose servers the undo put
+    back 5 s later. Now the gate holds no more evictions at once than the budget allows: the others wait for room
+    (none comes: bare pods have no replacement) to the end of their hold, are let through untouched, refused by the
+    Eviction API, and nothing is undone."""
+    [op] = undoing.operators
     core = kubernetes.client.CoreV1Api(api_client)
     policy = kubernetes.client.PolicyV1Api(api_client)
     # Bare pods: no replacement turns Ready and gives the budget room again while the evictions are held.
@@ -247,7 +253,9 @@ def test_concurrent_evictions_a_budget_refuses_put_their_servers_back(
         apply(undoing.cluster, undoing.namespace, bare_pod(f"web-{i}", {"app": "web"}))
     ips = pod_ips(core, undoing.namespace, "web", 3)
     undoing.emulator.add_group(GROUP, [server(ip) for ip in ips.values()] + [server(FOREIGN)])
-    apply(undoing.cluster, undoing.namespace, sgm("web", **MEMBERS, deletionGate=GATE))
+    # A short hold: the evictions the budget blocks wait for room to its end.
+    gate = {**GATE, "maxWaitSeconds": 5}
+    apply(undoing.cluster, undoing.namespace, sgm("web", **MEMBERS, deletionGate=gate))
     status_when(undoing.cluster, undoing.namespace, lambda s: s.get("memberCount") == 3, "members recorded")
     policy.create_namespaced_pod_disruption_budget(
         undoing.namespace,
@@ -274,11 +282,28 @@ def test_concurrent_evictions_a_budget_refuses_put_their_servers_back(
     threads = [threading.Thread(target=evict, args=(name,)) for name in ips]
     for t in threads:
         t.start()
+    samples: list[set[str]] = []
+    # While the evictions run, and for the undo's 5 s after: a server put back would be seen leaving first.
+    settled_at: float | None = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (settled_at is None or time.monotonic() < settled_at + 6):
+        samples.append(available(undoing.emulator))
+        if settled_at is None and not any(t.is_alive() for t in threads):
+            settled_at = time.monotonic()
+        time.sleep(0.1)
     for t in threads:
-        t.join(60)
+        t.join(1)
     assert sorted(answers.values()) == [201, 429, 429], answers
     kept = {ips[name] for name, code in answers.items() if code == 429}
-    wait_for(lambda: kept <= available(undoing.emulator), "the refused evictions back in the group", timeout=20)
     evicted = next(ips[name] for name, code in answers.items() if code == 201)
-    assert evicted not in available(undoing.emulator), "the evicted pod's server stays out"
+    calls = undoing.emulator.requests("RemoveServersFromServerGroup")
+    assert all("servers" in r and "code" in r for r in calls), calls
+    removed = {ip for r in calls if r["code"] == "OK" for ip in r["servers"]}
+    assert removed == {evicted}, f"only the evicted pod's server was ever removed: {calls}"
+    assert all(kept <= sample for sample in samples), "the refused evictions' servers stayed Available throughout"
+    assert evicted not in available(undoing.emulator), "the evicted pod's server is out"
+    undone = sum(
+        float(x.rsplit(" ", 1)[1]) for x in op.metrics().splitlines() if x.startswith("albm_removals_undone_total")
+    )
+    assert undone == 0, "nothing to undo"
     assert FOREIGN in servers(undoing.emulator)

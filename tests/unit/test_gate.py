@@ -5,6 +5,7 @@ and never from Removing; a leader that stops mid-hold hands the review over; eve
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -13,11 +14,12 @@ import pytest
 
 from alb_membership.alb.client import AlbClient
 from alb_membership.alb.models import Server
+from alb_membership.cluster.kube import Kube
 from alb_membership.engine import outcomes
 from alb_membership.engine.timings import observe_exposure
 from alb_membership.gate import review as review_module
 from alb_membership.gate.evidence import GroupListings, Listing
-from alb_membership.gate.review import HANDED_OVER, MAX_HOLDS, Gate, Review, pod_of
+from alb_membership.gate.review import HANDED_OVER, MAX_HOLDS, Budgets, Gate, Review, pod_of
 from alb_membership.metrics import Metrics
 from alb_membership.model import status
 from alb_membership.model.ledger import Entry, GroupKey, Removal, now
@@ -89,11 +91,14 @@ class Setup:
         self.rec = RecordingReconciler(self.view, self.kube)
         self.metrics = Metrics()
         self.pages = pages
+        self.budgets: dict[str, Budgets] = {}  # pod name -> its budgets as the API server shows them now
+        self.budget_reads = 0
 
-        async def budgets(_ns: str, _pod: PodView) -> bool:
+        async def budgets(_ns: str, pod: PodView) -> Budgets:
+            self.budget_reads += 1
             if budgets_hang:  # an API server that takes the request and never answers
                 await asyncio.Event().wait()
-            return True
+            return self.budgets.get(pod.name, [])
 
         self.gate = Gate(self.rec, self.view, lambda _r: cast(AlbClient, pages), self.metrics, budgets)
 
@@ -102,6 +107,11 @@ class Setup:
         body = selected(deletionGate=GATED)
         self.view.bodies = [body]
         self.rec.start(body, repair=False)
+
+    def budget(self, uid: str, allowed: int, *names: str) -> None:
+        """The budget ``uid`` picks these pods and allows ``allowed`` disruptions now."""
+        for name in names:
+            self.budgets[name] = [(uid, allowed)]
 
     def outcome(self, outcome: str) -> float:
         return self.metrics.registry.get_sample_value("albm_gate_outcomes_total", {"outcome": outcome}) or 0.0
@@ -319,6 +329,154 @@ async def test_a_budget_check_that_hangs_does_not_outlast_the_hold() -> None:
     assert time.monotonic() - began < 1.0 and setup.rec.sent() == [], "answered in the hold's time, nothing removed"
 
 
+# -- evictions under disruption budgets --------------------------------------------------------------------------
+
+IPS = {"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.3"}  # Setup.members("a", "b", "c")
+
+
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slot's grace and the budgets' re-reads, shortened (2 s and 1 s in production)."""
+    monkeypatch.setattr(review_module, "SLOT_GRACE_SECONDS", 0.3)
+    monkeypatch.setattr(review_module, "BUDGET_READ_SECONDS", 0.1)
+
+
+def leaving(setup: Setup) -> set[str]:
+    """The pods whose server's removal the gate ever decided (sent to the pipeline)."""
+    return {name for name, ip in IPS.items() if f"Ip:{ip}:8080" in setup.rec.sent()}
+
+
+def waits(setup: Setup) -> float:
+    return setup.metrics.registry.get_sample_value("albm_gate_budget_waits_total") or 0.0
+
+
+async def test_concurrent_evictions_start_no_more_removals_than_the_budget_allows(ok: Setup, quick: None) -> None:
+    """kubectl drain sends its evictions at once. Before, each read the budget's room (none admitted yet: all held
+    here) and every pod's servers left; the Eviction API then refused the rest, and their servers came back."""
+    ok.members("a", "b", "c")
+    ok.budget("pdb-web", 1, "a", "b", "c")
+    reviews = {n: asyncio.create_task(ok.review(evict(n), seconds=3)) for n in "abc"}
+    await asyncio.sleep(0.3)
+    [first] = leaving(ok)
+    others = sorted(set(IPS) - {first})
+    assert waits(ok) == 2 and not any(reviews[n].done() for n in others)
+    await ok.accepted(IPS[first])
+    assert await reviews[first] == "confirmed"
+    await asyncio.sleep(0.2)  # within its slot's grace, the budget not yet showing the admitted eviction
+    assert leaving(ok) == {first} and not any(reviews[n].done() for n in others)
+    ok.budget("pdb-web", 0, "a", "b", "c")  # the Eviction API took the disruption off the budget
+    await asyncio.sleep(0.5)
+    assert leaving(ok) == {first} and not any(reviews[n].done() for n in others), "a full budget is waited for"
+    ok.budget("pdb-web", 1, "a", "b", "c")  # a replacement turned Ready: one disruption again
+    for _ in range(100):
+        if len(leaving(ok)) == 2:
+            break
+        await asyncio.sleep(0.02)
+    [taken] = leaving(ok) - {first}
+    [left] = set(others) - {taken}
+    await ok.accepted(IPS[taken], job="job-2")
+    assert await reviews[taken] == "confirmed"
+    ok.budget("pdb-web", 0, "a", "b", "c")
+    assert await reviews[left] == "pdb-blocked", "the budget stayed full to the end of its time: the API judges it"
+    assert ok.rec.sent() == [f"Ip:{IPS[first]}:8080", f"Ip:{IPS[taken]}:8080"], "the last one's server stays"
+    assert ok.entry(IPS[left]).removal is None  # type: ignore[union-attr]
+
+
+async def test_a_budget_allowing_two_holds_two_and_the_third_goes_once_it_has_room_again(
+    ok: Setup, quick: None
+) -> None:
+    ok.members("a", "b", "c")
+    ok.budget("pdb-web", 2, "a", "b", "c")
+    reviews = {n: asyncio.create_task(ok.review(evict(n), seconds=10)) for n in "abc"}
+    await asyncio.sleep(0.3)
+    held = leaving(ok)
+    assert len(held) == 2 and waits(ok) == 1
+    [third] = set(IPS) - held
+    x, y = sorted(held)
+    await ok.accepted(IPS[x], job="job-x")
+    assert await reviews[x] == "confirmed"
+    ok.budget("pdb-web", 1, "a", "b", "c")  # x admitted; y still held
+    await asyncio.sleep(0.6)  # x's grace ended, the budgets read again: y's slot takes the one disruption left
+    assert not reviews[third].done() and leaving(ok) == held
+    reads = ok.budget_reads
+    await asyncio.sleep(0.3)
+    assert ok.budget_reads == reads, "no slot freed, nothing read again"
+    await ok.accepted(IPS[y], job="job-y")
+    assert await reviews[y] == "confirmed"
+    ok.budget("pdb-web", 1, "a", "b", "c")  # y admitted, and a replacement Ready: room again
+    await ok.accepted(IPS[third], job="job-z")
+    assert await reviews[third] == "confirmed"
+    assert leaving(ok) == set(IPS)
+
+
+async def test_an_eviction_needs_room_in_every_budget_that_picks_its_pod(ok: Setup, quick: None) -> None:
+    ok.members("a", "b", "c")
+    ok.budget("pdb-web", 1, "a")
+    ok.budget("pdb-canary", 1, "b")
+    ok.budgets["c"] = [("pdb-web", 1), ("pdb-canary", 1)]
+    reviews = {n: asyncio.create_task(ok.review(evict(n), seconds=4)) for n in "abc"}
+    await asyncio.sleep(0.3)
+    assert leaving(ok) == {"a", "b"}, "a slot counts only in the budgets of its pod"
+    await ok.accepted(IPS["a"], job="job-a")
+    assert await reviews["a"] == "confirmed"
+    ok.budgets["c"] = [("pdb-web", 1), ("pdb-canary", 1)]  # a replacement of a Ready: pdb-web has room again
+    await asyncio.sleep(0.6)
+    assert leaving(ok) == {"a", "b"} and not reviews["c"].done(), "pdb-canary is still taken by b"
+    await ok.accepted(IPS["b"], job="job-b")
+    assert await reviews["b"] == "confirmed"
+    ok.budgets["c"] = [("pdb-web", 1), ("pdb-canary", 0)]
+    assert await reviews["c"] == "pdb-blocked" and leaving(ok) == {"a", "b"}, "pdb-canary stayed full to the end"
+
+
+async def test_an_eviction_whose_budget_stays_full_times_out_untouched(quick: None) -> None:
+    setup = Setup(Pages(listed(("10.0.0.1", "Available"), ("10.0.0.2", "Available"))))
+    setup.members("a", "b")
+    setup.budget("pdb-web", 1, "a", "b")
+    holder = asyncio.create_task(setup.review(evict("a"), seconds=5))
+    await setup.accepted("10.0.0.1")  # its server stays Available: held
+    verdict = await setup.gate.review(Review.parse(evict("b")), time.monotonic() + 0.8)
+    assert verdict.outcome == "timed-out" and verdict.warning is not None and "not yet confirmed" in verdict.warning
+    assert leaving(setup) == {"a"}, "let through with its server untouched: the Eviction API judges it"
+    assert setup.metrics.registry.get_sample_value("albm_gate_hold_seconds_count") == 1.0
+    assert not holder.done()
+    setup.pages.answer = listed()
+    assert await holder == "confirmed"
+
+
+async def test_the_budgets_of_a_pod_are_those_whose_selector_picks_it() -> None:
+    class Response:
+        async def read(self) -> bytes:
+            return json.dumps({"items": items}).encode()
+
+    class Policy:
+        async def list_namespaced_pod_disruption_budget(self, _ns: str, **_kw: Any) -> Response:
+            return Response()
+
+    def pdb(uid: str, selector: dict[str, Any] | None, status: dict[str, Any] | None) -> dict[str, Any]:
+        return {"metadata": {"uid": uid}, "spec": {"selector": selector}, "status": status}
+
+    items = [
+        pdb("web", {"matchLabels": {"app": "web"}}, {"disruptionsAllowed": 2}),
+        pdb("everything", {}, {"disruptionsAllowed": 1}),  # policy/v1: an empty selector picks every pod
+        pdb("nothing", None, {"disruptionsAllowed": 0}),  # and a null one none
+        pdb("api", {"matchLabels": {"app": "api"}}, {"disruptionsAllowed": 0}),
+        pdb("new", {"matchExpressions": [{"key": "app", "operator": "Exists"}]}, None),  # no status yet: none
+    ]
+    kube = object.__new__(Kube)
+    kube._policy = cast(Any, Policy())
+    assert await kube.budgets("shop", pod("a")) == [("web", 2), ("everything", 1), ("new", 0)]
+
+
+async def test_a_delete_is_no_business_of_the_budgets(ok: Setup) -> None:
+    ok.members("a", "b")
+    ok.budget("pdb-web", 0, "a", "b")
+    assert await ok.review(evict("a"), seconds=0.5) == "pdb-blocked"
+    assert ok.rec.sent() == [] and ok.budget_reads == 1, "a refused eviction's servers stay"
+    hold = asyncio.create_task(ok.review(delete("b", "uid-b"), seconds=5))
+    await ok.accepted("10.0.0.2")
+    assert await hold == "confirmed" and ok.budget_reads == 1
+
+
 def test_every_let_through_is_exposure() -> None:
     metrics = Metrics()
     server = Server("Ip", "10.0.0.1", 8080)
@@ -436,6 +594,22 @@ async def test_the_sweeper_prunes_the_gated_set_and_the_cache_without_any_call(
     assert swept.count("gated") >= 2 and swept.count("listings") >= 2
 
 
+async def test_slots_are_dropped_after_their_grace_without_any_review(
+    ok: Setup, quick: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(review_module, "SWEEP_SECONDS", 0.05)
+    ok.members("a", "b", "c")
+    ok.budget("pdb-web", 5, "a", "b", "c")
+    ok.gate.start()
+    reviews = [asyncio.create_task(ok.review(evict(n))) for n in "abc"]
+    await ok.accepted(*IPS.values())
+    assert await asyncio.gather(*reviews) == ["confirmed"] * 3
+    assert ok.gate.slots == 3, "each kept for its grace after its answer"
+    await asyncio.sleep(0.5)
+    assert ok.gate.slots == 0, "dropped by the sweeper"
+    await ok.gate.close()
+
+
 async def test_a_listing_read_before_the_removal_was_accepted_proves_nothing_of_it() -> None:
     """An IP reused by a new pod: its server was absent from the group a moment ago (the old pod's removal) and
     was added again since. A listing read then, still young, must not confirm the new pod's deletion (found by the
@@ -451,3 +625,16 @@ async def test_a_listing_read_before_the_removal_was_accepted_proves_nothing_of_
     assert not hold.done(), "confirmed from a listing read before its removal was accepted"
     pages.answer = listed()
     assert await hold == "confirmed"
+
+
+async def test_an_eviction_a_full_budget_blocks_goes_once_a_replacement_gives_it_room(ok: Setup, quick: None) -> None:
+    """During a drain the budget allows none while the replacements start. Before, such an eviction was let through
+    at once with its servers in rotation, and admitted unheld if a replacement turned Ready in between."""
+    ok.members("a")
+    ok.budget("pdb-web", 0, "a")
+    review = asyncio.create_task(ok.review(evict("a"), seconds=5))
+    await asyncio.sleep(0.5)
+    assert not review.done() and leaving(ok) == set() and waits(ok) == 1
+    ok.budget("pdb-web", 1, "a")  # a replacement turned Ready
+    await ok.accepted(IPS["a"])
+    assert await review == "confirmed" and leaving(ok) == {"a"}

@@ -100,16 +100,16 @@ class Kube:
             if not token:
                 return out
 
-    async def budgets_allow(self, namespace: str, pod: PodView) -> bool:
-        """Whether the PodDisruptionBudgets that pick the pod allow one more disruption now (as the Eviction API
-        will judge, after admission)."""
+    async def budgets(self, namespace: str, pod: PodView) -> list[tuple[str, int]]:
+        """The PodDisruptionBudgets that pick the pod, each as (uid, status.disruptionsAllowed) as read now: what
+        the Eviction API will judge by, after admission."""
         resp: Any = await self._policy.list_namespaced_pod_disruption_budget(namespace, _preload_content=False)
-        for budget in json.loads(await resp.read())["items"]:
-            selector = (budget.get("spec") or {}).get("selector")
-            allowed = int((budget.get("status") or {}).get("disruptionsAllowed", 0))
-            if selector is not None and allowed <= 0 and Selector.from_spec(selector).matches(pod.labels):
-                return False
-        return True
+        return [
+            (budget["metadata"]["uid"], int((budget.get("status") or {}).get("disruptionsAllowed", 0)))
+            for budget in json.loads(await resp.read())["items"]
+            if (selector := (budget.get("spec") or {}).get("selector")) is not None
+            and Selector.from_spec(selector).matches(pod.labels)
+        ]
 
     async def event(self, ref: Ref, kind: str, reason: str, message: str) -> None:
         """Posts a core/v1 Event on the resource. Failures are logged, never raised: an Event is a courtesy."""

@@ -11,6 +11,11 @@ Trust the store, not the body (PRODUCT.md 3.14): a review names a pod; the gate 
 know under that namespace and name, with the UID the review gives (a DELETE always carries the pod as oldObject, an
 eviction may name a UID precondition). Labels, IPs and annotations come from the store, never from the request, so
 a forged oldObject or a random UID changes nothing and adds nothing to any set.
+
+Evictions and PodDisruptionBudgets: the Eviction API judges a budget only after admission, so an eviction it will
+refuse must not take its pod's servers out, and evictions sent at once (``kubectl drain``) must not all read the
+same room: each takes a slot in its pod's budgets before its removal starts, and waits (within its hold's time)
+while the evictions this gate holds take all that a budget allows.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -39,8 +45,13 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
 MAX_HOLDS = 500  # deletions held at once; more start their removal and are let through unconfirmed
-SWEEP_SECONDS = 5.0  # the gated set and the listing cache are pruned this often, whatever else happens
+SWEEP_SECONDS = 5.0  # the gated set, the listing cache and the slots are pruned this often, whatever else happens
 HANDED_OVER = "handed-over"  # not an answer: this replica stopped leading mid-hold; the new leader answers
+BUDGET_READ_SECONDS = 1.0  # an eviction waiting for a budget's slot reads the budgets again at most this often
+# An eviction's slot outlives its answer by this: the Eviction API takes the disruption off the budget's status in
+# the same request, after admission, and a read right after the answer may not show it yet.
+SLOT_GRACE_SECONDS = 2.0
+Budgets = list[tuple[str, int]]  # the PodDisruptionBudgets that pick a pod: (uid, status.disruptionsAllowed)
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -153,6 +164,16 @@ class Verdict:
         return self.outcome == HANDED_OVER
 
 
+@dataclass(eq=False)
+class _Slot:
+    """An eviction's place in the budgets that pick its pod, taken before its removal starts. The Eviction API
+    counts an eviction against a budget only once admitted, after the hold: without slots, evictions sent at once
+    (``kubectl drain``) would all read the same room and all take their servers out."""
+
+    budgets: frozenset[str]  # their uids
+    until: float = math.inf  # for good while held; once answered, to the end of its grace (the gate's clock)
+
+
 @dataclass
 class _Awaited:
     """A server a hold waits for, and what it has seen of its removal."""
@@ -176,18 +197,19 @@ class Gate:
         store: LiveView,
         client_for: Callable[[str], AlbClient],
         metrics: Metrics,
-        budgets: Callable[[str, PodView], Awaitable[bool]],
+        budgets: Callable[[str, PodView], Awaitable[Budgets]],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._reconciler = reconciler
         self._store = store
         self._client_for = client_for
         self._metrics = metrics
-        self._budgets_allow = budgets
+        self._budgets = budgets
         self._clock = clock
         self.listings = GroupListings(self._read_page, clock=clock)
         self._awaited: dict[GroupKey, Counter[Server]] = {}  # group -> servers the holds wait for (a listing's ids)
         self.holds = 0
+        self._slots: set[_Slot] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
     async def _read_page(self, key: GroupKey, server_ids: list[str]) -> tuple[list[dict[str, Any]], bool]:
@@ -205,9 +227,11 @@ class Gate:
             self._sweeper = asyncio.create_task(sweep_forever(), name="gate-sweeper")
 
     def sweep(self) -> None:
-        """The gated set and the listing cache, pruned whether or not any call or review happens."""
+        """The gated set, the listing cache and the budgets' slots, pruned whether or not any call or review
+        happens."""
         self._reconciler.gated.prune()
         self.listings.prune()
+        self._prune_slots()
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -239,15 +263,20 @@ class Gate:
         hold = hold_for(self._store, pod)
         if hold is None:
             return Verdict("not-a-member")
-        seconds = hold.seconds if deadline is None else min(hold.seconds, deadline - self._clock())
-        if review.eviction:
-            # The Eviction API checks PodDisruptionBudgets after admission: a refused eviction must not have
-            # taken the pod's servers out. Read within the hold's time (an API server that hangs: error).
-            began = self._clock()
-            allowed = await asyncio.wait_for(self._budgets_allow(review.namespace, pod), max(0.01, seconds))
-            if not allowed:
-                return Verdict("pdb-blocked")
-            seconds -= self._clock() - began
+        started = self._clock()
+        until = started + max(0.0, hold.seconds if deadline is None else min(hold.seconds, deadline - started))
+        if not review.eviction:
+            return await self._gated(review, pod, hold, started, until)
+        slot = await self._slot(review, pod, started, until)
+        if isinstance(slot, Verdict):
+            return slot
+        try:
+            return await self._gated(review, pod, hold, started, until)
+        finally:
+            slot.until = self._clock() + SLOT_GRACE_SECONDS
+
+    async def _gated(self, review: Review, pod: PodView, hold: Hold, started: float, until: float) -> Verdict:
+        """The pod's removal starts now; its deletion is held until its servers are out, or let through."""
         if self._reconciler.stopped:
             return Verdict(HANDED_OVER)
         if self.holds >= MAX_HOLDS:
@@ -261,7 +290,7 @@ class Gate:
             )
         self.holds += 1
         try:
-            verdict = await self._hold(review, pod, hold, self._clock() + max(0.0, seconds))
+            verdict = await self._hold(review, pod, hold, started, until)
         finally:
             self.holds -= 1
         return self._expect(pod, verdict)
@@ -272,8 +301,7 @@ class Gate:
             self._reconciler.expect_deletion(pod.namespace, pod.uid)
         return verdict
 
-    async def _hold(self, review: Review, pod: PodView, hold: Hold, until: float) -> Verdict:
-        started = self._clock()
+    async def _hold(self, review: Review, pod: PodView, hold: Hold, started: float, until: float) -> Verdict:
         # Just after a takeover, kopf may not have loaded every resource yet (with its status: pending removals).
         while not hold.resource_uids <= self._reconciler.resources.keys():
             if self._reconciler.stopped:
@@ -339,6 +367,62 @@ class Gate:
             f"alb-membership-operator: let through after {held:.2f}s, this pod's servers not yet confirmed out of "
             "rotation",
         )
+
+    # -- disruption budgets ------------------------------------------------------------------------------------
+
+    async def _slot(self, review: Review, pod: PodView, started: float, until: float) -> _Slot | Verdict:
+        """An eviction's slot in every budget that picks its pod, once one has room, or its answer without one:
+        pdb-blocked (a budget allowed no disruption to the end of the review's time: the Eviction API refuses it
+        after admission, so its servers stay), timed-out (the evictions this gate holds took the budgets' room for
+        all of the review's time), HANDED_OVER. A budget that allows none now is waited for too: let through
+        at once, the eviction would be admitted unheld if a replacement turned Ready before the API judged it."""
+        waited = False
+        while True:
+            read_at = self._clock()
+            # Within the review's time (an API server that hangs: error).
+            budgets = await asyncio.wait_for(self._budgets(review.namespace, pod), max(0.01, until - self._clock()))
+            blocked = any(allowed <= 0 for _, allowed in budgets)
+            if not blocked and self._room(budgets):
+                # No await since the room was counted: no other review takes it meanwhile.
+                slot = _Slot(frozenset(uid for uid, _ in budgets))
+                self._slots.add(slot)
+                return slot
+            if not waited:
+                waited = True
+                self._metrics.gate_budget_waits.inc()
+                log.info(
+                    "eviction of pod %s/%s waits: %s",
+                    review.namespace,
+                    review.pod_name,
+                    "its budgets allow no disruption now"
+                    if blocked
+                    else "the evictions held take every disruption its budgets allow",
+                )
+            # Read again after a second, or once a slot frees by the last read (a held eviction answered and its
+            # grace ended), whichever is later.
+            while not (self._clock() - read_at >= BUDGET_READ_SECONDS and (blocked or self._room(budgets))):
+                if self._reconciler.stopped:
+                    return Verdict(HANDED_OVER)
+                if self._clock() >= until:
+                    return Verdict("pdb-blocked") if blocked else self._timed_out(review, started, [])
+                await asyncio.sleep(min(POLL_SECONDS, max(0.0, until - self._clock())))
+            if self._clock() >= until:
+                return Verdict("pdb-blocked") if blocked else self._timed_out(review, started, [])
+
+    def _room(self, budgets: Budgets) -> bool:
+        """Whether each budget allows more disruptions than the evictions this gate holds (or just let through)
+        under it."""
+        self._prune_slots()
+        return all(sum(uid in s.budgets for s in self._slots) < allowed for uid, allowed in budgets)
+
+    def _prune_slots(self) -> None:
+        now = self._clock()
+        self._slots = {s for s in self._slots if s.until > now}
+
+    @property
+    def slots(self) -> int:
+        """Evictions counted against their budgets now: held, or answered less than the grace ago."""
+        return len(self._slots)
 
     # -- waiting for the cloud ----------------------------------------------------------------------------------
 
