@@ -80,7 +80,7 @@ class Reconciler:
             self.resources, self._owners, self.gated, self.writer, self.group_key, self._view, self.in_group_changed
         )
         self._expected: dict[str, asyncio.TimerHandle] = {}  # pod UID -> the look for its deletion
-        self._looks: set[asyncio.Task[None]] = set()
+        self._looking: dict[str, asyncio.Task[None]] = {}  # pod UID -> its look under way (a reference kept)
         # Whether a pod is live as the API server (not a watch) shows it: set by the runtime.
         self.confirm_live: Callable[[str, str, str], Awaitable[bool]] | None = None
         # Set once this replica stops acting (shutdown, Lease given up): events still arriving change nothing.
@@ -336,6 +336,11 @@ class Reconciler:
         (PRODUCT.md 3.13)."""
         if pod_uid in self._expected:
             self._expected.pop(pod_uid).cancel()
+        # A look already asking the API server answers for the deletion let through before this one: if that one
+        # was refused and this one (a retried eviction, say) goes ahead, its answer would put the servers back into
+        # rotation while the pod goes away. The new timer looks again.
+        if pod_uid in self._looking:
+            self._looking.pop(pod_uid).cancel()
 
         async def look() -> None:
             assert self.view is not None
@@ -351,8 +356,10 @@ class Reconciler:
         def later() -> None:
             self._expected.pop(pod_uid, None)
             task = asyncio.create_task(look(), name=f"deletion-of-{pod_uid}")
-            self._looks.add(task)
-            task.add_done_callback(self._looks.discard)
+            self._looking[pod_uid] = task
+            task.add_done_callback(
+                lambda t: self._looking.pop(pod_uid, None) if self._looking.get(pod_uid) is t else None
+            )
 
         self._expected[pod_uid] = asyncio.get_running_loop().call_later(self.settings.undo_after_seconds, later)
 
