@@ -19,6 +19,7 @@ from alb_membership.engine.pipeline import PipelineSettings, Services
 from alb_membership.engine.readiness import ReadinessGates, verdict
 from alb_membership.engine.reconciler import Reconciler, ReconcilerSettings
 from alb_membership.metrics import Metrics
+from alb_membership.model.membership import PodView
 from alb_membership.model.status import to_status
 from tests.unit.fakes import ENI, RecordingKube, View, pod, resource
 
@@ -144,6 +145,21 @@ def registering(**extra: Any) -> dict[str, Any]:
         registration={"enabled": True, "weight": 100},
         **extra,
     )
+
+
+def one_gated_member(rec: Reconciler, view: View) -> PodView:
+    """A live, Ready pod "a", the one member of a remove-only resource with the deletion gate."""
+    live = pod("a", ready=True)
+    view.pod_list = [live]
+    rec.start(
+        resource(
+            podSelector={"matchLabels": {"app": "web"}},
+            backend={"serverType": "Ip", "port": 8080},
+            deletionGate={"enabled": True},
+        ),
+        repair=False,
+    )
+    return live
 
 
 async def settle(seconds: float = 0.5) -> None:
@@ -272,16 +288,7 @@ async def test_an_undo_in_remove_only_mode_puts_the_server_back_with_the_weight_
     cloud, view, kube = Cloud(), View(), RecordingKube()
     cloud.group[A] = ("Available", 30)
     rec = reconciler(cloud, view, kube)
-    live = pod("a", ready=True)
-    view.pod_list = [live]
-    rec.start(
-        resource(
-            podSelector={"matchLabels": {"app": "web"}},
-            backend={"serverType": "Ip", "port": 8080},
-            deletionGate={"enabled": True},
-        ),
-        repair=False,
-    )
+    live = one_gated_member(rec, view)
     rec.gate(live)
     await settle(0.3)
     assert A not in cloud.group, "the gate's removal went"
@@ -417,16 +424,7 @@ async def test_a_deletion_let_through_while_the_last_ones_look_is_asking_is_not_
         return True  # the API server's answer when it was asked: live
 
     rec.confirm_live = confirm_live
-    live = pod("a", ready=True)
-    view.pod_list = [live]
-    rec.start(
-        resource(
-            podSelector={"matchLabels": {"app": "web"}},
-            backend={"serverType": "Ip", "port": 8080},
-            deletionGate={"enabled": True},
-        ),
-        repair=False,
-    )
+    live = one_gated_member(rec, view)
     rec.gate(live)
     rec.expect_deletion(live.namespace, live.uid)  # the first eviction let through (then refused by its budget)
     await asyncio.wait_for(asked.wait(), 2)
