@@ -263,6 +263,8 @@ class Gate:
         self._prune_reads()
 
     async def close(self) -> None:
+        for read in self._reads.values():
+            read.task.cancel()  # one an API server never answers would outlive the gate
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -572,7 +574,7 @@ class Gate:
             slot.gone_seen is not None
             and read is not None
             and read.budgets is not None
-            and read.started >= slot.gone_seen
+            and read.started > slot.gone_seen
         )
 
     def _live(self, slot: _Slot) -> bool:
