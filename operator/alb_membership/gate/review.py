@@ -14,8 +14,9 @@ a forged oldObject or a random UID changes nothing and adds nothing to any set.
 
 Evictions and PodDisruptionBudgets: the Eviction API judges a budget only after admission, so an eviction it will
 refuse must not take its pod's servers out, and evictions sent at once (``kubectl drain``) must not all read the
-same room: each takes a slot in its pod's budgets before its removal starts, and waits (within its hold's time)
-while the evictions this gate holds take all that a budget allows.
+same room: the gate judges each as the API will (model/budgets.py), and one that needs a disruption of its pod's
+budget takes a slot there before its removal starts, waiting (within its hold's time) while the budget allows
+none or the evictions this gate holds take all it allows.
 """
 
 from __future__ import annotations
