@@ -456,6 +456,8 @@ class Gate:
                 read = await self._read_again(review.namespace, self._clock() - BUDGET_READ_SECONDS, until, read)
         # Answered by a read begun within the last second, not by one up to a second older.
         read = await self._read_again(review.namespace, until - LAST_READ_SECONDS, until, read)
+        if self._reconciler.stopped:
+            return Verdict(HANDED_OVER)
         taken = self._take(pod, read)
         if not isinstance(taken, Budget):
             return taken  # room at the last moment: held with what time is left
