@@ -525,12 +525,14 @@ class Gate:
         new one (so at most one a second per namespace, however many wait). TimeoutError at ``until``; the read's
         own error otherwise (shared too: its waiters answer error)."""
         read = self._reads.get(namespace)
-        if read is None or read.started < since:
+        fresh = read is None or read.started < since
+        if read is None or fresh:
             read = _Read(self._clock(), asyncio.create_task(self._budgets(namespace), name=f"budgets-{namespace}"))
             self._reads[namespace] = read
         # Shielded: a waiter whose time ends leaves the read to the others.
         await asyncio.wait_for(asyncio.shield(read.task), max(0.01, until - self._clock()))
-        self._prune_slots()
+        if fresh:
+            self._prune_slots()  # what the new read shows released, once per read (not per waiter)
         return read
 
     async def _read_again(self, namespace: str, since: float, until: float, last: _Read) -> _Read:
@@ -552,7 +554,13 @@ class Gate:
 
     def _prune_slots(self) -> None:
         now = self._clock()
+        live: dict[str, set[str]] = {}  # namespace -> the UIDs of its pods not going away, as the store shows them
         for uid, slots in list(self._slots.items()):
+            for slot in slots:
+                if slot.namespace not in live:
+                    live[slot.namespace] = {p.uid for p in self._store.pods(slot.namespace) if not p.going_away}
+                if slot.gone_seen is None and slot.pod_uid not in live[slot.namespace]:
+                    slot.gone_seen = now
             kept = [s for s in slots if not self._released(s, now)]
             if kept:
                 self._slots[uid] = kept
@@ -562,26 +570,16 @@ class Gate:
     def _released(self, slot: _Slot, now: float) -> bool:
         """An answered slot is done once its eviction was taken off the budget (its pod in disruptedPods), or never
         will be (answered undo_after_seconds ago: refused, its removal undone). Any slot is done once its pod went
-        away and a read begun since shows the budget without it (the API takes the disruption off before the
-        deletion, and the disruption controller may clear disruptedPods once the pod is gone)."""
+        away and a read begun since shows the budget (the API takes the disruption off before the deletion; the
+        disruption controller may clear disruptedPods once the pod is gone)."""
         read = self._reads.get(slot.namespace)
-        budgets = (read.budgets if read is not None else None) or []
+        budgets = read.budgets if read is not None else None
         if slot.answered is not None:
             if now - slot.answered >= self._slot_seconds:
                 return True
-            if any(b.uid == slot.budget and slot.pod_name in b.disrupted for b in budgets):
+            if any(b.uid == slot.budget and slot.pod_name in b.disrupted for b in budgets or ()):
                 return True
-        if slot.gone_seen is None and not self._live(slot):
-            slot.gone_seen = now
-        return (
-            slot.gone_seen is not None
-            and read is not None
-            and read.budgets is not None
-            and read.started > slot.gone_seen
-        )
-
-    def _live(self, slot: _Slot) -> bool:
-        return any(p.uid == slot.pod_uid and not p.going_away for p in self._store.pods(slot.namespace))
+        return slot.gone_seen is not None and budgets is not None and read is not None and read.started > slot.gone_seen
 
     def _prune_reads(self) -> None:
         """Reads done and due again are forgotten: the cache holds the namespaces read within the last second."""
