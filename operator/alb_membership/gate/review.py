@@ -428,8 +428,9 @@ class Gate:
         eviction would be admitted unheld if a replacement turned Ready before the API judged it."""
         if pod.pending:
             return None  # deleted unchecked; terminating and terminal pods are no member's (hold_for)
-        # A first read that does not answer within the hold: nothing known to answer by (error, nothing removed).
-        read = await self._read(review.namespace, started, until)
+        # Shared with the evictions sent together (begun within the last second); one that does not answer within
+        # the hold leaves nothing to answer by (error, nothing removed).
+        read = await self._read(review.namespace, started - BUDGET_READ_SECONDS, until)
         waited = False
         while True:
             taken = self._take(pod, read)
