@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
 MAX_HOLDS = 500  # deletions held at once; more start their removal and are let through unconfirmed
-SWEEP_SECONDS = 5.0  # the gated set, the listing cache and the slots are pruned this often, whatever else happens
+SWEEP_SECONDS = 5.0  # the gated set, listing cache, slots and budget reads are pruned this often, whatever happens
 HANDED_OVER = "handed-over"  # not an answer: this replica stopped leading mid-hold; the new leader answers
 # A namespace's PodDisruptionBudgets are read at most this often, one read shared by every eviction waiting there
 # (a budget whose room grows is noticed by the next read).
@@ -56,8 +56,8 @@ BUDGET_READ_SECONDS = 1.0
 LAST_READ_SECONDS = 1.0
 MIN_READ_SECONDS = 0.2  # no read of the budgets starts with less time than this left: the last one's state answers
 # An answered eviction's slot counts against its budget until its pod shows in the budget's status.disruptedPods,
-# the pod is seen going away, or this long after the answer (the reconciler's undo_after_seconds: taken as refused,
-# its removal is undone by then).
+# a read begun after the pod was seen going away, or this long after the answer (the reconciler's
+# undo_after_seconds: taken as refused, its removal is undone by then).
 SLOT_SECONDS = 5.0
 
 
