@@ -77,7 +77,14 @@ class Runtime:
         metrics.track_pending(lambda: census.oldest_pending(self.reconciler.ledgers))
         self._store_task: asyncio.Task[None] | None = None
         self._certificates_task: asyncio.Task[None] | None = None
-        self.gate = Gate(self.reconciler, self.store, self.clients_for, metrics, kube.budgets)
+        self.gate = Gate(
+            self.reconciler,
+            self.store,
+            self.clients_for,
+            metrics,
+            kube.budgets,
+            slot_seconds=self.reconciler.settings.undo_after_seconds,  # an answer not admitted by then: undone
+        )
         self._services: dict[str, Services] = {}
         self._anti_entropy_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()  # set by kopf once it watches everything

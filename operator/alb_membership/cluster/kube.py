@@ -13,8 +13,9 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 
+from alb_membership.model.budgets import Budget
 from alb_membership.model.membership import PodView
-from alb_membership.model.spec import GROUP, PLURAL, VERSION, Ref, Selector
+from alb_membership.model.spec import GROUP, PLURAL, VERSION, Ref
 
 log = logging.getLogger(__name__)
 COMPONENT = "alb-membership-operator"
@@ -100,16 +101,11 @@ class Kube:
             if not token:
                 return out
 
-    async def budgets(self, namespace: str, pod: PodView) -> list[tuple[str, int]]:
-        """The PodDisruptionBudgets that pick the pod, each as (uid, status.disruptionsAllowed) as read now: what
-        the Eviction API will judge by, after admission."""
+    async def budgets(self, namespace: str) -> list[Budget]:
+        """The namespace's PodDisruptionBudgets as read now: what the Eviction API will judge by, after admission
+        (model/budgets.py picks a pod's)."""
         resp: Any = await self._policy.list_namespaced_pod_disruption_budget(namespace, _preload_content=False)
-        return [
-            (budget["metadata"]["uid"], int((budget.get("status") or {}).get("disruptionsAllowed", 0)))
-            for budget in json.loads(await resp.read())["items"]
-            if (selector := (budget.get("spec") or {}).get("selector")) is not None
-            and Selector.from_spec(selector).matches(pod.labels)
-        ]
+        return [Budget.from_body(budget) for budget in json.loads(await resp.read())["items"]]
 
     async def event(self, ref: Ref, kind: str, reason: str, message: str) -> None:
         """Posts a core/v1 Event on the resource. Failures are logged, never raised: an Event is a courtesy."""

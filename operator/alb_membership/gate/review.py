@@ -14,8 +14,9 @@ a forged oldObject or a random UID changes nothing and adds nothing to any set.
 
 Evictions and PodDisruptionBudgets: the Eviction API judges a budget only after admission, so an eviction it will
 refuse must not take its pod's servers out, and evictions sent at once (``kubectl drain``) must not all read the
-same room: each takes a slot in its pod's budgets before its removal starts, and waits (within its hold's time)
-while the evictions this gate holds take all that a budget allows.
+same room: the gate judges each as the API will (model/budgets.py), and one that needs a disruption of its pod's
+budget takes a slot there before its removal starts, waiting (within its hold's time) while the budget allows
+none or the evictions this gate holds take all it allows.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from alb_membership.alb.models import Server
 from alb_membership.engine.reconciler import Reconciler
 from alb_membership.gate.evidence import GroupListings
 from alb_membership.metrics import Metrics
+from alb_membership.model.budgets import REFUSED, UNCHECKED, Budget, budgets_of, judgement
 from alb_membership.model.ledger import GroupKey, GroupLedger, Removal
 from alb_membership.model.membership import PodView
 from alb_membership.model.owners import picks
@@ -45,13 +46,19 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
 MAX_HOLDS = 500  # deletions held at once; more start their removal and are let through unconfirmed
-SWEEP_SECONDS = 5.0  # the gated set, the listing cache and the slots are pruned this often, whatever else happens
+SWEEP_SECONDS = 5.0  # the gated set, listing cache, slots and budget reads are pruned this often, whatever happens
 HANDED_OVER = "handed-over"  # not an answer: this replica stopped leading mid-hold; the new leader answers
-BUDGET_READ_SECONDS = 1.0  # an eviction waiting for a budget's slot reads the budgets again at most this often
-# An eviction's slot outlives its answer by this: the Eviction API takes the disruption off the budget's status in
-# the same request, after admission, and a read right after the answer may not show it yet.
-SLOT_GRACE_SECONDS = 2.0
-Budgets = list[tuple[str, int]]  # the PodDisruptionBudgets that pick a pod: (uid, status.disruptionsAllowed)
+# A namespace's PodDisruptionBudgets are read at most this often, one read shared by every eviction waiting there
+# (a budget whose room grows is noticed by the next read).
+BUDGET_READ_SECONDS = 1.0
+# An eviction's wait for its budget's room ends this long before its time, with one more read to answer by: an
+# answer from an older read could miss room that came since (a replacement turned Ready).
+LAST_READ_SECONDS = 1.0
+MIN_READ_SECONDS = 0.2  # no read of the budgets starts with less time than this left: the last one's state answers
+# An answered eviction's slot counts against its budget until its pod shows in the budget's status.disruptedPods,
+# a read begun after the pod was seen going away, or this long after the answer (the reconciler's
+# undo_after_seconds: taken as refused, its removal is undone by then).
+SLOT_SECONDS = 5.0
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -166,12 +173,31 @@ class Verdict:
 
 @dataclass(eq=False)
 class _Slot:
-    """An eviction's place in the budgets that pick its pod, taken before its removal starts. The Eviction API
-    counts an eviction against a budget only once admitted, after the hold: without slots, evictions sent at once
-    (``kubectl drain``) would all read the same room and all take their servers out."""
+    """An eviction's place in the one budget that picks its pod, taken before its removal starts. The Eviction API
+    takes a disruption off a budget only once the eviction is admitted, after the hold: without slots, evictions
+    sent at once (``kubectl drain``) would all read the same room and all take their servers out."""
 
-    budgets: frozenset[str]  # their uids
-    until: float = math.inf  # for good while held; once answered, to the end of its grace (the gate's clock)
+    budget: str  # its uid
+    namespace: str
+    pod_name: str  # as status.disruptedPods names it
+    pod_uid: str
+    answered: float | None = None  # None while held (the gate's clock)
+    gone_seen: float | None = None  # when the store first showed its pod going away or gone
+
+
+@dataclass(eq=False)
+class _Read:
+    """One read of a namespace's budgets, shared by every eviction that waits there."""
+
+    started: float  # the gate's clock
+    task: asyncio.Task[list[Budget]]
+
+    @property
+    def budgets(self) -> list[Budget] | None:
+        """As read; None while in flight or if it failed."""
+        if not self.task.done() or self.task.cancelled() or self.task.exception() is not None:
+            return None
+        return self.task.result()
 
 
 @dataclass
@@ -197,8 +223,9 @@ class Gate:
         store: LiveView,
         client_for: Callable[[str], AlbClient],
         metrics: Metrics,
-        budgets: Callable[[str, PodView], Awaitable[Budgets]],
+        budgets: Callable[[str], Coroutine[Any, Any, list[Budget]]],
         clock: Callable[[], float] = time.monotonic,
+        slot_seconds: float = SLOT_SECONDS,
     ) -> None:
         self._reconciler = reconciler
         self._store = store
@@ -206,10 +233,12 @@ class Gate:
         self._metrics = metrics
         self._budgets = budgets
         self._clock = clock
+        self._slot_seconds = slot_seconds
         self.listings = GroupListings(self._read_page, clock=clock)
         self._awaited: dict[GroupKey, Counter[Server]] = {}  # group -> servers the holds wait for (a listing's ids)
         self.holds = 0
-        self._slots: set[_Slot] = set()
+        self._slots: dict[str, list[_Slot]] = {}  # budget uid -> the evictions counted against it
+        self._reads: dict[str, _Read] = {}  # namespace -> its latest read of the budgets
         self._sweeper: asyncio.Task[None] | None = None
 
     async def _read_page(self, key: GroupKey, server_ids: list[str]) -> tuple[list[dict[str, Any]], bool]:
@@ -232,8 +261,11 @@ class Gate:
         self._reconciler.gated.prune()
         self.listings.prune()
         self._prune_slots()
+        self._prune_reads()
 
     async def close(self) -> None:
+        for read in self._reads.values():
+            read.task.cancel()  # one an API server never answers would outlive the gate
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -267,13 +299,7 @@ class Gate:
         until = started + max(0.0, hold.seconds if deadline is None else min(hold.seconds, deadline - started))
         if not review.eviction:
             return await self._gated(review, pod, hold, started, until)
-        slot = await self._slot(review, pod, started, until)
-        if isinstance(slot, Verdict):
-            return slot
-        try:
-            return await self._gated(review, pod, hold, started, until)
-        finally:
-            slot.until = self._clock() + SLOT_GRACE_SECONDS
+        return await self._evicted(review, pod, hold, started, until)
 
     async def _gated(self, review: Review, pod: PodView, hold: Hold, started: float, until: float) -> Verdict:
         """The pod's removal starts now; its deletion is held until its servers are out, or let through."""
@@ -289,11 +315,13 @@ class Gate:
                 ),
             )
         self.holds += 1
+        verdict = Verdict("error")  # if the hold raises: let through all the same, so expected
         try:
             verdict = await self._hold(review, pod, hold, started, until)
         finally:
             self.holds -= 1
-        return self._expect(pod, verdict)
+            self._expect(pod, verdict)
+        return verdict
 
     def _expect(self, pod: PodView, verdict: Verdict) -> Verdict:
         """The deletion goes ahead: if it never comes (refused after this gate), the pod's removal is undone."""
@@ -370,23 +398,44 @@ class Gate:
 
     # -- disruption budgets ------------------------------------------------------------------------------------
 
-    async def _slot(self, review: Review, pod: PodView, started: float, until: float) -> _Slot | Verdict:
-        """An eviction's slot in every budget that picks its pod, once one has room, or its answer without one:
-        pdb-blocked (a budget allowed no disruption to the end of the review's time: the Eviction API refuses it
-        after admission, so its servers stay), timed-out (the evictions this gate holds took the budgets' room for
-        all of the review's time), HANDED_OVER. A budget that allows none now is waited for too: let through
-        at once, the eviction would be admitted unheld if a replacement turned Ready before the API judged it."""
+    async def _evicted(self, review: Review, pod: PodView, hold: Hold, started: float, until: float) -> Verdict:
+        """An eviction, judged as the Eviction API will judge it after admission: one it deletes unchecked is
+        gated like a DELETE; one it needs a disruption of the pod's budget for takes a slot first (or does not go
+        ahead). Every exit that holds no removal observes its time here."""
+        try:
+            slot = await self._budget_slot(review, pod, hold, started, until)
+        except BaseException:
+            self._metrics.gate_hold_seconds.observe(self._clock() - started)
+            raise
+        if isinstance(slot, Verdict):
+            self._metrics.gate_hold_seconds.observe(self._clock() - started)
+            return slot
+        if slot is None:
+            return await self._gated(review, pod, hold, started, until)
+        try:
+            return await self._gated(review, pod, hold, started, until)
+        finally:
+            slot.answered = self._clock()
+
+    async def _budget_slot(
+        self, review: Review, pod: PodView, hold: Hold, started: float, until: float
+    ) -> _Slot | Verdict | None:
+        """The eviction's slot in its pod's budget, once that has room; None when no budget judges it (see
+        ``judgement``); else its answer without one: pdb-blocked (refused by the API: picked by several budgets at
+        once, or its budget allowed none by the last read, just before the end of its time), timed-out (the
+        evictions held here took its budget's room all that time: let through with its removal started, since the
+        API admits it), HANDED_OVER. A budget that allows none now is waited for too: let through at once, the
+        eviction would be admitted unheld if a replacement turned Ready before the API judged it."""
+        if pod.pending:
+            return None  # deleted unchecked; terminating and terminal pods are no member's (hold_for)
+        # Shared with the evictions sent together (begun within the last second); one that does not answer within
+        # the hold leaves nothing to answer by (error, nothing removed).
+        read = await self._read(review.namespace, started - BUDGET_READ_SECONDS, until)
         waited = False
         while True:
-            read_at = self._clock()
-            # Within the review's time (an API server that hangs: error).
-            budgets = await asyncio.wait_for(self._budgets(review.namespace, pod), max(0.01, until - self._clock()))
-            blocked = any(allowed <= 0 for _, allowed in budgets)
-            if not blocked and self._room(budgets):
-                # No await since the room was counted: no other review takes it meanwhile.
-                slot = _Slot(frozenset(uid for uid, _ in budgets))
-                self._slots.add(slot)
-                return slot
+            taken = self._take(pod, read)
+            if not isinstance(taken, Budget):
+                return taken
             if not waited:
                 waited = True
                 self._metrics.gate_budget_waits.inc()
@@ -394,35 +443,161 @@ class Gate:
                     "eviction of pod %s/%s waits: %s",
                     review.namespace,
                     review.pod_name,
-                    "its budgets allow no disruption now"
-                    if blocked
-                    else "the evictions held take every disruption its budgets allow",
+                    "its budget allows no disruption now"
+                    if taken.allowed <= 0
+                    else "the evictions held take every disruption its budget allows",
                 )
-            # Read again after a second, or once a slot frees by the last read (a held eviction answered and its
-            # grace ended), whichever is later.
-            while not (self._clock() - read_at >= BUDGET_READ_SECONDS and (blocked or self._room(budgets))):
-                if self._reconciler.stopped:
-                    return Verdict(HANDED_OVER)
-                if self._clock() >= until:
-                    return Verdict("pdb-blocked") if blocked else self._timed_out(review, started, [])
-                await asyncio.sleep(min(POLL_SECONDS, max(0.0, until - self._clock())))
-            if self._clock() >= until:
-                return Verdict("pdb-blocked") if blocked else self._timed_out(review, started, [])
+            last = until - LAST_READ_SECONDS
+            if self._clock() >= last:
+                break
+            await self._until_read_due(read, taken, last)
+            if self._reconciler.stopped:
+                return Verdict(HANDED_OVER)
+            if self._clock() - read.started >= BUDGET_READ_SECONDS:
+                read = await self._read_again(review.namespace, self._clock() - BUDGET_READ_SECONDS, until, read)
+        # Answered by a read begun within the last second, not by one up to a second older.
+        read = await self._read_again(review.namespace, until - LAST_READ_SECONDS, until, read)
+        if self._reconciler.stopped:
+            return Verdict(HANDED_OVER)
+        taken = self._take(pod, read)
+        if not isinstance(taken, Budget):
+            return taken  # room at the last moment: held with what time is left
+        if taken.allowed <= 0:
+            return Verdict("pdb-blocked")  # the API refuses it (429): its servers stay
+        return self._let_through_full(review, pod, hold, taken, started)
 
-    def _room(self, budgets: Budgets) -> bool:
-        """Whether each budget allows more disruptions than the evictions this gate holds (or just let through)
-        under it."""
-        self._prune_slots()
-        return all(sum(uid in s.budgets for s in self._slots) < allowed for uid, allowed in budgets)
+    def _take(self, pod: PodView, read: _Read) -> _Slot | Verdict | Budget | None:
+        """By this read: None (no budget judges the eviction), pdb-blocked (the API refuses it), the slot taken
+        (its budget has room), or its budget (full)."""
+        picked = budgets_of(read.budgets or [], pod)  # a read _read returned succeeded: never None
+        judged = judgement(pod, picked)
+        if judged == UNCHECKED:
+            return None
+        if judged == REFUSED:
+            return Verdict(
+                "pdb-blocked",
+                "alb-membership-operator: this pod is picked by more than one PodDisruptionBudget; the Eviction API "
+                "refuses its eviction",
+            )
+        [budget] = picked
+        if self._room(budget) <= 0:
+            return budget
+        # No await since the room was counted: no other review takes it meanwhile.
+        return self._add_slot(pod, budget)
+
+    def _add_slot(self, pod: PodView, budget: Budget) -> _Slot:
+        slot = _Slot(budget.uid, pod.namespace, pod.name, pod.uid)
+        self._slots.setdefault(budget.uid, []).append(slot)
+        return slot
+
+    def _let_through_full(self, review: Review, pod: PodView, hold: Hold, budget: Budget, started: float) -> Verdict:
+        """The evictions held here took the budget's room to the end of this one's time, but its status still shows
+        that room, so the API admits this one too: its removal starts now, counted in a slot as answered."""
+        self._add_slot(pod, budget).answered = self._clock()
+        if hold.resource_uids <= self._reconciler.resources.keys():
+            self._reconciler.let_through(self._reconciler.gate(pod))
+        log.warning(
+            "eviction of pod %s/%s let through after %.2fs: its budget's room was taken by the evictions held; its "
+            "removal starts now",
+            review.namespace,
+            review.pod_name,
+            self._clock() - started,
+        )
+        return self._expect(
+            pod,
+            Verdict(
+                "timed-out",
+                "alb-membership-operator: let through unconfirmed, its PodDisruptionBudget's room taken by the "
+                "evictions held; this pod's servers' removal started now",
+            ),
+        )
+
+    async def _until_read_due(self, read: _Read, budget: Budget, end: float) -> None:
+        """Polls until the budgets are due a new read, a slot of the budget freed (pruned), ``end``, or this
+        replica stopped leading."""
+        while not self._reconciler.stopped:
+            now = self._clock()
+            if now >= end or now - read.started >= BUDGET_READ_SECONDS or self._room(budget) > 0:
+                return
+            await asyncio.sleep(min(POLL_SECONDS, end - now))
+
+    async def _read(self, namespace: str, since: float, until: float) -> _Read:
+        """The namespace's budgets by a read begun at ``since`` or later: the one in flight or done, shared, or a
+        new one (so at most one a second per namespace, however many wait). TimeoutError at ``until``; the read's
+        own error otherwise (shared too: its waiters answer error)."""
+        read = self._reads.get(namespace)
+        fresh = read is None or read.started < since
+        if read is None or fresh:
+            read = _Read(self._clock(), asyncio.create_task(self._budgets(namespace), name=f"budgets-{namespace}"))
+            self._reads[namespace] = read
+        # Shielded: a waiter whose time ends leaves the read to the others.
+        await asyncio.wait_for(asyncio.shield(read.task), max(0.01, until - self._clock()))
+        if fresh:
+            self._prune_slots()  # what the new read shows released, once per read (not per waiter)
+        return read
+
+    async def _read_again(self, namespace: str, since: float, until: float, last: _Read) -> _Read:
+        """A read as ``_read``, or ``last`` when there is too little time left to start one, or it does not answer in
+        time: an API server slow at the end of the wait must not turn it into an error."""
+        if until - self._clock() < MIN_READ_SECONDS:
+            return last
+        try:
+            return await self._read(namespace, since, until)
+        except TimeoutError:
+            return last
+
+    def _room(self, budget: Budget) -> int:
+        """The disruptions the budget allows beyond the evictions this gate holds or let through under it that the
+        API has not yet taken off it (an admitted one is in status.disruptedPods, and already off
+        disruptionsAllowed)."""
+        slots = self._slots.get(budget.uid, ())
+        return budget.allowed - sum(1 for s in slots if s.answered is None or s.pod_name not in budget.disrupted)
 
     def _prune_slots(self) -> None:
         now = self._clock()
-        self._slots = {s for s in self._slots if s.until > now}
+        live: dict[str, set[str]] = {}  # namespace -> the UIDs of its pods not going away, as the store shows them
+        for uid, slots in list(self._slots.items()):
+            for slot in slots:
+                if slot.namespace not in live:
+                    live[slot.namespace] = {p.uid for p in self._store.pods(slot.namespace) if not p.going_away}
+                if slot.gone_seen is None and slot.pod_uid not in live[slot.namespace]:
+                    slot.gone_seen = now
+            kept = [s for s in slots if not self._released(s, now)]
+            if kept:
+                self._slots[uid] = kept
+            else:
+                del self._slots[uid]
+
+    def _released(self, slot: _Slot, now: float) -> bool:
+        """An answered slot is done once its eviction was taken off the budget (its pod in disruptedPods), or never
+        will be (answered undo_after_seconds ago: refused, its removal undone). Any slot is done once its pod went
+        away and a read begun since shows the budget (the API takes the disruption off before the deletion; the
+        disruption controller may clear disruptedPods once the pod is gone)."""
+        read = self._reads.get(slot.namespace)
+        budgets = read.budgets if read is not None else None
+        if slot.answered is not None:
+            if now - slot.answered >= self._slot_seconds:
+                return True
+            if any(b.uid == slot.budget and slot.pod_name in b.disrupted for b in budgets or ()):
+                return True
+        return slot.gone_seen is not None and budgets is not None and read is not None and read.started > slot.gone_seen
+
+    def _prune_reads(self) -> None:
+        """Reads done and due again are forgotten: the cache holds the namespaces read within the last second."""
+        now = self._clock()
+        self._reads = {
+            ns: r
+            for ns, r in self._reads.items()
+            if not r.task.done() or now - r.started < BUDGET_READ_SECONDS or self._slots_in(ns)
+        }
+
+    def _slots_in(self, namespace: str) -> bool:
+        return any(s.namespace == namespace for slots in self._slots.values() for s in slots)
 
     @property
     def slots(self) -> int:
-        """Evictions counted against their budgets now: held, or answered less than the grace ago."""
-        return len(self._slots)
+        """Evictions counted against their budgets now: held, or answered and not yet released."""
+        return sum(len(slots) for slots in self._slots.values())
 
     # -- waiting for the cloud ----------------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ class PodView:
     # This operator's readiness gates the pod declares: (resource name, the condition's status, its reason) now,
     # status and reason "" while it has none. A tuple: most pods declare none, and it stays hashable.
     gates: tuple[tuple[str, str, str], ...] = ()
+    pending: bool = False  # phase Pending (the Eviction API deletes such a pod without judging its budget)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], eni_annotation: str = DEFAULT_ENI_ANNOTATION) -> PodView:
@@ -70,6 +71,7 @@ class PodView:
             ready=(conditions.get("Ready") or {}).get("status") == "True",
             containers_ready=(conditions.get("ContainersReady") or {}).get("status") == "True",
             gates=gates,
+            pending=status.get("phase") == "Pending",
         )
 
     @property
