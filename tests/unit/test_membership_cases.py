@@ -406,33 +406,79 @@ async def test_a_readiness_condition_whose_writes_fail_for_a_moment_is_written_l
         await p.close()
 
 
-async def test_a_deletion_let_through_while_the_last_ones_look_is_asking_is_not_undone() -> None:
-    """An eviction refused after the gate let it through, retried by `kubectl drain` just as the undo looks: the look
-    has asked the API server (the pod is live: the retry is not admitted yet) when the gate lets the retry through;
-    the pod is then deleted. Before, the look's answer came back and put the server into rotation again while the
-    pod went away. (A drain on real nodes, bench/traffic.py, showed 3 pods whose servers went back and then left as
-    pod-terminating, up to 3.3 s of requests to a pod after its SIGTERM: this is one way to that.)"""
-    cloud, view, kube = Cloud(), View(), RecordingKube()
-    cloud.group[A] = ("Available", 100)
-    rec = reconciler(cloud, view, kube)
-    rec.settings = dataclasses.replace(rec.settings, undo_after_seconds=0.1)
-    asked, answer = asyncio.Event(), asyncio.Event()
+class Looks:
+    """A reconciler whose undo looks wait 0.1 s and ask an API server that answers "live" when the test says."""
 
-    async def confirm_live(_ns: str, _name: str, _uid: str) -> bool:
-        asked.set()
-        await answer.wait()
+    def __init__(self) -> None:
+        self.cloud, self.view, kube = Cloud(), View(), RecordingKube()
+        self.cloud.group[A] = ("Available", 100)
+        self.rec = reconciler(self.cloud, self.view, kube)
+        self.rec.settings = dataclasses.replace(self.rec.settings, undo_after_seconds=0.1)
+        self.asked, self.answer = asyncio.Event(), asyncio.Event()
+        self.rec.confirm_live = self.confirm_live
+        self.live = one_gated_member(self.rec, self.view)
+
+    async def confirm_live(self, _ns: str, _name: str, _uid: str) -> bool:
+        self.asked.set()
+        await self.answer.wait()
         return True  # the API server's answer when it was asked: live
 
-    rec.confirm_live = confirm_live
-    live = one_gated_member(rec, view)
-    rec.gate(live)
-    rec.expect_deletion(live.namespace, live.uid)  # the first eviction let through (then refused by its budget)
-    await asyncio.wait_for(asked.wait(), 2)
-    assert A not in cloud.group, "the gate's removal went"
-    rec.gate(live)  # the retried eviction: its servers are out already, so it goes through at once
-    rec.expect_deletion(live.namespace, live.uid)
-    answer.set()  # the first look's answer arrives now, after the pod was let go again
-    await settle(0.05)
-    assert A not in cloud.group and cloud.adds() == [], "the look for the earlier deletion put the server back"
-    for p in rec.pipelines.values():
-        await p.close()
+    def let_through(self) -> None:
+        """A hold of the pod's deletion and its answer (the gate calls these two)."""
+        self.rec.gate(self.live)
+        self.rec.expect_deletion(self.live.namespace, self.live.uid)
+
+    def deleted(self) -> None:
+        self.view.put(pod("a", ready=True, deleting=True))
+
+    async def close(self) -> None:
+        for p in self.rec.pipelines.values():
+            await p.close()
+
+
+async def test_a_deletion_let_through_while_the_last_ones_look_is_asking_is_not_undone() -> None:
+    """An eviction refused after the gate let it through, retried by `kubectl drain` just as the undo looks: the look
+    has asked the API server (the pod is live: the retry is not admitted yet) when the gate lets the retry through,
+    and the pod is deleted. Before, the look's answer came back and put the server into rotation again while the
+    pod went away. (A drain on real nodes, bench/traffic.py, showed 3 pods whose servers went back and then left as
+    pod-terminating, up to 3.3 s of requests to a pod after its SIGTERM: this is one way to that.)"""
+    looks = Looks()
+    looks.let_through()  # the first eviction, then refused by its budget
+    await asyncio.wait_for(looks.asked.wait(), 2)
+    assert A not in looks.cloud.group, "the gate's removal went"
+    looks.let_through()  # the retried eviction: its servers are out already, so it goes through at once
+    looks.answer.set()  # the first look's answer arrives now, after the pod was let go again
+    await settle(0.02)
+    looks.deleted()  # the watch shows the deletion a moment later
+    await settle(0.3)  # past the second look's time too: it sees the pod going away
+    assert A not in looks.cloud.group and looks.cloud.adds() == [], "a look put the server back"
+    await looks.close()
+
+
+async def test_a_retried_deletion_refused_again_is_still_undone() -> None:
+    """The same, but the retry is refused too (the budget still full): the pod stays live, and the second look, the
+    one the retry set, puts the server back."""
+    looks = Looks()
+    looks.let_through()
+    await asyncio.wait_for(looks.asked.wait(), 2)
+    looks.let_through()
+    looks.asked.clear()
+    await asyncio.wait_for(looks.asked.wait(), 2)  # the second look asks
+    looks.answer.set()
+    await settle(0.3)
+    assert looks.cloud.group.get(A) == ("Available", 100), "the live pod's server went back"
+    await looks.close()
+
+
+async def test_a_look_due_during_a_new_hold_of_the_pod_does_not_undo_it() -> None:
+    """The first let-through's look falls due while a second eviction of the pod is held (its wait for a budget's
+    room, or for the removal). Before, the look found the pod live (it is: its deletion is being held), put its
+    servers back mid-hold, and the hold ended with the pod deleted and its server in rotation."""
+    looks = Looks()
+    looks.answer.set()
+    looks.rec.gate(looks.live)
+    looks.rec.expect_deletion(looks.live.namespace, looks.live.uid)  # the first eviction let through
+    looks.rec.gate(looks.live)  # a second eviction, held (no answer yet) past the first one's look
+    await settle(0.3)
+    assert A not in looks.cloud.group and looks.cloud.adds() == [], "the look put the server back mid-hold"
+    await looks.close()

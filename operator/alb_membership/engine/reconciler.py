@@ -313,6 +313,7 @@ class Reconciler:
         out: list[tuple[GroupLedger, Server]] = []
         if self.stopped:
             return out
+        self._call_off_looks(pod.uid)  # this hold's answer expects the deletion anew
         self.gated.add(pod.uid)
         for state in self._in_namespace(pod.namespace):
             ledger, uid, round_ = self.ledger(state.group), state.ref.uid, Round()
@@ -330,17 +331,21 @@ class Reconciler:
             self._finish(state, round_, repair=False)
         return out
 
+    def _call_off_looks(self, pod_uid: str) -> None:
+        """The look for an earlier let-through of the pod, due or already asking the API server, answers for that
+        one only: with a new hold of the pod under way, or a new deletion let through (a retried eviction, say),
+        its "live" would put the servers back into rotation as the pod goes away. Whoever calls this expects the
+        deletion again (or holds it: its answer does), and that look decides."""
+        if pod_uid in self._expected:
+            self._expected.pop(pod_uid).cancel()
+        if pod_uid in self._looking:
+            self._looking.pop(pod_uid).cancel()
+
     def expect_deletion(self, namespace: str, pod_uid: str) -> None:
         """The gate let the pod's deletion go ahead: unless it is going away by undo_after_seconds (the watches,
         then the API server itself: a watch may lag), its deletion never came, and it holds its servers again
         (PRODUCT.md 3.13)."""
-        if pod_uid in self._expected:
-            self._expected.pop(pod_uid).cancel()
-        # A look already asking the API server answers for the deletion let through before this one: if that one
-        # was refused and this one (a retried eviction, say) goes ahead, its answer would put the servers back into
-        # rotation while the pod goes away. The new timer looks again.
-        if pod_uid in self._looking:
-            self._looking.pop(pod_uid).cancel()
+        self._call_off_looks(pod_uid)
 
         async def look() -> None:
             assert self.view is not None
