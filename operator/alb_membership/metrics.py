@@ -110,8 +110,8 @@ class Metrics:
         )
         self.gate_budget_waits = Counter(
             "albm_gate_budget_waits",
-            "Evictions the deletion gate held before starting their removal, because the evictions it already "
-            "held took every disruption a PodDisruptionBudget of the pod allows",
+            "Evictions the deletion gate held before starting their removal, waiting for room in the pod's "
+            "PodDisruptionBudget: it allowed none, or the evictions already held took all it allows",
             registry=r,
         )
         self.webhook_refused = Counter(
