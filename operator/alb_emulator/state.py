@@ -114,11 +114,7 @@ class Group:
 
     def record(self, member: Member, job_id: str, removing_at: float) -> dict[str, Any]:
         entry: dict[str, Any] = {
-            "ServerId": member.server_id,
-            "ServerType": member.server_type,
-            "Port": member.port,
-            "ServerIp": member.server_ip,
-            "member": member_id(member),
+            **_identity(member),
             "job_id": job_id,
             "removing_at": removing_at,
             "draining_at": None,
@@ -126,28 +122,18 @@ class Group:
             "out_of_rotation_at": None,  # Draining or gone, whichever came first
             "ended": None,  # drain_timeout | idle | no_draining | job_failed | readded
         }
-        self.history.append(entry)
-        if len(self.history) > HISTORY_LIMIT:
-            del self.history[: len(self.history) - HISTORY_LIMIT]
-        return entry
+        return _kept(self.history, entry)
 
     def record_addition(self, member: Member, job_id: str, adding_at: float) -> dict[str, Any]:
         entry: dict[str, Any] = {
-            "ServerId": member.server_id,
-            "ServerType": member.server_type,
-            "Port": member.port,
-            "ServerIp": member.server_ip,
+            **_identity(member),
             "Weight": member.weight,
-            "member": member_id(member),
             "job_id": job_id,
             "adding_at": adding_at,  # the call accepted: listed Adding from then on
             "available_at": None,  # the job's end, when it succeeded: listed Available from then on
             "ended": None,  # available | job_failed
         }
-        self.additions.append(entry)
-        if len(self.additions) > HISTORY_LIMIT:
-            del self.additions[: len(self.additions) - HISTORY_LIMIT]
-        return entry
+        return _kept(self.additions, entry)
 
     def addition_of(self, mid: str, job_id: str) -> dict[str, Any] | None:
         """The record of ``mid``'s addition by job ``job_id``, if any."""
@@ -542,3 +528,22 @@ class State:
             self.tokens[(t["action"], t["token"])] = TokenRecord(
                 fingerprint=t["fingerprint"], response=t["response"], mismatched=list(t.get("mismatched", []))
             )
+
+
+def _identity(member: Member) -> dict[str, Any]:
+    """A record's server, as the cloud lists it, and the member id that tells servers of one ServerId apart."""
+    return {
+        "ServerId": member.server_id,
+        "ServerType": member.server_type,
+        "Port": member.port,
+        "ServerIp": member.server_ip,
+        "member": member_id(member),
+    }
+
+
+def _kept(records: list[dict[str, Any]], entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` appended to a group's records, the oldest dropped past HISTORY_LIMIT."""
+    records.append(entry)
+    if len(records) > HISTORY_LIMIT:
+        del records[: len(records) - HISTORY_LIMIT]
+    return entry
