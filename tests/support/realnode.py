@@ -13,6 +13,7 @@ from typing import Any
 
 from localcluster.images import WORKLOAD_IMAGE
 from localcluster.realnode import LABEL
+from tests.support.scenario import deployment_of
 
 # What the real node added to this run, in seconds (printed at the end of the run by tests/conftest.py).
 TIMINGS: dict[str, float] = {}
@@ -69,16 +70,7 @@ def workload_spec(
 
 
 def workload_deployment(name: str, replicas: int, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": workload_spec(**spec)},
-        },
-    }
+    return deployment_of(name, replicas, workload_spec(**spec))
 
 
 def workload_pod(name: str, **spec: Any) -> dict[str, Any]:

@@ -19,7 +19,8 @@ def apply(cluster: Cluster, namespace: str, obj: dict[str, Any]) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
 
 
-def deployment(name: str, replicas: int, grace: int = 30) -> dict[str, Any]:
+def deployment_of(name: str, replicas: int, pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """A Deployment ``name`` of ``replicas`` pods labelled app=<name>, running ``pod_spec``."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -27,15 +28,18 @@ def deployment(name: str, replicas: int, grace: int = 30) -> dict[str, Any]:
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "terminationGracePeriodSeconds": grace,
-                    "containers": [{"name": "c", "image": "example.invalid/web:1"}],
-                },
-            },
+            "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec},
         },
     }
+
+
+def deployment(name: str, replicas: int, grace: int = 30) -> dict[str, Any]:
+    """kwok's pods: an image no node pulls."""
+    return deployment_of(
+        name,
+        replicas,
+        {"terminationGracePeriodSeconds": grace, "containers": [{"name": "c", "image": "example.invalid/web:1"}]},
+    )
 
 
 def sgm(name: str, **spec: Any) -> dict[str, Any]:
