@@ -655,6 +655,31 @@ async def test_a_successor_does_not_call_off_a_removal_the_gate_decided(ok: Setu
     assert "uid-a" in successor.gated
 
 
+async def test_a_new_leader_that_finished_the_removal_before_its_hold_looked_confirms_it(ok: Setup) -> None:
+    """The old leader stops mid-hold; the new one loads the removal from status and its pipeline finds it done (the
+    job had ended) before the review, handed over, is held again. Before: "no server of this pod to wait for", let
+    through unconfirmed, although the server was out."""
+    ok.members("a")
+    hold = asyncio.create_task(ok.gate.review(Review.parse(delete("a", "uid-a")), time.monotonic() + 20))
+    await ok.accepted("10.0.0.1")
+    ok.rec.stopped = True
+    assert (await hold).outcome == HANDED_OVER
+    successor = successor_of(ok)
+    [entry] = successor.ledger(GROUP).pending()
+    outcomes.finish_removals([entry], successor.ledger(GROUP), list(successor.resources.values()))
+    assert not successor.ledger(GROUP).entries
+    pages = Pages(listed())  # the group without the server
+    metrics = Metrics()
+
+    async def budgets(_ns: str) -> list[Budget]:
+        return []
+
+    gate = Gate(successor, ok.view, lambda _r: cast(AlbClient, pages), metrics, budgets)
+    verdict = await gate.review(Review.parse(delete("a", "uid-a")), time.monotonic() + 5)
+    assert verdict.outcome == "confirmed", verdict
+    assert pages.calls, "confirmed by a listing"
+
+
 async def test_the_gates_word_survives_a_takeover() -> None:
     """A let-through (from when) and a hold until out (not exposed) are in status for the next leader."""
     setup = Setup(Pages(listed(("10.0.0.1", "Available"), ("10.0.0.2", "Draining"))))

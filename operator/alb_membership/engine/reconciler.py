@@ -26,7 +26,7 @@ from alb_membership.metrics import Metrics
 from alb_membership.model import status
 from alb_membership.model.health import group_missing, set_health
 from alb_membership.model.ledger import ABSENT, IN_GROUP, Entry, GroupKey, GroupLedger, now
-from alb_membership.model.membership import PodView, Seen, endpoint_parts
+from alb_membership.model.membership import PodView, Seen, endpoint_owner_id, endpoint_parts
 from alb_membership.model.owners import OwnerReader, pod_uid_of
 from alb_membership.model.spec import Ref, Spec
 from alb_membership.model.state import ResourceState
@@ -320,7 +320,9 @@ class Reconciler:
             owner_ids = [pod.uid] + [
                 o for o in ledger.owner_ids(uid) if o.startswith("endpoint/") and endpoint_parts(o)[1] == pod.uid
             ]
-            for owner_id in owner_ids:
+            if state.spec.service_name:
+                owner_ids.append(endpoint_owner_id(state.spec.service_name, pod.uid))  # one whose removal is final
+            for owner_id in dict.fromkeys(owner_ids):
                 server = ledger.server_of((uid, owner_id))
                 if server is not None:
                     # Its deletion does not exist yet: its start is set once the watches see it (if they do).
@@ -328,6 +330,10 @@ class Reconciler:
                     entry = ledger.entries.get(server)
                     if entry is not None and entry.removal is not None and not state.spec.dry_run:
                         out.append((ledger, server))  # it leaves; another live owner would have kept it
+                elif (removed := ledger.removed_server((uid, owner_id))) is not None and not state.spec.dry_run:
+                    # Taken out already (after a takeover, the new leader's pipeline can finish an earlier
+                    # leader's removal before this hold looks): a listing confirms it is out.
+                    out.append((ledger, removed))
             self._finish(state, round_, repair=False)
         return out
 

@@ -44,6 +44,16 @@ class Owner:
 
 
 @dataclass(slots=True)
+class Done:
+    """An owner whose leaving is final: its server was taken out (``removed``, with the weight it had when known:
+    an undo's), or another owner keeps it (``removed`` None)."""
+
+    source: str
+    removed: Server | None = None
+    weight: int | None = None
+
+
+@dataclass(slots=True)
 class Change:
     """A change of one server decided and not yet final. ``client_token`` is set when it is put into a call and stays
     for every retry and re-submission of that call; a new ``attempt`` (after a failed or unconfirmed job) gets a new
@@ -139,8 +149,7 @@ class GroupLedger:
         # Owners whose removal is final while their pod or endpoint may still be seen terminating (for its whole
         # grace period): seeing them again is not news. Dropped when they are gone (settle), and bounded (the
         # oldest go first). Also by resource, so that one resource's are found without a scan of every one's.
-        self._done: dict[OwnerKey, str] = {}  # -> the owner's source
-        self._done_weight: dict[OwnerKey, int] = {}  # -> the weight its server had, when known (an undo's)
+        self._done: dict[OwnerKey, Done] = {}
         self._done_by_resource: dict[str, dict[str, str]] = {}  # resource UID -> owner id -> source
         # Endpoint owners done since their resource's endpoints were last looked at (fresh_done): a look at only
         # the endpoints an event touched must still settle these if their endpoints are gone meanwhile.
@@ -166,8 +175,9 @@ class GroupLedger:
         """``key`` is a live owner of ``server``. Cancels a removal of ``server`` that has not gone out yet: a live
         owner holds it. An owner whose removal was final seen live again (a deletion refused after the gate, an
         endpoint back in its slices) puts its server back: ``undo`` on its entry. True when anything changed."""
-        revived = key in self._done and source != "static"
-        weight = self._done_weight.get(key)
+        done = self._done.get(key)
+        revived = done is not None and source != "static"
+        weight = done.weight if done is not None else None
         self._undone(key)
         known = self._by_owner.get(key)
         if known is not None and known != server:
@@ -366,7 +376,7 @@ class GroupLedger:
             return None
         weight = entry.removal.weight if entry.removal is not None else None
         for key in entry.leaving_owners():
-            self._drop_owner(entry, key, keep_empty=True, weight=weight)
+            self._drop_owner(entry, key, keep_empty=True, removed=True, weight=weight)
         entry.removal = None
         entry.in_group = "Absent"
         if not entry.owners:
@@ -386,7 +396,14 @@ class GroupLedger:
 
     def done_source(self, key: OwnerKey) -> str | None:
         """The owner's source if its removal is final (see done_ids), else None."""
-        return self._done.get(key)
+        done = self._done.get(key)
+        return done.source if done is not None else None
+
+    def removed_server(self, key: OwnerKey) -> Server | None:
+        """The server this operator took out for the owner, while its removal is final (see done_ids); None when
+        there is none (not done, or another owner kept the server)."""
+        done = self._done.get(key)
+        return done.removed if done is not None else None
 
     def fresh_done(self, resource_uid: str) -> list[str]:
         """The resource's endpoint owners whose removal became final since this was last asked (or done_ids was),
@@ -426,7 +443,6 @@ class GroupLedger:
                     self.entries.pop(server, None)  # a removal nobody waits for (its group does not exist)
         for owner_id in self._done_by_resource.pop(resource_uid, {}):
             del self._done[(resource_uid, owner_id)]
-            self._done_weight.pop((resource_uid, owner_id), None)
         self._fresh.pop(resource_uid, None)
 
     # -- internals ---------------------------------------------------------------------------------------------
@@ -436,7 +452,6 @@ class GroupLedger:
         self._by_resource.setdefault(key[0], set()).add(key[1])
 
     def _undone(self, key: OwnerKey) -> None:
-        self._done_weight.pop(key, None)
         if self._done.pop(key, None) is not None:
             done = self._done_by_resource[key[0]]
             del done[key[1]]
@@ -453,13 +468,14 @@ class GroupLedger:
         for key in entry.leaving_owners():
             self._drop_owner(entry, key, keep_empty=True)
 
-    def _drop_owner(self, entry: Entry, key: OwnerKey, keep_empty: bool = False, weight: int | None = None) -> None:
+    def _drop_owner(
+        self, entry: Entry, key: OwnerKey, keep_empty: bool = False, removed: bool = False, weight: int | None = None
+    ) -> None:
+        """``removed``: its server was taken out (``weight``: what it had)."""
         owner = entry.owners.pop(key, None)
         if owner is not None and owner.leaving:
             # It left (removed, or another owner holds the server): seeing it leave again is not news.
-            self._done[key] = owner.source
-            if weight is not None:
-                self._done_weight[key] = weight
+            self._done[key] = Done(owner.source, entry.server if removed else None, weight)
             self._done_by_resource.setdefault(key[0], {})[key[1]] = owner.source
             if owner.source == "endpoint":
                 self._fresh.setdefault(key[0], set()).add(key[1])

@@ -205,7 +205,12 @@ def endpoint_key(ep: EndpointView) -> str:
 
 def endpoint_id(service: str, ep: EndpointView) -> str:
     """The Service is part of the id: an endpoint of a Service no longer referenced is another owner."""
-    return f"endpoint/{service}/{endpoint_key(ep)}"
+    return endpoint_owner_id(service, endpoint_key(ep))
+
+
+def endpoint_owner_id(service: str, key: str) -> str:
+    """``key``: the endpoint's pod UID, or its address without a pod (endpoint_key)."""
+    return f"endpoint/{service}/{key}"
 
 
 def endpoint_parts(owner_id: str) -> tuple[str, str]:
