@@ -42,9 +42,12 @@ class Directory:
         self.live: Holders = {}
         self.flushed = 0
         self.told: list[Server] = []  # servers whose place in the group changed, as the pipeline told
+        self.others: dict[str, ResourceState] = {}  # more resources on the group, by UID
+        self.changed_uids: list[str] = []
 
     def states_of(self, entries: Iterable[Entry]) -> list[ResourceState]:
-        return [self.state]
+        uids = {uid for e in entries for uid, _ in e.concerned()}
+        return [self.state] + [state for uid, state in self.others.items() if uid in uids]
 
     def holders(self, ledger: GroupLedger) -> Holders:
         return self.live
@@ -56,7 +59,7 @@ class Directory:
         self.flushed += 1
 
     def changed(self, states: Iterable[ResourceState]) -> None:
-        pass
+        self.changed_uids += [state.ref.uid for state in states]
 
     def in_group_changed(self, ledger: GroupLedger, servers: Iterable[Server]) -> None:
         self.told += servers
@@ -114,6 +117,29 @@ async def test_a_batch_goes_out_in_one_call_and_is_dropped_once_done(
     assert in_group(emulator) == {"10.0.0.4:10.0.0.4"}
     assert len(accepted(emulator)) == 1 and directory.flushed >= 1
     assert directory.state.removed_count == 3 and directory.state.jobs[0].status == "Succeeded"
+    await pipeline.close()
+
+
+async def test_a_resource_whose_owner_joined_a_removal_in_flight_hears_of_its_end(
+    client: AlbClient, emulator: EmulatorProcess
+) -> None:
+    """Another resource's owner of the server, first seen leaving while the job runs (a Service's endpoint of the pod
+    whose pod owner decided the removal), joins the removal. Before: only the resources of the call heard of the
+    job's end, so the other's status showed the removal pending until some later change of it."""
+    emulator.add_group(GROUP, [server("10.0.0.1")])
+    emulator.admin("PUT", "behaviour", {"job_seconds": 0.5})
+    pipeline, directory, _ = setup(client)
+    other = ResourceState(Ref("shop", "web-svc", "sgm-uid-2"), Spec.parse({"serverGroupId": GROUP}), KEY)
+    directory.others[other.ref.uid] = other
+    s = Server("Ip", "10.0.0.1", 8080)
+    leaving(pipeline, s)
+    await until(lambda: accepted(emulator), "the call")
+    key: OwnerKey = (other.ref.uid, "endpoint/web/uid-1")
+    assert not pipeline.ledger.leave(key, "endpoint-terminating", server=s, source="endpoint"), "joined, not new"
+    assert pipeline.ledger.entries[s].leaving_owners() == [(UID, "pod-0"), key]
+    await until(lambda: not pipeline.ledger.entries, "the removal to end")
+    assert other.removed_count == 1
+    assert other.ref.uid in directory.changed_uids, "its status is written"
     await pipeline.close()
 
 

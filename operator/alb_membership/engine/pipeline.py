@@ -344,6 +344,10 @@ class GroupPipeline:
         extra = 0.0 if adding else self._status.drain_seconds or 0.0
         job = await s.tracker.wait(job_id, extra_seconds=extra)
         s.metrics.jobs.labels(job.status).inc()
+        # And the resources of owners that joined the change while its job ran (another resource's owner of the
+        # server first seen leaving): they count it, and their status stops showing it pending.
+        known = {state.ref.uid for state in states}
+        states = states + [state for state in self._dir.states_of(batch) if state.ref.uid not in known]
         if job.status == "Succeeded":
             if adding:
                 await self._added(batch, states, job_id)
