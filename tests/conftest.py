@@ -177,8 +177,8 @@ def gated(
     tmp_path: Path,
     crd: None,
 ) -> Iterator[Gated]:
-    emulator.admin("PUT", "behaviour", {"job_seconds": GATE_JOB_SECONDS})
     """A namespace with gated members, the webhook registered and operators serving it (tests/support/gate.py)."""
+    emulator.admin("PUT", "behaviour", {"job_seconds": GATE_JOB_SECONDS})
     g = Gated(cluster, api_client, emulator, namespace, tmp_path)
     yield g
     g.close()
