@@ -104,6 +104,14 @@ def events(cluster: Cluster, ns: str) -> list[str]:
     return [e["reason"] for e in out["items"] if e["involvedObject"]["kind"] == "ServerGroupMembership"]
 
 
+def recent_events(cluster: Cluster, ns: str, name: str, last: int = 12) -> list[str]:
+    """The resource's latest Events, oldest first, for a failure message: what the operator last did and saw."""
+    out = json.loads(cluster.kubectl("get", "events", "-n", ns, "-o", "json"))
+    mine = [e for e in out["items"] if e["involvedObject"].get("name") == name]
+    mine.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    return [f"{e.get('lastTimestamp')} {e.get('reason')}: {(e.get('message') or '')[:300]}" for e in mine[-last:]]
+
+
 def removal_requests(emulator: EmulatorProcess) -> list[dict[str, Any]]:
     return [r for r in emulator.requests("RemoveServersFromServerGroup")]
 

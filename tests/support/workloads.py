@@ -21,7 +21,7 @@ import kubernetes
 
 from tests.support.cluster import Cluster, wait_for
 from tests.support.emulator import EmulatorProcess, server
-from tests.support.scenario import FOREIGN, GROUP, deployment, in_group, status
+from tests.support.scenario import FOREIGN, GROUP, deployment, in_group, recent_events, status
 
 IP_BACKEND = {"serverType": "Ip", "port": 8080}
 SERVICE_LABEL = "kubernetes.io/service-name"
@@ -282,8 +282,9 @@ def wait_status(
     except AssertionError as exc:
         summary = {k: seen.get(k) for k in ("memberCount", "pendingCount", "removedCount", "lastJob", "conditions")}
         summary["members"] = member_servers(seen)
-        summary["pending"] = list(pending_servers(seen))
-        raise AssertionError(f"{exc}; last status of {name}: {summary}") from None
+        summary["pending"] = pending_servers(seen)  # with owners, trigger, token and job: what it waits on
+        happened = "\n".join(recent_events(cluster, ns, name))
+        raise AssertionError(f"{exc}; last status of {name}: {summary}; its latest Events:\n{happened}") from None
 
 
 def hold_still(
