@@ -35,7 +35,7 @@ from alb_membership.engine.jobs import JobTracker
 from alb_membership.engine.timings import observe_exposure, observe_latency
 from alb_membership.metrics import Metrics
 from alb_membership.model.health import set_health
-from alb_membership.model.ledger import ABSENT, IN_GROUP, Entry, GroupLedger, OwnerKey, now
+from alb_membership.model.ledger import ABSENT, IN_GROUP, Change, Entry, GroupLedger, OwnerKey, now
 from alb_membership.model.state import ResourceState
 
 log = logging.getLogger(__name__)
@@ -203,10 +203,12 @@ class GroupPipeline:
 
     async def _process(self, batch: list[Entry]) -> None:
         adding = batch[0].adding
+        taken = {e.server: e.change for e in batch}
         # The last check, right before the call: after any wait.
         batch = (
             await self._not_in_yet(self._still_wanted(batch)) if adding else await self._call_off_held_and_weigh(batch)
         )
+        batch = self._unchanged(batch, taken)
         if not batch:
             return
         s = self._s
@@ -258,7 +260,22 @@ class GroupPipeline:
             + ", ".join(str(x) for x in servers[:10])
             + (" ..." if len(servers) > 10 else ""),
         )
-        self._follow(batch, states, job_id)
+        self._follow(batch, states, job_id, adding)
+
+    def _unchanged(self, batch: list[Entry], taken: dict[Server, Change | None]) -> list[Entry]:
+        """The entries whose change is still the one taken for this call. The checks before it read the group, and
+        meanwhile a live owner may have called a removal off, or a pod's leaving put a removal in an addition's
+        place: such a change is not this call's any more, and goes in a call of its own kind."""
+        moved = [e for e in batch if e.change is None or e.change is not taken.get(e.server)]
+        if not moved:
+            return batch
+        written = {c.client_token for e in moved if (c := taken.get(e.server)) is not None and c.client_token}
+        kept = [e for e in batch if e not in moved]
+        for entry in kept:
+            if entry.change is not None and entry.change.client_token in written:
+                self.ledger.new_attempt(entry.server)  # a token reused with fewer servers is refused
+        self.enqueue([e.server for e in moved if e.change is not None], first=True)
+        return kept
 
     def _still_wanted(self, batch: list[Entry]) -> list[Entry]:
         """Additions that a live owner still wants. One nobody wants any more (its pod left while its call was out,
@@ -331,23 +348,27 @@ class GroupPipeline:
                 self.ledger.seen_in_group(server, found.status, found.weight)
         return batch
 
-    def _follow(self, batch: list[Entry], states: list[ResourceState], job_id: str) -> None:
-        self._jobs.follow(job_id, [e.server for e in batch], lambda: self._job_ended(batch, states, job_id))
+    def _follow(self, batch: list[Entry], states: list[ResourceState], job_id: str, adding: bool) -> None:
+        self._jobs.follow(job_id, [e.server for e in batch], lambda: self._job_ended(batch, states, job_id, adding))
+
+    def _with_joined(self, batch: list[Entry], states: list[ResourceState]) -> list[ResourceState]:
+        """``states`` (the call's resources) and those of owners that joined its changes since (another resource's
+        owner of a server first seen leaving, or live and wanting it): they hear of the outcome too, so that their
+        status stops showing the change pending and their removedCount counts it."""
+        known = {state.ref.uid for state in states}
+        return states + [state for state in self._dir.states_of(batch) if state.ref.uid not in known]
 
     def _follow_crashed(self, servers: set[Server]) -> None:
         self._s.metrics.internal_errors.labels("pipeline").inc()
         self.enqueue_later(self._s.settings.transient_retry_seconds, servers)
 
-    async def _job_ended(self, batch: list[Entry], states: list[ResourceState], job_id: str) -> None:
+    async def _job_ended(self, batch: list[Entry], states: list[ResourceState], job_id: str, adding: bool) -> None:
+        """``adding``: what the call did (an entry's next change may be of the other kind by now)."""
         s = self._s
-        adding = batch[0].adding
         extra = 0.0 if adding else self._status.drain_seconds or 0.0
         job = await s.tracker.wait(job_id, extra_seconds=extra)
         s.metrics.jobs.labels(job.status).inc()
-        # And the resources of owners that joined the change while its job ran (another resource's owner of the
-        # server first seen leaving): they count it, and their status stops showing it pending.
-        known = {state.ref.uid for state in states}
-        states = states + [state for state in self._dir.states_of(batch) if state.ref.uid not in known]
+        states = self._with_joined(batch, states)
         if job.status == "Succeeded":
             if adding:
                 await self._added(batch, states, job_id)
@@ -503,6 +524,7 @@ class GroupPipeline:
                 "grant alb:ListServerGroupServers to save the calls",
             )
             done = set()
+        states = self._with_joined(batch, states)  # the listing took a while
         finished, rest = outcomes.split_gone(batch, done)
         if finished:
             self._healthy(states)
