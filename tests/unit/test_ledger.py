@@ -31,6 +31,26 @@ def test_shared_identity_leaves_with_its_last_live_owner() -> None:
     assert g.entries[NODE].removal is not None and g.entries[NODE].leaving_owners() == [B]
 
 
+def test_an_owner_done_remembers_the_server_only_if_its_removal_took_it_out() -> None:
+    """What the deletion gate confirms by a listing for a pod whose removal is final (engine/reconciler.py gate):
+    a server taken out, never one another owner kept or a dry run only prechecked."""
+    g = ledger()
+    g.hold(A, NODE, "pod")
+    g.hold(B, NODE, "pod")
+    assert not g.leave(A, "pod-terminating")
+    assert g.done_source(A) == "pod" and g.removed_server(A) is None, "kept by B"
+    assert g.leave(B, "pod-terminating")
+    g.finished(NODE)
+    assert g.removed_server(B) == NODE
+    dry = ("sgm-1", "pod-c")
+    g.hold(dry, NODE, "pod")  # the IP again, under a dry run
+    assert g.leave(dry, "pod-terminating")
+    g.finished(NODE, removed=False)
+    assert g.done_source(dry) == "pod" and g.removed_server(dry) is None
+    g.settle(B)
+    assert g.removed_server(B) is None and g.done_source(B) is None, "its pod is gone: forgotten"
+
+
 def test_a_live_owner_calls_off_a_removal_not_sent_yet() -> None:
     """A pod IP reused by a new pod while the old pod's removal waited (busy group, throttling)."""
     g = ledger()

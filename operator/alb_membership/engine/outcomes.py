@@ -36,7 +36,7 @@ def record_dry_run(batch: list[Entry], states: Iterable[ResourceState], ledger: 
         if entry.adding:
             ledger.added(entry.server, DRY_RUN, None)  # would be added: not asked again while it stays so
         else:
-            ledger.finished(entry.server)
+            ledger.finished(entry.server, removed=False)
 
 
 def finish_additions(

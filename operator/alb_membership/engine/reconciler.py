@@ -387,9 +387,11 @@ class Reconciler:
             ledger, uid = self.ledger(state.group), state.ref.uid
             keys = [(uid, pod.uid)]
             if state.spec.service_name:
-                keys.append((uid, f"endpoint/{state.spec.service_name}/{pod.uid}"))
-            for key in keys:
-                ledger.revive(key)
+                keys.append((uid, endpoint_owner_id(state.spec.service_name, pod.uid)))
+            if any([ledger.revive(key) for key in keys]):
+                # A removal called off here is no round's change: without this write, status would keep it pending
+                # (and a successor would send it).
+                self.writer.soon(state)
         self.pod_changed(pod, deleted=False)
 
     def in_group_changed(self, ledger: GroupLedger, servers: Iterable[Server]) -> None:

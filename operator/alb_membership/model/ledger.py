@@ -368,15 +368,16 @@ class GroupLedger:
         self._cancel(entry)
         return True
 
-    def finished(self, server: Server) -> Entry | None:
-        """The removal of ``server`` is final (the job succeeded, or the server was already gone). The entry is
-        dropped, unless a live owner appeared after the call went out: that one stays recorded."""
+    def finished(self, server: Server, removed: bool = True) -> Entry | None:
+        """The removal of ``server`` is final (the job succeeded, or the server was already gone; ``removed`` False:
+        a dry run's precheck passed, nothing left). The entry is dropped, unless a live owner appeared after the
+        call went out: that one stays recorded."""
         entry = self.entries.get(server)
         if entry is None:
             return None
         weight = entry.removal.weight if entry.removal is not None else None
         for key in entry.leaving_owners():
-            self._drop_owner(entry, key, keep_empty=True, removed=True, weight=weight)
+            self._drop_owner(entry, key, keep_empty=True, removed=removed, weight=weight)
         entry.removal = None
         entry.in_group = "Absent"
         if not entry.owners:
