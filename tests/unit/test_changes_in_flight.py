@@ -131,3 +131,30 @@ async def test_a_pod_the_gate_let_go_that_turns_out_live_before_its_removal_went
     await settle(1.0)
     assert cloud.calls == []
     await close(rec)
+
+
+async def test_a_removal_one_resource_decided_and_another_resources_pod_called_off_leaves_neither_status_stale() -> (
+    None
+):
+    """web-svc's endpoint of "a" turned terminating (a removal decided, not sent yet: coalescing) while web, which
+    picks pods, had already let "a" go; a new pod reusing the IP, seen by web, calls the removal off. Before: only
+    web's status was written, and web-svc's kept the removal pending."""
+    cloud, view, kube = Cloud(), View(), RecordingKube()
+    cloud.group[A] = ("Available", 100)
+    rec = reconciler(cloud, view, kube, dataclasses.replace(FAST, coalesce_seconds=1.0))
+    pods_and_endpoints(rec, view)
+    await settle(0.1)
+    leaving = pod("a", ready=True, deleting=True)
+    view.put(leaving)
+    rec.pod_changed(leaving, deleted=False)
+    await settle(0.2)
+    assert written(kube, SVC)["pending"], "web-svc's endpoint decided the removal"
+    view.drop("uid-a")
+    reused = pod("b", ready=True)
+    view.put(reused)
+    rec.pod_changed(reused, deleted=False)
+    await settle(0.2)
+    assert written(kube, SVC)["pending"] == {}, "web-svc's status no longer shows the removal"
+    await settle(1.0)
+    assert cloud.calls == []
+    await close(rec)

@@ -94,8 +94,13 @@ class Reconciler:
     def ledger(self, key: GroupKey) -> GroupLedger:
         ledger = self.ledgers.get(key)
         if ledger is None:
-            ledger = self.ledgers[key] = GroupLedger(key)
+            ledger = self.ledgers[key] = GroupLedger(key, self._touched)
         return ledger
+
+    def _touched(self, uid: str) -> None:
+        state = self.resources.get(uid)
+        if state is not None:
+            self.writer.soon(state)
 
     def pipeline(self, key: GroupKey) -> GroupPipeline:
         pipeline = self.pipelines.get(key)

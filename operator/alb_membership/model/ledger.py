@@ -17,6 +17,7 @@ Invariants (PRODUCT.md 3.7, 3.9):
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from alb_membership.alb.models import Server
@@ -141,8 +142,12 @@ class Entry:
 
 
 class GroupLedger:
-    def __init__(self, key: GroupKey) -> None:
+    def __init__(self, key: GroupKey, touched: Callable[[str], None] = lambda _uid: None) -> None:
+        """``touched(resource UID)``: a change of one owner altered what another resource's status shows (a removal
+        called off drops the leaving owners of every resource; live owners recorded by the last check before a
+        call): that resource's status must be written too, not only the one whose round made the change."""
         self.key = key
+        self._touched = touched
         self.entries: dict[Server, Entry] = {}
         self._by_owner: dict[OwnerKey, Server] = {}
         self._by_resource: dict[str, set[str]] = {}  # resource UID -> owner ids
@@ -365,6 +370,7 @@ class GroupLedger:
         for key, (source, name) in holders.items():
             entry.owners[key] = Owner(source, name)
             self._index(key, server)
+            self._touched(key[0])
         self._cancel(entry)
         return True
 
@@ -468,6 +474,7 @@ class GroupLedger:
         entry.removal = None
         for key in entry.leaving_owners():
             self._drop_owner(entry, key, keep_empty=True)
+            self._touched(key[0])
 
     def _drop_owner(
         self, entry: Entry, key: OwnerKey, keep_empty: bool = False, removed: bool = False, weight: int | None = None
