@@ -45,8 +45,8 @@ class Directory:
         self.others: dict[str, ResourceState] = {}  # more resources on the group, by UID
         self.changed_uids: list[str] = []
 
-    def states_of(self, entries: Iterable[Entry]) -> list[ResourceState]:
-        uids = {uid for e in entries for uid, _ in e.concerned()}
+    def states_of(self, entries: Iterable[Entry], members: bool = False) -> list[ResourceState]:
+        uids = {uid for e in entries for uid, _ in (e.owners if members else e.concerned())}
         return [self.state] + [state for uid, state in self.others.items() if uid in uids]
 
     def holders(self, ledger: GroupLedger) -> Holders:

@@ -38,9 +38,10 @@ class ResourceDirectory:
         self.in_group_changed = in_group_changed
         self._specs: dict[str, tuple[Mapping[str, Any], Spec, dict[Server, list[Seen]]]] = {}  # parsed, by UID
 
-    def states_of(self, entries: Iterable[Entry]) -> list[ResourceState]:
-        """The resources whose owners' leaving decided these removals, or whose live owners want these additions."""
-        uids = sorted({uid for e in entries for uid, _ in e.concerned()})
+    def states_of(self, entries: Iterable[Entry], members: bool = False) -> list[ResourceState]:
+        """The resources whose owners' leaving decided these removals, or whose live owners want these additions;
+        ``members``: the resources of the entries' live owners too (what status shows of members changed)."""
+        uids = sorted({uid for e in entries for uid, _ in (e.owners if members else e.concerned())})
         return [self._resources[uid] for uid in uids if uid in self._resources]
 
     def holders(self, ledger: GroupLedger) -> Holders:

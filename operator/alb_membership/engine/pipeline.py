@@ -63,8 +63,9 @@ class PipelineSettings:
 class Directory(Protocol):
     """What the pipeline asks of the rest of the operator."""
 
-    def states_of(self, entries: Iterable[Entry]) -> list[ResourceState]:
-        """The resources whose owners' leaving decided these removals."""
+    def states_of(self, entries: Iterable[Entry], members: bool = False) -> list[ResourceState]:
+        """The resources whose owners' leaving decided these removals (or whose live owners want these additions);
+        ``members``: the resources of the entries' live owners too."""
         ...
 
     def holders(self, ledger: GroupLedger) -> Holders:
@@ -352,11 +353,12 @@ class GroupPipeline:
         self._jobs.follow(job_id, [e.server for e in batch], lambda: self._job_ended(batch, states, job_id, adding))
 
     def _with_joined(self, batch: list[Entry], states: list[ResourceState]) -> list[ResourceState]:
-        """``states`` (the call's resources) and those of owners that joined its changes since (another resource's
-        owner of a server first seen leaving, or live and wanting it): they hear of the outcome too, so that their
-        status stops showing the change pending and their removedCount counts it."""
+        """``states`` (the call's resources) and those of every owner of its servers now: owners that joined its
+        changes since (another resource's owner of a server first seen leaving, or live and wanting it) hear of the
+        outcome too, so that their status stops showing the change pending and their removedCount counts it; and
+        live owners see their servers' place in the group as it now is."""
         known = {state.ref.uid for state in states}
-        return states + [state for state in self._dir.states_of(batch) if state.ref.uid not in known]
+        return states + [state for state in self._dir.states_of(batch, members=True) if state.ref.uid not in known]
 
     def _follow_crashed(self, servers: set[Server]) -> None:
         self._s.metrics.internal_errors.labels("pipeline").inc()

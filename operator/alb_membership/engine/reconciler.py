@@ -304,11 +304,7 @@ class Reconciler:
 
     def _status_soon(self, entries: list[Entry], members: bool = False) -> None:
         """``members``: the entries' live owners' resources too (what status shows of members changed)."""
-        states = self.directory.states_of(entries)
-        if members:
-            uids = {uid for e in entries for uid, _ in e.live_owners()}
-            states += [self.resources[u] for u in sorted(uids) if u in self.resources]
-        for state in states:
+        for state in self.directory.states_of(entries, members):
             self.writer.soon(state)
 
     def gate(self, pod: PodView) -> list[tuple[GroupLedger, Server]]:
