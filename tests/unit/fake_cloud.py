@@ -71,9 +71,12 @@ class Cloud:
         self, group_id: str, servers: Sequence[Server], token: str, *, dry_run: bool = False
     ) -> RemoveAnswer:
         self.calls.append(("remove", list(servers), token))
+        if token in self.token_servers and self.token_servers[token] != sorted(servers):
+            raise AlbError("IdempotenceSignatureMismatch", "token reused with other servers")
         if any(s not in self.group for s in servers):
             return RemoveAnswer("already_removed", "req")
         job = f"job-{next(self._ids)}"
+        self.token_servers[token] = sorted(servers)
         self.jobs[job] = ("remove", list(servers), {})
         for s in servers:
             self.group[s] = ("Removing", self.group[s][1])

@@ -158,3 +158,64 @@ async def test_a_removal_one_resource_decided_and_another_resources_pod_called_o
     await settle(1.0)
     assert cloud.calls == []
     await close(rec)
+
+
+async def test_an_endpoint_that_joins_a_removal_while_its_call_is_out_hears_the_server_was_gone() -> None:
+    """web-svc starts, and first sees the endpoint of "a" terminating, while web's removal call for "a" is out; the
+    cloud answers that the server was gone already. Before: only web heard, and web-svc's status kept the removal
+    pending (with its token) and never counted it."""
+    cloud, view, kube = Cloud(), View(), RecordingKube()  # A is not in the group: the removal is already done
+    rec = reconciler(cloud, view, kube)
+    view.pod_list = [pod("a", ready=True)]
+    web = resource(podSelector={"matchLabels": {"app": "web"}}, backend=IP_BACKEND)
+    svc = resource(uid=SVC, name="web-svc", serviceRef={"name": "web"}, backend=IP_BACKEND)
+    view.bodies = [web]
+    rec.start(web, repair=False)
+    await settle(0.1)
+    remove = cloud.remove_servers
+
+    async def slow_remove(group_id: str, servers: Any, token: str, *, dry_run: bool = False) -> Any:
+        view.slices[("shop", "web")] = [EndpointView("10.0.0.1", True, "a", "uid-a")]
+        view.bodies = [web, svc]
+        rec.start(svc, repair=False)
+        await settle(0.2)
+        return await remove(group_id, servers, token, dry_run=dry_run)
+
+    cloud.remove_servers = slow_remove  # type: ignore[method-assign]
+    leaving = pod("a", ready=True, deleting=True)
+    view.put(leaving)
+    rec.pod_changed(leaving, deleted=False)
+    await settle(0.8)
+    assert [kind for kind, _, _ in cloud.calls] == ["remove"]
+    assert not rec.ledger(rec.resources[UID].group).entries
+    assert written(kube, SVC)["pending"] == {}
+    await close(rec)
+
+
+async def test_a_pod_that_leaves_during_the_read_before_its_addition_is_not_added() -> None:
+    """Registration reads a server never read before its addition; the pod starts terminating during that read,
+    so a removal takes the addition's place. Before: the call added the leaving pod's server, with the removal
+    under the addition's token."""
+    cloud, view, kube = Cloud(), View(), RecordingKube()
+    rec = reconciler(cloud, view, kube)
+    view.pod_list = [pod("a", ready=True)]
+    read = cloud.listed_servers
+    gone = pod("a", ready=True, deleting=True)
+
+    async def listed(group_id: str, servers: Any = (), *, deadline: float | None = None) -> Any:
+        answer = await read(group_id, servers, deadline=deadline)
+        if gone not in view.pod_list:
+            view.put(gone)
+            rec.pod_changed(gone, deleted=False)
+        return answer
+
+    cloud.listed_servers = listed  # type: ignore[method-assign]
+    body = resource(
+        podSelector={"matchLabels": {"app": "web"}}, backend=IP_BACKEND, registration={"enabled": True, "weight": 100}
+    )
+    view.bodies = [body]
+    rec.start(body, repair=False)
+    await settle(0.8)
+    assert [kind for kind, _, _ in cloud.calls if kind == "add"] == [], cloud.calls
+    assert A not in cloud.group
+    await close(rec)

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 
 from alb_membership.alb.models import Server
+from alb_membership.engine import outcomes
 from alb_membership.engine.batches import token_for
 from alb_membership.model.ledger import GroupLedger, Removal, now
 from alb_membership.model.spec import Ref, Spec
@@ -43,9 +44,9 @@ def test_an_owner_done_remembers_the_server_only_if_its_removal_took_it_out() ->
     g.finished(NODE)
     assert g.removed_server(B) == NODE
     dry = ("sgm-1", "pod-c")
-    g.hold(dry, NODE, "pod")  # the IP again, under a dry run
+    g.hold(dry, NODE, "pod")  # the IP again, under a dry run: the precheck passes, nothing is taken out
     assert g.leave(dry, "pod-terminating")
-    g.finished(NODE, removed=False)
+    outcomes.record_dry_run([g.entries[NODE]], [], g, "token")
     assert g.done_source(dry) == "pod" and g.removed_server(dry) is None
     g.settle(B)
     assert g.removed_server(B) is None and g.done_source(B) is None, "its pod is gone: forgotten"

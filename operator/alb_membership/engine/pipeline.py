@@ -231,8 +231,9 @@ class GroupPipeline:
             else:
                 answer = await s.client.remove_servers(self.group_id, servers, token, dry_run=dry_run)
         except AlbError as exc:
-            await self._refused(batch, states, exc)
+            await self._refused(batch, self._with_joined(batch, states), exc)
             return
+        states = self._with_joined(batch, states)
         if answer.outcome in ("already_removed", "already_added"):
             await self._already(batch, states)
             return
@@ -267,16 +268,13 @@ class GroupPipeline:
         """The entries whose change is still the one taken for this call. The checks before it read the group, and
         meanwhile a live owner may have called a removal off, or a pod's leaving put a removal in an addition's
         place: such a change is not this call's any more, and goes in a call of its own kind."""
+        # Only a batch without a token waits on a read, so no token written ahead is shared with what moved. The
+        # round that moved a change queued it already; this is in case it queued it while this call held it.
         moved = [e for e in batch if e.change is None or e.change is not taken.get(e.server)]
         if not moved:
             return batch
-        written = {c.client_token for e in moved if (c := taken.get(e.server)) is not None and c.client_token}
-        kept = [e for e in batch if e not in moved]
-        for entry in kept:
-            if entry.change is not None and entry.change.client_token in written:
-                self.ledger.new_attempt(entry.server)  # a token reused with fewer servers is refused
-        self.enqueue([e.server for e in moved if e.change is not None], first=True)
-        return kept
+        self.enqueue([e.server for e in moved if e.change is not None])
+        return [e for e in batch if e not in moved]
 
     def _still_wanted(self, batch: list[Entry]) -> list[Entry]:
         """Additions that a live owner still wants. One nobody wants any more (its pod left while its call was out,
@@ -340,25 +338,24 @@ class GroupPipeline:
         return listed
 
     async def _call_off_held_and_weigh(self, batch: list[Entry]) -> list[Entry]:
-        """The last check before a removal call; and the weight of servers whose weight is not known yet, read now
-        (their ServerIds, one short read): an undo puts a server back with the weight it had (PRODUCT.md 3.13)."""
-        batch = self._call_off_held(batch)
+        """The weight of servers whose weight is not known yet, read now (their ServerIds, one short read): an undo
+        puts a server back with the weight it had (PRODUCT.md 3.13); then the last check before a removal call,
+        after that read."""
         unknown = [e.server for e in batch if e.removal is not None and e.removal.weight is None and not e.removal.sent]
         if unknown:
             for server, found in (await self._quick_read(unknown) or {}).items():
                 self.ledger.seen_in_group(server, found.status, found.weight)
-        return batch
+        return self._call_off_held(batch)
 
     def _follow(self, batch: list[Entry], states: list[ResourceState], job_id: str, adding: bool) -> None:
         self._jobs.follow(job_id, [e.server for e in batch], lambda: self._job_ended(batch, states, job_id, adding))
 
     def _with_joined(self, batch: list[Entry], states: list[ResourceState]) -> list[ResourceState]:
-        """``states`` (the call's resources) and those of every owner of its servers now: owners that joined its
-        changes since (another resource's owner of a server first seen leaving, or live and wanting it) hear of the
-        outcome too, so that their status stops showing the change pending and their removedCount counts it; and
-        live owners see their servers' place in the group as it now is."""
+        """``states`` (the call's resources) and those of owners that joined its changes since (another resource's
+        owner of a server first seen leaving, or live and wanting it): they hear of the outcome too, so that their
+        status stops showing the change pending and their removedCount counts it."""
         known = {state.ref.uid for state in states}
-        return states + [state for state in self._dir.states_of(batch, members=True) if state.ref.uid not in known]
+        return states + [state for state in self._dir.states_of(batch) if state.ref.uid not in known]
 
     def _follow_crashed(self, servers: set[Server]) -> None:
         self._s.metrics.internal_errors.labels("pipeline").inc()
@@ -413,6 +410,7 @@ class GroupPipeline:
         decided while the addition's call was out goes now."""
         # Not listed (a page that missed it): the cloud's own word was that it is in, Adding until a read tells more.
         listed = {s: v for s, v in (await self._read([e.server for e in batch])).items() if v[0] != "Absent"}
+        states = self._with_joined(batch, states)  # the read took a while
         decided = {e.server: e.addition.decided_at for e in batch if e.addition is not None}
         outcomes.finish_additions(batch, self.ledger, states, listed, job_id)
         self._s.metrics.additions.labels("succeeded" if job_id else "already-there").inc(len(batch))
@@ -422,6 +420,7 @@ class GroupPipeline:
                 self._s.metrics.ready_to_traffic_seconds.observe((now() - when).total_seconds())
         self._healthy(states)
         self._dir.changed(states)
+        self._dir.changed(self._dir.states_of(batch, members=True))  # live owners: where their server is now
         self._dir.in_group_changed(self.ledger, [e.server for e in batch])
         self._s.notices.post(
             states,
@@ -478,6 +477,7 @@ class GroupPipeline:
         overtaken = outcomes.finish_removals(batch, self.ledger, states, job_id, self._status.drain_seconds or 0.0)
         self._healthy(states)  # the last removal refused on the way may be one of these
         self._dir.changed(states)
+        self._dir.changed(self._dir.states_of(batch, members=True))  # live owners: where their server is now
         self._s.notices.post(states, "Normal", reason, message)
         if overtaken:
             self._s.notices.post(

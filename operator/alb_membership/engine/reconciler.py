@@ -465,7 +465,7 @@ class Reconciler:
         ledger, uid = self.ledger(state.group), state.ref.uid
         keys = [(uid, pod.uid)]
         if state.spec.service_name:
-            keys.append((uid, f"endpoint/{state.spec.service_name}/{pod.uid}"))
+            keys.append((uid, endpoint_owner_id(state.spec.service_name, pod.uid)))
         entries = []
         for key in keys:
             server = ledger.server_of(key)
@@ -498,7 +498,7 @@ class Reconciler:
         # settled now, and seen again, they are seen, as a look at every endpoint would.
         fresh = [endpoint_parts(i) for i in ledger.fresh_done(state.ref.uid)]
         looking = {*keys, *(key for of, key in fresh if of == service)}
-        only = {f"endpoint/{service}/{key}" for key in looking} | {f"endpoint/{of}/{key}" for of, key in fresh}
+        only = {endpoint_owner_id(service, key) for key in looking} | {endpoint_owner_id(of, key) for of, key in fresh}
         scan = self._owners.endpoints(state.spec, namespace, self.view, looking)
         round_.unmappable += scan.unmappable
 

@@ -47,7 +47,7 @@ class Owner:
 @dataclass(slots=True)
 class Done:
     """An owner whose leaving is final: its server was taken out (``removed``, with the weight it had when known:
-    an undo's), or another owner keeps it (``removed`` None)."""
+    an undo's), or not (``removed`` None: another owner keeps it, or a dry run only prechecked its removal)."""
 
     source: str
     removed: Server | None = None
@@ -284,6 +284,7 @@ class GroupLedger:
             entry.removal = removal
         for other in entry.live_owners():
             self._drop_owner(entry, other)
+            self._touched(other[0])
 
     def restore_addition(
         self, key: OwnerKey, server: Server, source: str, name: str | None, addition: Addition
@@ -376,8 +377,8 @@ class GroupLedger:
 
     def finished(self, server: Server, removed: bool = True) -> Entry | None:
         """The removal of ``server`` is final (the job succeeded, or the server was already gone; ``removed`` False:
-        a dry run's precheck passed, nothing left). The entry is dropped, unless a live owner appeared after the
-        call went out: that one stays recorded."""
+        a dry run's precheck passed, nothing was taken out). The entry is dropped, unless a live owner appeared
+        after the call went out: that one stays recorded."""
         entry = self.entries.get(server)
         if entry is None:
             return None
@@ -408,7 +409,7 @@ class GroupLedger:
 
     def removed_server(self, key: OwnerKey) -> Server | None:
         """The server this operator took out for the owner, while its removal is final (see done_ids); None when
-        there is none (not done, or another owner kept the server)."""
+        there is none (not done, another owner kept the server, a dry run)."""
         done = self._done.get(key)
         return done.removed if done is not None else None
 
