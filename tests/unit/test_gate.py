@@ -621,16 +621,22 @@ def successor_of(setup: Setup) -> RecordingReconciler:
     return successor
 
 
+async def taken_over_mid_hold(setup: Setup) -> RecordingReconciler:
+    """Member "a"'s deletion is held and its removal accepted when the leader stops: the review is handed over, and
+    the successor loads what status recorded."""
+    setup.members("a")
+    hold = asyncio.create_task(setup.gate.review(Review.parse(delete("a", "uid-a")), time.monotonic() + 20))
+    await setup.accepted("10.0.0.1")
+    setup.rec.stopped = True
+    assert (await hold).outcome == HANDED_OVER
+    return successor_of(setup)
+
+
 async def test_a_review_handed_over_and_never_answered_is_exposure_from_the_deletion(ok: Setup) -> None:
     """The leader stops mid-hold and the new one never gets the review (no leader answered in time, the API
     server's timeout): the deletion went ahead unconfirmed, and the successor counts it from its start."""
     ok.pages.answer = listed(("10.0.0.1", "Available"))
-    ok.members("a")
-    hold = asyncio.create_task(ok.gate.review(Review.parse(delete("a", "uid-a")), time.monotonic() + 20))
-    await ok.accepted("10.0.0.1")
-    ok.rec.stopped = True
-    assert (await hold).outcome == HANDED_OVER
-    successor = successor_of(ok)
+    successor = await taken_over_mid_hold(ok)
     [entry] = successor.ledger(GROUP).pending()
     assert entry.removal is not None and entry.removal.trigger == "deletion-gate" and entry.removal.gated
     deleting = pod("a", ip="10.0.0.1", deleting=True)
@@ -659,12 +665,7 @@ async def test_a_new_leader_that_finished_the_removal_before_its_hold_looked_con
     """The old leader stops mid-hold; the new one loads the removal from status and its pipeline finds it done (the
     job had ended) before the review, handed over, is held again. Before: "no server of this pod to wait for", let
     through unconfirmed, although the server was out."""
-    ok.members("a")
-    hold = asyncio.create_task(ok.gate.review(Review.parse(delete("a", "uid-a")), time.monotonic() + 20))
-    await ok.accepted("10.0.0.1")
-    ok.rec.stopped = True
-    assert (await hold).outcome == HANDED_OVER
-    successor = successor_of(ok)
+    successor = await taken_over_mid_hold(ok)
     [entry] = successor.ledger(GROUP).pending()
     outcomes.finish_removals([entry], successor.ledger(GROUP), list(successor.resources.values()))
     assert not successor.ledger(GROUP).entries
