@@ -52,6 +52,22 @@ def test_an_owner_done_remembers_the_server_only_if_its_removal_took_it_out() ->
     assert g.removed_server(B) is None and g.done_source(B) is None, "its pod is gone: forgotten"
 
 
+def test_a_dry_run_that_a_live_owner_came_to_hold_undoes_nothing() -> None:
+    """A pod reusing the IP while a dry run's call was out: nothing was taken out, so nothing goes back in."""
+    g = ledger()
+    g.hold(A, NODE, "pod")
+    g.seen_in_group(NODE, "Available", 100)
+    assert g.leave(A, "pod-terminating")
+    removal = g.entries[NODE].removal
+    assert removal is not None
+    removal.client_token = "token"  # the call is out
+    g.hold(B, NODE, "pod")
+    outcomes.record_dry_run([g.entries[NODE]], [], g, "token")
+    entry = g.entries[NODE]
+    assert entry.removal is None and entry.undo is None and entry.in_group == "Available"
+    assert entry.live_owners() == [B]
+
+
 def test_a_live_owner_calls_off_a_removal_not_sent_yet() -> None:
     """A pod IP reused by a new pod while the old pod's removal waited (busy group, throttling)."""
     g = ledger()

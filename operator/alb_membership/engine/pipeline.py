@@ -206,10 +206,10 @@ class GroupPipeline:
         adding = batch[0].adding
         taken = {e.server: e.change for e in batch}
         # The last check, right before the call: after any wait.
-        batch = (
-            await self._not_in_yet(self._still_wanted(batch)) if adding else await self._call_off_held_and_weigh(batch)
-        )
-        batch = self._unchanged(batch, taken)
+        if adding:
+            batch = self._unchanged(await self._not_in_yet(self._still_wanted(batch)), taken)
+        else:
+            batch = await self._call_off_held_and_weigh(batch, taken)
         if not batch:
             return
         s = self._s
@@ -337,15 +337,15 @@ class GroupPipeline:
             return None
         return listed
 
-    async def _call_off_held_and_weigh(self, batch: list[Entry]) -> list[Entry]:
+    async def _call_off_held_and_weigh(self, batch: list[Entry], taken: dict[Server, Change | None]) -> list[Entry]:
         """The weight of servers whose weight is not known yet, read now (their ServerIds, one short read): an undo
-        puts a server back with the weight it had (PRODUCT.md 3.13); then the last check before a removal call,
-        after that read."""
+        puts a server back with the weight it had (PRODUCT.md 3.13); then, of the removals still the ones taken, the
+        last check before the call."""
         unknown = [e.server for e in batch if e.removal is not None and e.removal.weight is None and not e.removal.sent]
         if unknown:
             for server, found in (await self._quick_read(unknown) or {}).items():
                 self.ledger.seen_in_group(server, found.status, found.weight)
-        return self._call_off_held(batch)
+        return self._call_off_held(self._unchanged(batch, taken))
 
     def _follow(self, batch: list[Entry], states: list[ResourceState], job_id: str, adding: bool) -> None:
         self._jobs.follow(job_id, [e.server for e in batch], lambda: self._job_ended(batch, states, job_id, adding))

@@ -386,11 +386,12 @@ class GroupLedger:
         for key in entry.leaving_owners():
             self._drop_owner(entry, key, keep_empty=True, removed=removed, weight=weight)
         entry.removal = None
-        entry.in_group = "Absent"
         if not entry.owners:
             self.entries.pop(server, None)
-        elif entry.addition is None:
-            entry.undo, entry.weight = "owner-live-after-removal", weight  # a live owner came after the call went out
+        elif removed:
+            entry.in_group = "Absent"
+            if entry.addition is None:
+                entry.undo, entry.weight = "owner-live-after-removal", weight  # a live owner came after the call
         return entry
 
     def settle(self, key: OwnerKey) -> None:
