@@ -269,7 +269,7 @@ class GroupPipeline:
         meanwhile a live owner may have called a removal off, or a pod's leaving put a removal in an addition's
         place: such a change is not this call's any more, and goes in a call of its own kind."""
         # Only a batch without a token waits on a read, so no token written ahead is shared with what moved. The
-        # round that moved a change queued it already; this is in case it queued it while this call held it.
+        # round that moved a change queued it while this call held it (busy: taken off the queue), so again here.
         moved = [e for e in batch if e.change is None or e.change is not taken.get(e.server)]
         if not moved:
             return batch
