@@ -27,7 +27,7 @@ from alb_membership.model import status
 from alb_membership.model.health import group_missing, set_health
 from alb_membership.model.ledger import ABSENT, IN_GROUP, Entry, GroupKey, GroupLedger, now
 from alb_membership.model.membership import PodView, Seen, endpoint_owner_id, endpoint_parts
-from alb_membership.model.owners import OwnerReader, pod_uid_of
+from alb_membership.model.owners import OwnerReader, pod_owner_ids, pod_uid_of
 from alb_membership.model.spec import Ref, Spec
 from alb_membership.model.state import ResourceState
 from alb_membership.model.view import ClusterView, LiveView
@@ -318,11 +318,10 @@ class Reconciler:
         self.gated.add(pod.uid)
         for state in self._in_namespace(pod.namespace):
             ledger, uid, round_ = self.ledger(state.group), state.ref.uid, Round()
-            owner_ids = [pod.uid] + [
+            # Those of a Service the spec no longer names too; and the spec's own, whose removal may be final.
+            owner_ids = pod_owner_ids(state.spec, pod.uid) + [
                 o for o in ledger.owner_ids(uid) if o.startswith("endpoint/") and endpoint_parts(o)[1] == pod.uid
             ]
-            if state.spec.service_name:
-                owner_ids.append(endpoint_owner_id(state.spec.service_name, pod.uid))  # one whose removal is final
             for owner_id in dict.fromkeys(owner_ids):
                 server = ledger.server_of((uid, owner_id))
                 if server is not None:
@@ -386,10 +385,7 @@ class Reconciler:
         )
         for state in self._in_namespace(pod.namespace):
             ledger, uid = self.ledger(state.group), state.ref.uid
-            keys = [(uid, pod.uid)]
-            if state.spec.service_name:
-                keys.append((uid, endpoint_owner_id(state.spec.service_name, pod.uid)))
-            if any([ledger.revive(key) for key in keys]):
+            if any([ledger.revive((uid, owner_id)) for owner_id in pod_owner_ids(state.spec, pod.uid)]):
                 # A removal called off here is no round's change: without this write, status would keep it pending
                 # (and a successor would send it).
                 self.writer.soon(state)
@@ -463,9 +459,7 @@ class Reconciler:
         if self.readiness is None or not pod.declares(state.ref.name):
             return
         ledger, uid = self.ledger(state.group), state.ref.uid
-        keys = [(uid, pod.uid)]
-        if state.spec.service_name:
-            keys.append((uid, endpoint_owner_id(state.spec.service_name, pod.uid)))
+        keys = [(uid, owner_id) for owner_id in pod_owner_ids(state.spec, pod.uid)]
         entries = []
         for key in keys:
             server = ledger.server_of(key)

@@ -15,6 +15,7 @@ from alb_membership.model.membership import (
     Seen,
     UnmappablePod,
     endpoint_key,
+    endpoint_owner_id,
     endpoint_owners,
     endpoint_parts,
     pod_owner,
@@ -46,6 +47,14 @@ def pod_uid_of(owner_id: str, source: str) -> str | None:
     if source == "endpoint":
         return endpoint_parts(owner_id)[1]
     return None
+
+
+def pod_owner_ids(spec: Spec, pod_uid: str) -> list[str]:
+    """The owner ids the pod has under ``spec``, if it is picked: itself, and its endpoint of the spec's Service."""
+    ids = [pod_uid]
+    if spec.service_name:
+        ids.append(endpoint_owner_id(spec.service_name, pod_uid))
+    return ids
 
 
 class OwnerReader:
